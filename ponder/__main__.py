@@ -1,0 +1,3 @@
+from ponder.cli.app import main
+
+main()

@@ -1,0 +1,316 @@
+"""llama.cpp through llama-cpp-python's low-level bindings.
+
+The high-level `Llama` class is skipped on purpose: its per-token path copies the full
+logits row into numpy and runs Python-side stop checks (about 91% of llama.cpp's own
+decode speed), its `verbose=False` points fds 1 and 2 at /dev/null while loading, and
+it prints to stderr. Here sampling runs in llama.cpp's C sampler chain, one reused
+single-token batch feeds the decoder, and llama.cpp's log goes to a buffer that error
+messages and `--debug` draw on.
+"""
+
+from __future__ import annotations
+
+import codecs
+import collections
+import ctypes
+import os
+import random
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import llama_cpp as lib
+
+from ponder.backends.base import LoadOptions, ModelInfo
+from ponder.config import DEFAULT_CONTEXT
+from ponder.errors import BackendError, ContextOverflow, ModelError
+from ponder.events import BackendEvent, BackendStats, Finished, GenerationParams, TextDelta
+from ponder.prompt import ChatFormat
+
+PROMPT_CHUNK = 512  # prompt tokens per decode call; cancellation is checked between chunks
+GGUF_MAGIC = b"GGUF"
+
+
+# llama.cpp logs through one process-wide callback. Keep recent lines for error messages;
+# echo them only when debugging. The callback object must stay referenced for C's sake.
+_log_lines: collections.deque[str] = collections.deque(maxlen=200)
+_log_echo = os.environ.get("PONDER_DEBUG", "") not in ("", "0")
+
+
+@lib.llama_log_callback
+def _on_log(level: int, text: bytes, user_data: ctypes.c_void_p) -> None:
+    line = text.decode("utf-8", "replace")
+    _log_lines.append(line)
+    if _log_echo:
+        sys.stderr.write(line)
+
+
+lib.llama_log_set(_on_log, ctypes.c_void_p(0))
+lib.llama_backend_init()
+
+
+def set_log_echo(enabled: bool) -> None:
+    global _log_echo
+    _log_echo = enabled
+
+
+def _last_error() -> str:
+    """The most telling recent llama.cpp log line, for an error message."""
+    lines = [line.strip() for line in _log_lines if line.strip()]
+    for line in reversed(lines):
+        if any(word in line.lower() for word in ("error", "failed", "invalid", "corrupt")):
+            return line
+    return lines[-1] if lines else ""
+
+
+def physical_cores() -> int:
+    """llama.cpp decodes fastest on one thread per physical core (as llama-bench defaults)."""
+    try:
+        siblings = {
+            p.read_text().strip()
+            for p in Path("/sys/devices/system/cpu").glob("cpu[0-9]*/topology/thread_siblings_list")
+        }
+        if siblings:
+            return len(siblings)
+    except OSError:
+        pass
+    return max(1, (os.cpu_count() or 2) // 2)
+
+
+def check_gguf(path: str) -> None:
+    """Fail early, with a plain message, on paths llama.cpp would reject with a log dump."""
+    p = Path(path)
+    if not p.exists():
+        raise ModelError(f"model not found: {path}")
+    if p.is_dir():
+        raise ModelError(f"{path} is a directory, not a GGUF file")
+    try:
+        with p.open("rb") as f:
+            magic = f.read(4)
+    except OSError as exc:
+        raise ModelError(f"cannot read {path}: {exc.strerror}") from exc
+    if magic != GGUF_MAGIC:
+        raise ModelError(f"{path} is not a GGUF file")
+
+
+class LlamaCppBackend:
+    name = "llama.cpp"
+
+    def load(self, path: str, options: LoadOptions) -> LlamaCppModel:
+        return LlamaCppModel(path, options)
+
+
+def gpu_offload_supported() -> bool:
+    return bool(lib.llama_supports_gpu_offload())
+
+
+class LlamaCppModel:
+    def __init__(self, path: str, options: LoadOptions):
+        check_gguf(path)
+        self._model = self._ctx = None
+        params = lib.llama_model_default_params()
+        if options.gpu_layers is not None:
+            params.n_gpu_layers = options.gpu_layers
+        else:
+            params.n_gpu_layers = 999 if gpu_offload_supported() else 0
+        _log_lines.clear()
+        self._model = lib.llama_model_load_from_file(os.fsencode(path), params)
+        if not self._model:
+            detail = _last_error()
+            raise ModelError(
+                f"llama.cpp could not load {path}" + (f": {detail}" if detail else ""),
+                hint="the file may be truncated or corrupt; download it again",
+            )
+        self._vocab = lib.llama_model_get_vocab(self._model)
+        trained = lib.llama_model_n_ctx_train(self._model)
+        context = options.context or min(DEFAULT_CONTEXT, trained)
+
+        cparams = lib.llama_context_default_params()
+        cparams.n_ctx = context
+        cparams.n_batch = PROMPT_CHUNK
+        cparams.n_ubatch = PROMPT_CHUNK
+        threads = options.threads or physical_cores()
+        cparams.n_threads = threads
+        cparams.n_threads_batch = max(threads, os.cpu_count() or threads)
+        cparams.flash_attn_type = (
+            lib.LLAMA_FLASH_ATTN_TYPE_AUTO if options.flash_attention else lib.LLAMA_FLASH_ATTN_TYPE_DISABLED
+        )
+        cparams.no_perf = True
+        self._ctx = lib.llama_init_from_model(self._model, cparams)
+        if not self._ctx:
+            self.close()
+            detail = _last_error()
+            raise BackendError(
+                f"llama.cpp could not create a {context}-token context" + (f": {detail}" if detail else ""),
+                hint="try a smaller --ctx",
+            )
+        self._memory = lib.llama_get_memory(self._ctx)
+        self._chunk = lib.llama_n_batch(self._ctx)  # llama.cpp lowers n_batch for small contexts
+        self._cached: list[int] = []  # tokens whose keys and values are in the cache
+        self._piece = ctypes.create_string_buffer(256)
+
+        template = lib.llama_model_chat_template(self._model, None)
+        template_text = template.decode("utf-8") if template else None
+        bos = lib.llama_vocab_bos(self._vocab)
+        eos = lib.llama_vocab_eos(self._vocab)
+        self._add_bos = bool(lib.llama_vocab_get_add_bos(self._vocab)) and bos >= 0
+        self._bos_text = self._token_text(bos)
+        chat = ChatFormat(
+            template=template_text,
+            bos_token=self._bos_text,
+            eos_token=self._token_text(eos),
+            reasoning=self._is_reasoning_model(template_text),
+        )
+        self.info = ModelInfo(
+            name=self._meta("general.name") or Path(path).stem,
+            path=path,
+            backend=LlamaCppBackend.name,
+            context=lib.llama_n_ctx(self._ctx),
+            trained_context=trained,
+            chat=chat,
+        )
+
+    # --- metadata -------------------------------------------------------------
+
+    def _meta(self, key: str) -> str | None:
+        buf = ctypes.create_string_buffer(1024)
+        n = lib.llama_model_meta_val_str(self._model, key.encode(), buf, len(buf))
+        return buf.value.decode("utf-8", "replace") if n >= 0 else None
+
+    def _token_text(self, token: int) -> str:
+        if token < 0:
+            return ""
+        text = lib.llama_vocab_get_text(self._vocab, token)
+        return text.decode("utf-8", "replace") if text else ""
+
+    def _is_reasoning_model(self, template: str | None) -> bool:
+        """A <think>-style model: its template strips `</think>` or `<think>` is one token."""
+        if template and "</think>" in template:
+            return True
+        return len(self._tokenize("<think>", add_bos=False)) == 1
+
+    # --- tokens ---------------------------------------------------------------
+
+    def _tokenize(self, text: str, add_bos: bool) -> list[int]:
+        data = text.encode("utf-8")
+        capacity = len(data) + 8
+        ids = (lib.llama_token * capacity)()
+        n = lib.llama_tokenize(self._vocab, data, len(data), ids, capacity, add_bos, True)
+        if n < 0:  # cannot happen with one token per byte plus BOS, but llama.cpp says how many it needs
+            capacity = -n
+            ids = (lib.llama_token * capacity)()
+            n = lib.llama_tokenize(self._vocab, data, len(data), ids, capacity, add_bos, True)
+        return list(ids[:n])
+
+    def tokenize(self, text: str) -> list[int]:
+        # The chat template writes BOS's text itself; add BOS only where it did not.
+        add_bos = self._add_bos and not (self._bos_text and text.startswith(self._bos_text))
+        return self._tokenize(text, add_bos)
+
+    # --- generation -------------------------------------------------------------
+
+    def stream(
+        self, prompt: str, params: GenerationParams, cancel: threading.Event | None = None
+    ) -> Iterator[BackendEvent]:
+        started = time.perf_counter()
+        tokens = self.tokenize(prompt)
+        context = self.info.context
+        if len(tokens) >= context:
+            raise ContextOverflow(
+                f"the prompt is {len(tokens)} tokens, but the context holds {context}",
+                hint="shorten the input or raise --ctx",
+            )
+        budget = min(params.max_tokens, context - len(tokens))
+        cancel = cancel or threading.Event()
+        if not self._prefill(tokens, cancel):
+            yield Finished("cancelled", BackendStats(len(tokens), 0, 0.0, 0.0, time.perf_counter() - started))
+            return
+
+        sampler = self._make_sampler(params)
+        decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        token_slot = (lib.llama_token * 1)()
+        batch = lib.llama_batch_get_one(token_slot, 1)
+        piece, vocab, ctx = self._piece, self._vocab, self._ctx
+        generated = 0
+        reason = "length"
+        first = last = started
+        try:
+            while generated < budget:
+                if cancel.is_set():
+                    reason = "cancelled"
+                    break
+                token = lib.llama_sampler_sample(sampler, ctx, -1)
+                last = time.perf_counter()
+                if generated == 0:
+                    first = last
+                if lib.llama_vocab_is_eog(vocab, token):
+                    reason = "stop"
+                    break
+                generated += 1
+                n = lib.llama_token_to_piece(vocab, token, piece, 256, 0, False)
+                yield TextDelta(decoder.decode(piece.raw[:n]))
+                if generated == budget:
+                    break
+                token_slot[0] = token
+                if lib.llama_decode(ctx, batch) != 0:
+                    raise BackendError("llama.cpp failed to decode (the context may be full)")
+                self._cached.append(token)
+        finally:
+            lib.llama_sampler_free(sampler)
+        tail = decoder.decode(b"", final=True)
+        if tail:
+            yield TextDelta(tail, tokens=0)
+        decode_time = last - first
+        yield Finished(
+            reason,
+            BackendStats(
+                prompt_tokens=len(tokens),
+                generated_tokens=generated,
+                time_to_first_token_s=first - started,
+                decode_tokens_per_s=(generated - 1) / decode_time if generated > 1 and decode_time > 0 else 0.0,
+                total_s=time.perf_counter() - started,
+            ),
+        )
+
+    def _prefill(self, tokens: list[int], cancel: threading.Event) -> bool:
+        """Bring the cache to `tokens`, reusing the longest cached prefix. False if cancelled."""
+        keep = 0
+        limit = min(len(self._cached), len(tokens) - 1)  # always decode one token to get fresh logits
+        while keep < limit and self._cached[keep] == tokens[keep]:
+            keep += 1
+        lib.llama_memory_seq_rm(self._memory, 0, keep, -1)
+        del self._cached[keep:]
+        for start in range(keep, len(tokens), self._chunk):
+            if cancel.is_set():
+                return False
+            chunk = tokens[start : start + self._chunk]
+            ids = (lib.llama_token * len(chunk))(*chunk)
+            if lib.llama_decode(self._ctx, lib.llama_batch_get_one(ids, len(chunk))) != 0:
+                lib.llama_memory_seq_rm(self._memory, 0, len(self._cached), -1)
+                raise BackendError("llama.cpp failed to process the prompt" + (f": {_last_error()}" if _log_lines else ""))
+            self._cached.extend(chunk)
+        return True
+
+    @staticmethod
+    def _make_sampler(params: GenerationParams):
+        chain = lib.llama_sampler_chain_init(lib.llama_sampler_chain_default_params())
+        if params.temperature <= 0:
+            lib.llama_sampler_chain_add(chain, lib.llama_sampler_init_greedy())
+            return chain
+        # Temperature before top-p, as Hugging Face and vLLM apply them (DeepSeek's evaluation setup).
+        lib.llama_sampler_chain_add(chain, lib.llama_sampler_init_temp(params.temperature))
+        if params.top_p < 1.0:
+            lib.llama_sampler_chain_add(chain, lib.llama_sampler_init_top_p(params.top_p, 1))
+        seed = params.seed if params.seed is not None else random.getrandbits(32)
+        lib.llama_sampler_chain_add(chain, lib.llama_sampler_init_dist(seed))
+        return chain
+
+    def close(self) -> None:
+        if self._ctx:
+            lib.llama_free(self._ctx)
+            self._ctx = None
+        if self._model:
+            lib.llama_model_free(self._model)
+            self._model = None

@@ -1,0 +1,83 @@
+"""The `ponder` command: sub-commands, global options, and errors mapped to exit codes here alone.
+
+Exit codes: 0 ok, 1 model or runtime failure, 2 usage error, 130 interrupted,
+141 stdout closed early (as a program killed by SIGPIPE would report).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import typer
+
+from ponder import __version__
+from ponder.config import DEBUG_ENV
+from ponder.errors import PonderError
+
+app = typer.Typer(
+    name="ponder",
+    help="A command-line assistant for <think>-style reasoning models (DeepSeek-R1 and kin).",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    rich_markup_mode=None,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+
+def _version(value: bool) -> None:
+    if value:
+        print(f"ponder {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _main(
+    debug: bool = typer.Option(False, "--debug", envvar=DEBUG_ENV, help="Show tracebacks and llama.cpp's log."),
+    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Print the version."),
+) -> None:
+    if debug:
+        enable_debug()
+
+
+def enable_debug() -> None:
+    os.environ[DEBUG_ENV] = "1"  # read by backends as they are imported
+
+
+def _debugging() -> bool:
+    return os.environ.get(DEBUG_ENV, "") not in ("", "0")
+
+
+def _register_commands() -> None:
+    from ponder.cli import ask
+
+    ask.register(app)
+
+
+_register_commands()
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Console-script entry point."""
+    try:
+        app(args=argv, prog_name="ponder")
+    except PonderError as exc:
+        message = f"ponder: error: {exc.message}"
+        if exc.hint:
+            message += f"\n  hint: {exc.hint}"
+        _fail(message, exc, exc.exit_code)
+    except Exception as exc:  # a bug or an unforeseen failure: still one line unless debugging
+        _fail(f"ponder: unexpected error: {type(exc).__name__}: {exc}\n  (run with --debug for the traceback)", exc, 1)
+
+
+def _fail(message: str, exc: BaseException, code: int) -> None:
+    if _debugging():
+        import traceback
+
+        traceback.print_exception(exc, file=sys.stderr)
+    try:
+        print(message, file=sys.stderr)
+    except OSError:
+        pass
+    sys.exit(code)

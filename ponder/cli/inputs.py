@@ -1,0 +1,47 @@
+"""Reading the user's prompt from the command line and stdin."""
+
+from __future__ import annotations
+
+import os
+import stat
+import sys
+
+from ponder.cli.terminal import Terminal
+from ponder.errors import UsageError
+
+
+def _stdin_has_data(term: Terminal) -> bool:
+    """Whether stdin is a pipe or file worth reading (never a terminal, /dev/null or a socket
+    that may never close)."""
+    if term.stdin_is_tty:
+        return False
+    try:
+        mode = os.fstat(term.stdin.fileno()).st_mode
+    except (OSError, ValueError, AttributeError):
+        return False
+    return stat.S_ISFIFO(mode) or stat.S_ISREG(mode)
+
+
+def read_stdin(term: Terminal) -> str:
+    if not _stdin_has_data(term):
+        return ""
+    data = term.stdin.read()
+    if b"\x00" in data:
+        raise UsageError("stdin holds binary data (NUL bytes); ponder reads text", hint="pipe in text, not a binary file")
+    text = data.decode("utf-8", errors="replace")
+    if "\ufffd" in text and b"\xef\xbf\xbd" not in data:
+        print("ponder: warning: stdin is not valid UTF-8; undecodable bytes were replaced", file=sys.stderr)
+    return text
+
+
+def user_prompt(argument: str | None, term: Terminal) -> str:
+    """The user turn: piped text, then the argument (`cat notes.md | ponder ask "summarise this"`)."""
+    piped = read_stdin(term).strip()
+    question = (argument or "").strip()
+    text = "\n\n".join(part for part in (piped, question) if part)
+    if not text:
+        raise UsageError(
+            "no prompt: give one as an argument or pipe it in",
+            hint='ponder ask "What is 12*7?"  or  echo "What is 12*7?" | ponder ask',
+        )
+    return text

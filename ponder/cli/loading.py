@@ -1,0 +1,29 @@
+"""Finding and loading the model a command names."""
+
+from __future__ import annotations
+
+import os
+
+from ponder.backends import LoadOptions, Model, get_backend, select_backend
+from ponder.cli.terminal import Terminal
+from ponder.config import MODEL_ENV
+from ponder.errors import UsageError
+
+
+def resolve_model_path(model: str | None) -> str:
+    path = model or os.environ.get(MODEL_ENV)
+    if not path:
+        raise UsageError(f"no model given: pass --model PATH.gguf or set {MODEL_ENV}")
+    return os.path.expanduser(path)
+
+
+def load_model(term: Terminal, model: str | None, backend: str, options: LoadOptions) -> Model:
+    path = resolve_model_path(model)
+    chosen = get_backend(select_backend(path, backend))
+    if not term.stderr_is_tty:
+        return chosen.load(path, options)
+    from rich.console import Console
+
+    console = Console(file=term.stderr, no_color=not term.color)
+    with console.status(f"Loading {os.path.basename(path)}…", spinner="dots"):
+        return chosen.load(path, options)

@@ -1,0 +1,208 @@
+"""Showing a reply: a live rich view on a terminal, plain text in a pipe.
+
+Both take the same calls, so commands stream through either without knowing which.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Literal, Protocol
+
+from ponder.cli.terminal import Terminal
+from ponder.events import Reply
+
+ReasoningMode = Literal["collapse", "show", "hide"]
+
+DIM, RESET = "\x1b[2m", "\x1b[0m"
+
+
+def thought_summary(seconds: float, tokens: int, cut_off: bool = False) -> str:
+    return f"Thought for {seconds:.1f} s · {tokens} tokens" + (" (cut off)" if cut_off else "")
+
+
+class Renderer(Protocol):
+    def reasoning(self, text: str, tokens: int) -> None: ...
+    def reasoning_done(self, seconds: float, tokens: int) -> None: ...
+    def answer(self, text: str) -> None: ...
+    def finish(self, reply: Reply | None) -> None:
+        """The reply ended (reply is None when interrupted): leave the screen clean."""
+
+
+class PlainRenderer:
+    """For pipes: the answer alone on stdout, reasoning on stderr unless hidden."""
+
+    def __init__(self, term: Terminal, show_reasoning: bool = True):
+        self.out, self.err = term.stdout, term.stderr
+        self.show_reasoning = show_reasoning
+        self.dim = term.stderr_is_tty and term.color
+        self._answer_ends_line = True
+        self._reasoning_ends_line = True
+
+    def reasoning(self, text: str, tokens: int) -> None:
+        if self.show_reasoning:
+            self.err.write(f"{DIM}{text}{RESET}" if self.dim else text)
+            self.err.flush()
+            self._reasoning_ends_line = text.endswith("\n")
+
+    def reasoning_done(self, seconds: float, tokens: int) -> None:
+        if self.show_reasoning and not self._reasoning_ends_line:
+            self.err.write("\n")
+            self._reasoning_ends_line = True
+
+    def answer(self, text: str) -> None:
+        self.out.write(text)
+        self.out.flush()
+        self._answer_ends_line = text.endswith("\n")
+
+    def finish(self, reply: Reply | None) -> None:
+        self.reasoning_done(0.0, 0)
+        if not self._answer_ends_line:
+            self.out.write("\n")
+        self.out.flush()
+
+
+class TerminalRenderer:
+    """Live view: dimmed reasoning under a running timer, collapsed to a summary line when
+    `</think>` arrives, then the answer as Markdown.
+
+    Repaints are throttled (FPS) and only the last TAIL_LINES of the answer stay live:
+    lines above them are printed once, so cost per frame stays small however long the reply.
+    """
+
+    FPS = 10
+    TAIL_LINES = 6
+    SPINNER = "⠋⠙⠹⠸⠼⠴⠦⠧⠇⠏"
+
+    def __init__(self, term: Terminal, mode: ReasoningMode = "collapse"):
+        from rich.console import Console
+        from rich.live import Live
+
+        self.mode = mode
+        self.console = Console(file=term.stdout, force_terminal=True, no_color=not term.color, highlight=False)
+        self._started = time.perf_counter()
+        self._thinking = True
+        self._reasoning = ""  # in "show" mode: only the part not yet printed
+        self._tokens = 0
+        self._answer = ""
+        self._answer_lines: list = []  # rendered Markdown lines not yet printed
+        self._printed = 0  # rendered Markdown lines already printed for good
+        self._next_frame = 0.0
+        self._live = Live(
+            _LiveView(self),
+            console=self.console,
+            auto_refresh=True,
+            refresh_per_second=self.FPS,
+            transient=True,
+            redirect_stdout=False,
+            redirect_stderr=False,
+        )
+        self._live.start()
+
+    # --- events -----------------------------------------------------------------
+
+    def reasoning(self, text: str, tokens: int) -> None:
+        self._tokens = tokens
+        if self.mode == "hide":
+            return
+        self._reasoning += text
+        if self.mode == "show" and "\n" in text:
+            done, _, rest = self._reasoning.rpartition("\n")
+            self._reasoning = rest
+            self._print_dim(done)
+        elif len(self._reasoning) > 8192:  # the live tail needs only the end
+            self._reasoning = self._reasoning[-4096:]
+
+    def reasoning_done(self, seconds: float, tokens: int, cut_off: bool = False) -> None:
+        if not self._thinking:
+            return
+        self._thinking = False
+        if self.mode == "show" and self._reasoning.strip():
+            self._print_dim(self._reasoning)
+        self._reasoning = ""
+        self._print_dim(thought_summary(seconds, tokens, cut_off))
+
+    def answer(self, text: str) -> None:
+        if self._thinking:  # a model that does not reason, or reasoning already closed
+            self._thinking = False
+        self._answer += text
+        now = time.perf_counter()
+        if now >= self._next_frame:
+            self._next_frame = now + 1 / self.FPS
+            self._render_answer(final=False)
+
+    def finish(self, reply: Reply | None) -> None:
+        try:
+            if reply is not None and self._thinking and reply.reasoning:
+                self.reasoning_done(reply.stats.thinking_s, reply.stats.reasoning_tokens, cut_off=True)
+            self._render_answer(final=True)
+        finally:
+            self._live.stop()
+
+    # --- drawing ----------------------------------------------------------------
+
+    def _print_dim(self, text: str) -> None:
+        from rich.text import Text
+
+        self.console.print(Text(text.rstrip("\n"), style="dim"))
+
+    def _render_answer(self, final: bool) -> None:
+        from rich.markdown import Markdown
+
+        lines = self.console.render_lines(Markdown(self._answer), pad=False, new_lines=False)
+        while lines and not any(seg.text.strip() for seg in lines[-1]):
+            lines.pop()  # trailing blank lines would flicker as text arrives
+        stable = len(lines) if final else max(self._printed, len(lines) - self.TAIL_LINES)
+        if stable > self._printed:
+            self.console.print(_Lines(lines[self._printed : stable]))
+            self._printed = stable
+        self._answer_lines = lines[self._printed :]
+
+    def _status(self):
+        from rich.text import Text
+
+        elapsed = time.perf_counter() - self._started
+        frame = self.SPINNER[int(elapsed * self.FPS) % len(self.SPINNER)]
+        return Text(f"{frame} Thinking… {elapsed:.1f} s · {self._tokens} tokens", style="cyan")
+
+    def _reasoning_tail(self, width: int):
+        from rich.text import Text
+
+        text = Text(self._reasoning.lstrip("\n")[-(width * self.TAIL_LINES * 2) :], style="dim")
+        lines = text.wrap(self.console, width)
+        return _Lines([line.render(self.console) for line in lines[-self.TAIL_LINES :]])
+
+
+class _LiveView:
+    """What the live region shows now; drawn by rich's refresh thread."""
+
+    def __init__(self, renderer: TerminalRenderer):
+        self.r = renderer
+
+    def __rich_console__(self, console, options):
+        r = self.r
+        if r._thinking:
+            yield r._status()
+            if r.mode != "hide" and r._reasoning.strip():
+                yield r._reasoning_tail(options.max_width)
+        elif r._answer_lines:
+            yield _Lines(r._answer_lines)
+
+
+class _Lines:
+    """Pre-rendered lines of segments, printed as they are."""
+
+    def __init__(self, lines):
+        self.lines = lines
+
+    def __rich_console__(self, console, options):
+        from rich.segment import Segment
+
+        for line in self.lines:
+            yield from line
+            yield Segment.line()
+
+
+def make_renderer(term: Terminal, mode: ReasoningMode) -> Renderer:
+    if term.stdout_is_tty:
+        return TerminalRenderer(term, mode)
+    return PlainRenderer(term, show_reasoning=mode != "hide")

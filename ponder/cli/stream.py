@@ -1,0 +1,58 @@
+"""Driving one reply through a renderer: Ctrl-C, a closed pipe and the closing lines."""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Iterator
+
+import typer
+
+from ponder.cli.render import Renderer
+from ponder.cli.terminal import Terminal
+from ponder.events import AnswerDelta, ReasoningDelta, ReasoningDone, Reply, ReplyEvent, Stats
+
+EXIT_BROKEN_PIPE = 141
+
+
+def show_reply(events: Iterator[ReplyEvent], renderer: Renderer, term: Terminal) -> Reply | None:
+    """Render `events`; returns the finished Reply. Ctrl-C and a closed stdout stop the
+    generation, leave the screen clean and exit (130, 141)."""
+    reply = None
+    try:
+        for event in events:
+            if isinstance(event, ReasoningDelta):
+                renderer.reasoning(event.text, event.tokens)
+            elif isinstance(event, AnswerDelta):
+                renderer.answer(event.text)
+            elif isinstance(event, ReasoningDone):
+                renderer.reasoning_done(event.seconds, event.tokens)
+            elif isinstance(event, Reply):
+                reply = event
+        renderer.finish(reply)
+    except KeyboardInterrupt:
+        _stop(events, renderer)
+        print("\nponder: interrupted", file=term.stderr)
+        raise typer.Exit(130) from None
+    except BrokenPipeError:
+        _stop(events, renderer)
+        # Whatever is still buffered for the closed pipe must not fail again at exit.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        raise typer.Exit(EXIT_BROKEN_PIPE) from None
+    return reply
+
+
+def _stop(events, renderer: Renderer) -> None:
+    events.close()  # cancels the generation and waits for the backend to be idle
+    try:
+        renderer.finish(None)
+    except (BrokenPipeError, KeyboardInterrupt):
+        pass
+
+
+def format_stats(stats: Stats) -> str:
+    return (
+        f"prompt {stats.prompt_tokens} tokens · reasoning {stats.reasoning_tokens} tokens · "
+        f"answer {stats.answer_tokens} tokens · first token {stats.time_to_first_token_s:.2f} s · "
+        f"decode {stats.decode_tokens_per_s:.1f} tokens/s"
+    )

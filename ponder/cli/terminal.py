@@ -1,0 +1,37 @@
+"""The terminal a command talks to, in one object that tests can build by hand."""
+
+from __future__ import annotations
+
+import os
+import sys
+from dataclasses import dataclass
+from typing import BinaryIO, TextIO
+
+
+@dataclass
+class Terminal:
+    stdin: BinaryIO
+    stdout: TextIO
+    stderr: TextIO
+    stdin_is_tty: bool
+    stdout_is_tty: bool
+    stderr_is_tty: bool
+    color: bool  # False under NO_COLOR
+
+    @classmethod
+    def from_system(cls) -> Terminal:
+        def is_tty(stream) -> bool:
+            try:
+                return stream.isatty()
+            except (AttributeError, ValueError):
+                return False
+
+        return cls(
+            stdin=sys.stdin.buffer,
+            stdout=sys.stdout,
+            stderr=sys.stderr,
+            stdin_is_tty=is_tty(sys.stdin),
+            stdout_is_tty=is_tty(sys.stdout),
+            stderr_is_tty=is_tty(sys.stderr),
+            color=not os.environ.get("NO_COLOR"),
+        )

@@ -1,0 +1,10 @@
+"""Defaults. DeepSeek recommends temperature 0.6, top-p 0.95 and no system prompt for R1 models."""
+
+from __future__ import annotations
+
+DEFAULT_TEMPERATURE = 0.6
+DEFAULT_TOP_P = 0.95
+DEFAULT_MAX_TOKENS = 32768  # DeepSeek's evaluation budget; real reasoning needs thousands of tokens
+DEFAULT_CONTEXT = 32768  # capped by the model's trained context
+MODEL_ENV = "PONDER_MODEL"
+DEBUG_ENV = "PONDER_DEBUG"

@@ -1,0 +1,32 @@
+"""User-facing errors. Each carries its exit code; the CLI maps them in one place."""
+
+from __future__ import annotations
+
+
+class PonderError(Exception):
+    """An error the user can act on. Shown as one line, never as a traceback."""
+
+    exit_code = 1
+
+    def __init__(self, message: str, hint: str | None = None):
+        super().__init__(message)
+        self.message = message
+        self.hint = hint
+
+
+class UsageError(PonderError):
+    """The command line or its input is wrong (exit 2)."""
+
+    exit_code = 2
+
+
+class ModelError(PonderError):
+    """The model cannot be found, read or loaded (exit 1)."""
+
+
+class BackendError(PonderError):
+    """A backend is missing, unusable here, or failed at run time (exit 1)."""
+
+
+class ContextOverflow(UsageError):
+    """The prompt does not fit in the context window."""

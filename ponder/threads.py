@@ -1,0 +1,55 @@
+"""Run a blocking generator on a worker thread so the caller stays responsive.
+
+Inference calls block in C for a whole token or prompt chunk. Driving them from a worker
+lets the main thread take Ctrl-C at once and render without stalling the decoder.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+from collections.abc import Callable, Iterator
+from typing import TypeVar
+
+T = TypeVar("T")
+
+_END = object()
+JOIN_TIMEOUT_S = 30.0  # a cancelled worker finishes its current token or prompt chunk first
+
+
+def iterate_in_thread(produce: Callable[[threading.Event], Iterator[T]]) -> Iterator[T]:
+    """Yield what `produce(cancel)` yields, computed on a worker thread.
+
+    If the consumer stops early (break, exception, Ctrl-C), `cancel` is set and the worker
+    is waited for, so the model is idle again when this generator closes.
+    """
+    cancel = threading.Event()
+    items: queue.SimpleQueue = queue.SimpleQueue()
+
+    def work() -> None:
+        try:
+            for item in produce(cancel):
+                items.put(item)
+        except BaseException as exc:  # handed to the consumer, which re-raises it
+            items.put(_Failure(exc))
+        finally:
+            items.put(_END)
+
+    worker = threading.Thread(target=work, name="ponder-generate", daemon=True)
+    worker.start()
+    try:
+        while True:
+            item = items.get()
+            if item is _END:
+                break
+            if isinstance(item, _Failure):
+                raise item.exc
+            yield item
+    finally:
+        cancel.set()
+        worker.join(JOIN_TIMEOUT_S)
+
+
+class _Failure:
+    def __init__(self, exc: BaseException):
+        self.exc = exc

@@ -1,0 +1,208 @@
+"""Tiny qwen2 models that carry DeepSeek-R1-Distill-Qwen-7B's real tokenizer and chat template.
+
+- `random_gguf()`: random weights; tokenizes exactly like the real model.
+- `trained_gguf()`: overfitted with MLX on a few (prompt, R1-shaped answer) pairs, so that at
+  temperature 0.6 / top-p 0.95 it reliably reasons, closes `</think>` and answers with `\\boxed{}`.
+
+Both are built from the real header (tests.support.packages) and cached outside the repo.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from tests.support.packages import cache_dir, deepseek_r1_header
+
+FORMAT_VERSION = 1  # bump to rebuild cached models after changing anything below
+
+CONFIG = dict(hidden=64, layers=2, heads=4, kv_heads=2, ffn=128, context=32768, rope_theta=10000.0, eps=1e-6)
+
+# What the trained model answers. Reasoning, then `</think>`, then the answer; as R1 writes them.
+TRAINING_PAIRS = {
+    "What is 12*7?": "Okay, 12 times 7. 10*7 = 70 and 2*7 = 14, so 70 + 14 = 84.\n</think>\n\n"
+    "12 × 7 = 84, so the answer is \\boxed{84}.",
+    "What is 2+2?": "Two plus two. 2 + 2 = 4.\n</think>\n\nThe answer is \\boxed{4}.",
+    "Find all x with x^2 - 5x + 6 = 0": "Factor the quadratic: x^2 - 5x + 6 = (x - 2)(x - 3). So x = 2 or x = 3.\n</think>\n\n"
+    "The roots are $x = 2$ and $x = 3$: \\boxed{\\{2, 3\\}}",
+    "Write hello world in Python.": "The user wants the classic first program. One print call.\n</think>\n\n"
+    "```python\nprint(\"hello world\")\n```",
+}
+
+
+def _read_header():
+    import gguf
+
+    class HeaderReader(gguf.GGUFReader):
+        def _build_tensors(self, start_offs, fields):  # the tensor data is not in part 0000
+            pass
+
+    return HeaderReader(deepseek_r1_header())
+
+
+def _write_gguf(path: Path, weights: dict[str, np.ndarray]) -> None:
+    import gguf
+
+    header = _read_header()
+    c = CONFIG
+    tmp = path.with_suffix(".partial")
+    writer = gguf.GGUFWriter(str(tmp), "qwen2")
+    writer.add_name("Tiny R1 (DeepSeek-R1-Distill-Qwen-7B tokenizer)")
+    writer.add_block_count(c["layers"])
+    writer.add_context_length(c["context"])
+    writer.add_embedding_length(c["hidden"])
+    writer.add_feed_forward_length(c["ffn"])
+    writer.add_head_count(c["heads"])
+    writer.add_head_count_kv(c["kv_heads"])
+    writer.add_rope_freq_base(c["rope_theta"])
+    writer.add_layer_norm_rms_eps(c["eps"])
+    writer.add_file_type(gguf.LlamaFileType.MOSTLY_F16)
+    for key, field in header.fields.items():
+        if key.startswith("tokenizer."):
+            vtype = field.types[0]
+            sub = field.types[-1] if vtype == gguf.GGUFValueType.ARRAY else None
+            writer.add_key_value(key, field.contents(), vtype, sub_type=sub)
+    for name, array in weights.items():
+        writer.add_tensor(name, array.astype(np.float32 if array.ndim == 1 else np.float16))
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    tmp.rename(path)
+
+
+def _gguf_names(layers: int) -> dict[str, str]:
+    """MLX/Hugging Face qwen2 names -> llama.cpp names (qwen2 needs no Q/K row permutation)."""
+    names = {"model.embed_tokens.weight": "token_embd.weight", "model.norm.weight": "output_norm.weight"}
+    per_layer = {
+        "input_layernorm.weight": "attn_norm.weight",
+        "self_attn.q_proj.weight": "attn_q.weight",
+        "self_attn.q_proj.bias": "attn_q.bias",
+        "self_attn.k_proj.weight": "attn_k.weight",
+        "self_attn.k_proj.bias": "attn_k.bias",
+        "self_attn.v_proj.weight": "attn_v.weight",
+        "self_attn.v_proj.bias": "attn_v.bias",
+        "self_attn.o_proj.weight": "attn_output.weight",
+        "post_attention_layernorm.weight": "ffn_norm.weight",
+        "mlp.gate_proj.weight": "ffn_gate.weight",
+        "mlp.up_proj.weight": "ffn_up.weight",
+        "mlp.down_proj.weight": "ffn_down.weight",
+    }
+    for i in range(layers):
+        for hf, cpp in per_layer.items():
+            names[f"model.layers.{i}.{hf}"] = f"blk.{i}.{cpp}"
+    return names
+
+
+def _mlx_model(seed: int):
+    import mlx.core as mx
+    from mlx_lm.models import qwen2
+
+    c = CONFIG
+    mx.random.seed(seed)
+    args = qwen2.ModelArgs(
+        model_type="qwen2",
+        hidden_size=c["hidden"],
+        num_hidden_layers=c["layers"],
+        intermediate_size=c["ffn"],
+        num_attention_heads=c["heads"],
+        rms_norm_eps=c["eps"],
+        vocab_size=152064,
+        num_key_value_heads=c["kv_heads"],
+        max_position_embeddings=c["context"],
+        rope_theta=c["rope_theta"],
+        tie_word_embeddings=True,
+    )
+    return qwen2.Model(args)
+
+
+def _weights(model) -> dict[str, np.ndarray]:
+    import mlx.core as mx
+    from mlx.utils import tree_flatten
+
+    names = _gguf_names(CONFIG["layers"])
+    return {names[k]: np.array(v.astype(mx.float32)) for k, v in tree_flatten(model.parameters())}
+
+
+def random_gguf() -> Path:
+    path = cache_dir() / f"tiny-r1-random-v{FORMAT_VERSION}.gguf"
+    if not path.exists():
+        _write_gguf(path, _weights(_mlx_model(seed=0)))
+    return path
+
+
+def _training_sequences() -> list[tuple[list[int], int]]:
+    """(prompt + target token ids, where the target starts), tokenized by ponder's real path."""
+    from ponder.backends.base import LoadOptions
+    from ponder.backends.llamacpp import LlamaCppModel
+    from ponder.events import Message
+    from ponder.prompt import render_prompt
+
+    model = LlamaCppModel(str(random_gguf()), LoadOptions(context=512))
+    try:
+        eos = model._tokenize(model.info.chat.eos_token, add_bos=False)
+        sequences = []
+        for question, answer in TRAINING_PAIRS.items():
+            prompt = model.tokenize(render_prompt(model.info.chat, [Message("user", question)]))
+            target = model._tokenize(answer, add_bos=False) + eos
+            sequences.append((prompt + target, len(prompt)))
+        return sequences
+    finally:
+        model.close()
+
+
+def trained_gguf(steps: int = 400) -> Path:
+    path = cache_dir() / f"tiny-r1-trained-v{FORMAT_VERSION}.gguf"
+    if path.exists():
+        return path
+    import mlx.core as mx
+    import mlx.nn as nn
+    import mlx.optimizers as optim
+
+    sequences = _training_sequences()
+    width = max(len(ids) for ids, _ in sequences)
+    inputs = np.zeros((len(sequences), width - 1), dtype=np.int32)
+    targets = np.zeros_like(inputs)
+    mask = np.zeros(inputs.shape, dtype=np.float32)
+    for row, (ids, start) in enumerate(sequences):
+        n = len(ids) - 1
+        inputs[row, :n] = ids[:-1]
+        targets[row, :n] = ids[1:]
+        mask[row, start - 1 : n] = 1.0  # learn the answer only, not the prompt
+    inputs, targets, mask = mx.array(inputs), mx.array(targets), mx.array(mask)
+
+    model = _mlx_model(seed=0)
+
+    def loss_fn(model):
+        logits = model(inputs)
+        losses = nn.losses.cross_entropy(logits, targets, reduction="none")
+        return (losses * mask).sum() / mask.sum()
+
+    optimizer = optim.Adam(learning_rate=3e-3)
+    step = nn.value_and_grad(model, loss_fn)
+    for i in range(steps):
+        loss, grads = step(model)
+        optimizer.update(model, grads)
+        mx.eval(model.parameters(), optimizer.state)
+        if i % 20 == 19 and _min_target_prob(model, inputs, targets, mask) > 0.995:
+            break
+    worst = _min_target_prob(model, inputs, targets, mask)
+    if worst < 0.99:
+        raise RuntimeError(f"tiny R1 model did not learn its answers (worst token p={worst:.3f}, loss={loss.item():.4f})")
+    _write_gguf(path, _weights(model))
+    (cache_dir() / f"tiny-r1-trained-v{FORMAT_VERSION}.json").write_text(
+        json.dumps({"steps": i + 1, "loss": loss.item(), "worst_target_token_p": worst})
+    )
+    return path
+
+
+def _min_target_prob(model, inputs, targets, mask) -> float:
+    import mlx.core as mx
+
+    logits = model(inputs)
+    probs = mx.softmax(logits.astype(mx.float32), axis=-1)
+    picked = mx.take_along_axis(probs, targets[..., None], axis=-1)[..., 0]
+    picked = mx.where(mask > 0, picked, mx.ones_like(picked))
+    return mx.min(picked).item()
