@@ -53,3 +53,25 @@ def iterate_in_thread(produce: Callable[[threading.Event], Iterator[T]]) -> Iter
 class _Failure:
     def __init__(self, exc: BaseException):
         self.exc = exc
+
+
+def call_in_thread(function: Callable[[], T]) -> T:
+    """`function()` on a worker thread, waited for interruptibly.
+
+    Long C calls (loading a model) then never run Python callbacks on the main thread,
+    where a Ctrl-C would be raised inside the callback and swallowed by ctypes; and Ctrl-C
+    returns at once instead of after the call.
+    """
+    outcome: queue.SimpleQueue = queue.SimpleQueue()
+
+    def work() -> None:
+        try:
+            outcome.put((True, function()))
+        except BaseException as exc:
+            outcome.put((False, exc))
+
+    threading.Thread(target=work, name="ponder-call", daemon=True).start()
+    ok, value = outcome.get()
+    if not ok:
+        raise value
+    return value

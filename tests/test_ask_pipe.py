@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 
 from tests.support.cli import ANSI, ponder_env, run_ponder
+from tests.support.tiny_r1 import TRAINING_PAIRS
 
 R1_ANSWER = "12 × 7 = 84, so the answer is \\boxed{84}."
 R1_REASONING = "Okay, 12 times 7. 10*7 = 70 and 2*7 = 14, so 70 + 14 = 84."
@@ -41,12 +43,26 @@ def test_prompt_from_stdin_and_model_from_env(tiny_r1):
     assert result.stdout.decode() == "The answer is \\boxed{4}.\n"
 
 
-def test_stats_on_stderr(tiny_r1):
+def test_stats_on_stderr_count_the_real_tokens(tiny_r1):
+    from ponder.backends.base import LoadOptions
+    from ponder.backends.llamacpp import LlamaCppModel
+    from ponder.events import Message
+    from ponder.prompt import render_prompt
+
+    model = LlamaCppModel(tiny_r1, LoadOptions(context=256))
+    prompt = len(model.tokenize(render_prompt(model.info.chat, [Message("user", "What is 2+2?")])))
+    reasoning, answer = TRAINING_PAIRS["What is 2+2?"].split("</think>")
+    reasoning_tokens = len(model._tokenize(reasoning, add_bos=False)) + 1  # and the </think> token itself
+    answer_tokens = len(model._tokenize(answer, add_bos=False))
+    model.close()
+
     result = run_ponder("ask", "--model", tiny_r1, "--stats", "--hide-reasoning", "What is 2+2?")
     assert result.returncode == 0
     line = result.stderr.decode().strip().splitlines()[-1]
-    assert line.startswith("prompt 11 tokens · reasoning ")
-    assert "answer " in line and "first token " in line and "tokens/s" in line
+    assert line.startswith(
+        f"prompt {prompt} tokens · reasoning {reasoning_tokens} tokens · answer {answer_tokens} tokens · first token "
+    )
+    assert re.search(r"decode \d+\.\d tokens/s$", line)
     assert result.stdout.decode() == "The answer is \\boxed{4}.\n"
 
 

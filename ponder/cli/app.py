@@ -15,6 +15,8 @@ from ponder import __version__
 from ponder.config import DEBUG_ENV
 from ponder.errors import PonderError
 
+EXIT_INTERRUPTED = 130
+
 app = typer.Typer(
     name="ponder",
     help="A command-line assistant for <think>-style reasoning models (DeepSeek-R1 and kin).",
@@ -62,6 +64,10 @@ def main(argv: list[str] | None = None) -> None:
     """Console-script entry point."""
     try:
         app(args=argv, prog_name="ponder")
+    except SystemExit as exc:
+        if exc.code == EXIT_INTERRUPTED:  # typer turns Ctrl-C into this exit code, silently
+            print("\nponder: interrupted", file=sys.stderr)
+        raise
     except PonderError as exc:
         message = f"ponder: error: {exc.message}"
         if exc.hint:

@@ -44,7 +44,7 @@ def ask(
     text = user_prompt(prompt, term)
     loaded = load_model(term, model, backend, LoadOptions(context=ctx, threads=threads))
     events = generate_reply(loaded, [Message("user", text)], params)
-    reply = show_reply(events, make_renderer(term, mode), term)
+    reply = show_reply(events, make_renderer(term, mode, loaded.info.chat.reasoning))
     if reply is None:
         return
     if reply.finish_reason == "length":

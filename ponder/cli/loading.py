@@ -8,6 +8,7 @@ from ponder.backends import LoadOptions, Model, get_backend, select_backend
 from ponder.cli.terminal import Terminal
 from ponder.config import MODEL_ENV
 from ponder.errors import UsageError
+from ponder.threads import call_in_thread
 
 
 def resolve_model_path(model: str | None) -> str:
@@ -21,9 +22,9 @@ def load_model(term: Terminal, model: str | None, backend: str, options: LoadOpt
     path = resolve_model_path(model)
     chosen = get_backend(select_backend(path, backend))
     if not term.stderr_is_tty:
-        return chosen.load(path, options)
+        return call_in_thread(lambda: chosen.load(path, options))
     from rich.console import Console
 
     console = Console(file=term.stderr, no_color=not term.color)
     with console.status(f"Loading {os.path.basename(path)}…", spinner="dots"):
-        return chosen.load(path, options)
+        return call_in_thread(lambda: chosen.load(path, options))

@@ -73,11 +73,12 @@ class TerminalRenderer:
     TAIL_LINES = 6
     SPINNER = "⠋⠙⠹⠸⠼⠴⠦⠧⠇⠏"
 
-    def __init__(self, term: Terminal, mode: ReasoningMode = "collapse"):
+    def __init__(self, term: Terminal, mode: ReasoningMode = "collapse", reasoning_model: bool = True):
         from rich.console import Console
         from rich.live import Live
 
         self.mode = mode
+        self._waiting_label = "Thinking…" if reasoning_model else "Generating…"
         self.console = Console(file=term.stdout, force_terminal=True, no_color=not term.color, highlight=False)
         self._started = time.perf_counter()
         self._thinking = True
@@ -162,7 +163,7 @@ class TerminalRenderer:
 
         elapsed = time.perf_counter() - self._started
         frame = self.SPINNER[int(elapsed * self.FPS) % len(self.SPINNER)]
-        return Text(f"{frame} Thinking… {elapsed:.1f} s · {self._tokens} tokens", style="cyan")
+        return Text(f"{frame} {self._waiting_label} {elapsed:.1f} s · {self._tokens} tokens", style="cyan")
 
     def _reasoning_tail(self, width: int):
         from rich.text import Text
@@ -202,7 +203,7 @@ class _Lines:
             yield Segment.line()
 
 
-def make_renderer(term: Terminal, mode: ReasoningMode) -> Renderer:
+def make_renderer(term: Terminal, mode: ReasoningMode, reasoning_model: bool = True) -> Renderer:
     if term.stdout_is_tty:
-        return TerminalRenderer(term, mode)
+        return TerminalRenderer(term, mode, reasoning_model)
     return PlainRenderer(term, show_reasoning=mode != "hide")

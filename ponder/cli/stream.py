@@ -9,13 +9,12 @@ from collections.abc import Iterator
 import typer
 
 from ponder.cli.render import Renderer
-from ponder.cli.terminal import Terminal
 from ponder.events import AnswerDelta, ReasoningDelta, ReasoningDone, Reply, ReplyEvent, Stats
 
 EXIT_BROKEN_PIPE = 141
 
 
-def show_reply(events: Iterator[ReplyEvent], renderer: Renderer, term: Terminal) -> Reply | None:
+def show_reply(events: Iterator[ReplyEvent], renderer: Renderer) -> Reply | None:
     """Render `events`; returns the finished Reply. Ctrl-C and a closed stdout stop the
     generation, leave the screen clean and exit (130, 141)."""
     reply = None
@@ -32,8 +31,7 @@ def show_reply(events: Iterator[ReplyEvent], renderer: Renderer, term: Terminal)
         renderer.finish(reply)
     except KeyboardInterrupt:
         _stop(events, renderer)
-        print("\nponder: interrupted", file=term.stderr)
-        raise typer.Exit(130) from None
+        raise
     except BrokenPipeError:
         _stop(events, renderer)
         # Whatever is still buffered for the closed pipe must not fail again at exit.

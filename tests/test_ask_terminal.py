@@ -1,0 +1,124 @@
+"""`ponder ask` on a real terminal (a pty), as a person sees it."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+import time
+
+import re
+
+import pexpect
+import pytest
+
+from tests.support.cli import ponder_env, spawn_in_pty, strip_ansi
+
+
+FOREGROUND_OR_BACKGROUND = {str(n) for n in [*range(30, 39), *range(40, 49), *range(90, 98), *range(100, 108)]}
+
+
+def final_screen(*args: str, cols: int = 100, rows: int = 40) -> str:
+    """Run ponder in a tmux pane and return what the screen shows once it has finished."""
+    if not shutil.which("tmux"):
+        pytest.skip("tmux is not installed")
+    session = f"ponder-test-{time.monotonic_ns()}"
+    command = " ".join([sys.executable, "-m", "ponder", *(f"'{a}'" for a in args)]) + "; echo EXIT=$?; sleep 30"
+    subprocess.run(
+        ["tmux", "new-session", "-d", "-s", session, "-x", str(cols), "-y", str(rows), command],
+        check=True,
+        env=ponder_env(TERM="xterm-256color"),
+    )
+    try:
+        deadline = time.monotonic() + 90
+        while time.monotonic() < deadline:
+            screen = subprocess.run(
+                ["tmux", "capture-pane", "-p", "-t", session], capture_output=True, text=True
+            ).stdout
+            if "EXIT=" in screen:
+                return screen
+            time.sleep(0.2)
+        raise AssertionError("ponder did not finish:\n" + screen)
+    finally:
+        subprocess.run(["tmux", "kill-session", "-t", session], capture_output=True)
+
+
+def test_reasoning_collapses_to_a_summary_and_answer_stays(tiny_r1):
+    screen = final_screen("ask", "--model", tiny_r1, "What is 12*7?")
+    assert "EXIT=0" in screen
+    assert "Thought for " in screen and " tokens" in screen
+    assert "12 × 7 = 84, so the answer is \\boxed{84}." in screen
+    assert "10*7 = 70" not in screen  # collapsed: the reasoning itself is gone
+    assert "Thinking…" not in screen
+
+
+def test_show_reasoning_keeps_it(tiny_r1):
+    screen = final_screen("ask", "--model", tiny_r1, "--show-reasoning", "What is 12*7?")
+    assert "Okay, 12 times 7. 10*7 = 70 and 2*7 = 14, so 70 + 14 = 84." in screen
+    assert screen.index("10*7 = 70") < screen.index("Thought for ") < screen.index("the answer is")
+
+
+def test_answer_renders_as_markdown_with_highlighted_code(tiny_r1):
+    child = spawn_in_pty("ask", "--model", tiny_r1, "Write hello world in Python.")
+    child.expect(pexpect.EOF)
+    child.close()
+    assert child.exitstatus == 0
+    raw = child.before
+    assert "\x1b[" in raw  # styled for a terminal
+    text = strip_ansi(raw)
+    assert 'print("hello world")' in text
+    assert "```" not in text  # the fence is rendered, not shown
+
+
+def test_dimmed_reasoning_is_shown_while_it_streams(tiny_r1):
+    child = spawn_in_pty("ask", "--model", tiny_r1, "What is 12*7?")
+    child.expect(pexpect.EOF)
+    raw = child.before
+    assert "\x1b[2m" in raw  # dim style was drawn
+    assert "Thinking…" in strip_ansi(raw) or "Thought for" in strip_ansi(raw)
+
+
+def test_no_color_is_honoured(tiny_r1):
+    child = spawn_in_pty("ask", "--model", tiny_r1, "What is 2+2?", env=ponder_env(TERM="xterm-256color", NO_COLOR="1"))
+    child.expect(pexpect.EOF)
+    raw = child.before
+    colours = [
+        params for params in re.findall(r"\x1b\[([0-9;]*)m", raw)
+        if any(p in FOREGROUND_OR_BACKGROUND for p in params.split(";"))
+    ]
+    assert colours == []  # NO_COLOR removes colour; dim and bold are styles and stay, as the spec allows
+    assert "The answer is" in strip_ansi(raw)
+
+
+def test_smollm2_streams_text_on_a_terminal(smollm2):
+    child = spawn_in_pty("ask", "--model", smollm2, "--max-tokens", "40", "--seed", "2", "Tell me about cats.")
+    child.expect(pexpect.EOF)
+    child.close()
+    assert child.exitstatus == 0
+    assert len(strip_ansi(child.before).split()) >= 5
+
+
+def test_ctrl_c_stops_promptly_and_leaves_terminal_clean(smollm2):
+    child = spawn_in_pty("ask", "--model", smollm2, "--max-tokens", "5000", "--seed", "4", "Write a very long story.")
+    child.expect("Generating…")
+    child.expect(r"[a-z]+ [a-z]+ [a-z]+ [a-z]+")  # words of the story are streaming
+    sent = time.monotonic()
+    child.sendintr()
+    child.expect(pexpect.EOF, timeout=10)
+    stopped_after = time.monotonic() - sent
+    child.close()
+    assert child.exitstatus == 130
+    assert stopped_after < 5
+    assert "interrupted" in child.before
+    assert "Traceback" not in child.before
+    assert "\x1b[?25h" in child.before  # the cursor is shown again
+
+
+def test_ctrl_c_while_loading_exits_at_once(smollm2):
+    child = spawn_in_pty("ask", "--model", smollm2, "--max-tokens", "5000", "Write a very long story.")
+    child.expect("Loading")
+    child.sendintr()
+    child.expect(pexpect.EOF, timeout=10)
+    child.close()
+    assert child.exitstatus == 130
+    assert "Traceback" not in child.before and "Exception ignored" not in child.before
