@@ -1,0 +1,92 @@
+"""Pieces of the CLI that need no model: input assembly, completions, start-up, the registry."""
+
+from __future__ import annotations
+
+import io
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from ponder.cli.inputs import user_prompt
+from ponder.cli.terminal import Terminal
+from ponder.errors import UsageError
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def terminal_with_piped_stdin(data: bytes) -> Terminal:
+    read_end, write_end = os.pipe()
+    os.write(write_end, data)
+    os.close(write_end)
+    return Terminal(
+        stdin=os.fdopen(read_end, "rb"), stdout=io.StringIO(), stderr=io.StringIO(),
+        stdin_is_tty=False, stdout_is_tty=False, stderr_is_tty=False, color=False,
+    )
+
+
+def test_piped_text_and_question_share_the_user_turn():
+    term = terminal_with_piped_stdin(b"Meeting notes: ship on Friday.\n")
+    assert user_prompt("summarise this", term) == "Meeting notes: ship on Friday.\n\nsummarise this"
+
+
+def test_question_alone_and_stdin_alone():
+    assert user_prompt("  What is 2+2?  ", terminal_with_piped_stdin(b"")) == "What is 2+2?"
+    assert user_prompt(None, terminal_with_piped_stdin(b"From a pipe\n")) == "From a pipe"
+
+
+def test_nothing_at_all_is_a_usage_error():
+    with pytest.raises(UsageError, match="no prompt"):
+        user_prompt(None, terminal_with_piped_stdin(b"\n\n"))
+
+
+def test_completions_are_current(tmp_path):
+    from ponder.cli.completion import SHELLS, write_all
+
+    write_all(tmp_path)
+    for filename in SHELLS.values():
+        committed = (ROOT / "completions" / filename).read_text()
+        assert (tmp_path / filename).read_text() == committed, (
+            f"completions/{filename} is stale: run `python -m ponder.cli.completion`"
+        )
+
+
+def test_bash_completion_completes_options_and_values():
+    script = f"""
+source {ROOT / 'completions' / 'ponder.bash'}
+COMP_WORDS=(ponder ask --ba); COMP_CWORD=2; _ponder; echo "${{COMPREPLY[@]}}"
+COMP_WORDS=(ponder ask --backend ''); COMP_CWORD=3; _ponder; echo "${{COMPREPLY[@]}}"
+COMP_WORDS=(ponder a); COMP_CWORD=1; _ponder; echo "${{COMPREPLY[@]}}"
+"""
+    out = subprocess.run(["bash", "-c", script], capture_output=True, text=True, check=True).stdout.splitlines()
+    assert out == ["--backend", "auto llama.cpp", "ask"]
+
+
+def test_help_imports_no_inference_engine():
+    probe = subprocess.run(
+        [sys.executable, "-X", "importtime", "-m", "ponder", "ask", "--help"], capture_output=True, text=True
+    )
+    assert probe.returncode == 0 and "--temperature" in probe.stdout
+    imported = {line.rsplit("|", 1)[-1].strip().split(".")[0] for line in probe.stderr.splitlines() if "|" in line}
+    assert imported.isdisjoint({"llama_cpp", "mlx", "mlx_lm", "transformers", "numpy", "jinja2", "rich"})
+
+
+def test_plugin_backends_come_from_entry_points(tmp_path, monkeypatch):
+    dist = tmp_path / "ponder_fake-1.0.dist-info"
+    dist.mkdir()
+    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: ponder-fake\nVersion: 1.0\n")
+    (dist / "entry_points.txt").write_text("[ponder.backends]\nfake = ponder_fake_backend:FakeBackend\n")
+    (tmp_path / "ponder_fake_backend.py").write_text("class FakeBackend:\n    name = 'fake'\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    from ponder import backends
+
+    backends.available.cache_clear()
+    try:
+        assert backends.available()["fake"] == "ponder_fake_backend:FakeBackend"
+        assert backends.get_backend("fake").name == "fake"
+        with pytest.raises(UsageError, match="unknown backend 'nope'"):
+            backends.get_backend("nope")
+    finally:
+        backends.available.cache_clear()
