@@ -18,7 +18,7 @@ from tests.support.cli import ponder_env, spawn_in_pty, strip_ansi
 FOREGROUND_OR_BACKGROUND = {str(n) for n in [*range(30, 39), *range(40, 49), *range(90, 98), *range(100, 108)]}
 
 
-def final_screen(*args: str, cols: int = 100, rows: int = 40) -> str:
+def final_screen(*args: str, cols: int = 100, rows: int = 40, scrollback: bool = False) -> str:
     """Run ponder in a tmux pane and return what the screen shows once it has finished."""
     if not shutil.which("tmux"):
         pytest.skip("tmux is not installed")
@@ -33,7 +33,8 @@ def final_screen(*args: str, cols: int = 100, rows: int = 40) -> str:
         deadline = time.monotonic() + 90
         while time.monotonic() < deadline:
             screen = subprocess.run(
-                ["tmux", "capture-pane", "-p", "-t", session], capture_output=True, text=True
+                ["tmux", "capture-pane", "-p", "-J", *(["-S", "-"] if scrollback else []), "-t", session],
+                capture_output=True, text=True,
             ).stdout
             if "EXIT=" in screen:
                 return screen
@@ -122,3 +123,19 @@ def test_ctrl_c_while_loading_exits_at_once(smollm2):
     child.close()
     assert child.exitstatus == 130
     assert "Traceback" not in child.before and "Exception ignored" not in child.before
+
+
+def test_long_answer_on_terminal_loses_and_repeats_nothing(smollm2):
+    """The live view prints stable lines once and repaints only the tail: the final
+    transcript must hold the same words as the pipe's plain answer, in order, once."""
+    args = ("ask", "--model", smollm2, "--max-tokens", "250", "--seed", "5", "--temperature", "0.8",
+            "Tell me a story about a lighthouse keeper.")
+    from tests.support.cli import run_ponder
+
+    plain = run_ponder(*args).stdout.decode()
+    screen = final_screen(*args, cols=80, rows=15, scrollback=True)
+    words = lambda text: re.findall(r"[A-Za-z']+", text)  # Markdown styling changes symbols, not words
+    shown = words(screen.split("EXIT=")[0].split("ponder: warning")[0])
+    expected = words(plain)
+    assert len(expected) > 60
+    assert shown[-len(expected):] == expected
