@@ -1,11 +1,11 @@
 """llama.cpp through llama-cpp-python's low-level bindings.
 
 The high-level `Llama` class is skipped on purpose: its per-token path copies the full
-logits row into numpy and runs Python-side stop checks (about 91% of llama.cpp's own
-decode speed), its `verbose=False` points fds 1 and 2 at /dev/null while loading, and
-it prints to stderr. Here sampling runs in llama.cpp's C sampler chain, one reused
-single-token batch feeds the decoder, and llama.cpp's log goes to a buffer that error
-messages and `--debug` draw on.
+logits row and runs Python-side stop checks (82-91% of llama.cpp's own decode speed),
+its `verbose=False` points fds 1 and 2 at /dev/null while loading, and it prints to
+stderr. Here one reused single-token batch feeds the decoder, sampling reads the logits
+in place (ponder.sampling), and llama.cpp's log goes to a buffer that error messages and
+`--debug` draw on.
 """
 
 from __future__ import annotations
@@ -14,7 +14,6 @@ import codecs
 import collections
 import ctypes
 import os
-import random
 import sys
 import threading
 import time
@@ -22,12 +21,14 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import llama_cpp as lib
+import numpy as np
 
 from ponder.backends.base import LoadOptions, ModelInfo
 from ponder.config import DEFAULT_CONTEXT
 from ponder.errors import BackendError, ContextOverflow, ModelError
 from ponder.events import BackendEvent, BackendStats, Finished, GenerationParams, TextDelta
 from ponder.prompt import ChatFormat
+from ponder.sampling import Sampler
 
 PROMPT_CHUNK = 512  # prompt tokens per decode call; cancellation is checked between chunks
 GGUF_MAGIC = b"GGUF"
@@ -124,6 +125,7 @@ class LlamaCppModel:
                 hint="the file may be truncated or corrupt; download it again",
             )
         self._vocab = lib.llama_model_get_vocab(self._model)
+        self._n_vocab = lib.llama_vocab_n_tokens(self._vocab)
         trained = lib.llama_model_n_ctx_train(self._model)
         context = options.context or min(DEFAULT_CONTEXT, trained)
 
@@ -228,37 +230,35 @@ class LlamaCppModel:
             yield Finished("cancelled", BackendStats(len(tokens), 0, 0.0, 0.0, time.perf_counter() - started))
             return
 
-        sampler = self._make_sampler(params)
+        sampler = Sampler(self._n_vocab, params.temperature, params.top_p, params.seed)
         decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
         token_slot = (lib.llama_token * 1)()
         batch = lib.llama_batch_get_one(token_slot, 1)
-        piece, vocab, ctx = self._piece, self._vocab, self._ctx
+        piece, vocab, ctx, n_vocab = self._piece, self._vocab, self._ctx, self._n_vocab
         generated = 0
         reason = "length"
         first = last = started
-        try:
-            while generated < budget:
-                if cancel.is_set():
-                    reason = "cancelled"
-                    break
-                token = lib.llama_sampler_sample(sampler, ctx, -1)
-                last = time.perf_counter()
-                if generated == 0:
-                    first = last
-                if lib.llama_vocab_is_eog(vocab, token):
-                    reason = "stop"
-                    break
-                generated += 1
-                n = lib.llama_token_to_piece(vocab, token, piece, 256, 0, False)
-                yield TextDelta(decoder.decode(piece.raw[:n]))
-                if generated == budget:
-                    break
-                token_slot[0] = token
-                if lib.llama_decode(ctx, batch) != 0:
-                    raise BackendError("llama.cpp failed to decode (the context may be full)")
-                self._cached.append(token)
-        finally:
-            lib.llama_sampler_free(sampler)
+        while generated < budget:
+            if cancel.is_set():
+                reason = "cancelled"
+                break
+            logits = np.ctypeslib.as_array(lib.llama_get_logits_ith(ctx, -1), shape=(n_vocab,))  # no copy
+            token = sampler.sample(logits)
+            last = time.perf_counter()
+            if generated == 0:
+                first = last
+            if lib.llama_vocab_is_eog(vocab, token):
+                reason = "stop"
+                break
+            generated += 1
+            n = lib.llama_token_to_piece(vocab, token, piece, 256, 0, False)
+            yield TextDelta(decoder.decode(piece.raw[:n]))
+            if generated == budget:
+                break
+            token_slot[0] = token
+            if lib.llama_decode(ctx, batch) != 0:
+                raise BackendError("llama.cpp failed to decode (the context may be full)")
+            self._cached.append(token)
         tail = decoder.decode(b"", final=True)
         if tail:
             yield TextDelta(tail, tokens=0)
@@ -292,20 +292,6 @@ class LlamaCppModel:
                 raise BackendError("llama.cpp failed to process the prompt" + (f": {_last_error()}" if _log_lines else ""))
             self._cached.extend(chunk)
         return True
-
-    @staticmethod
-    def _make_sampler(params: GenerationParams):
-        chain = lib.llama_sampler_chain_init(lib.llama_sampler_chain_default_params())
-        if params.temperature <= 0:
-            lib.llama_sampler_chain_add(chain, lib.llama_sampler_init_greedy())
-            return chain
-        # Temperature before top-p, as Hugging Face and vLLM apply them (DeepSeek's evaluation setup).
-        lib.llama_sampler_chain_add(chain, lib.llama_sampler_init_temp(params.temperature))
-        if params.top_p < 1.0:
-            lib.llama_sampler_chain_add(chain, lib.llama_sampler_init_top_p(params.top_p, 1))
-        seed = params.seed if params.seed is not None else random.getrandbits(32)
-        lib.llama_sampler_chain_add(chain, lib.llama_sampler_init_dist(seed))
-        return chain
 
     def close(self) -> None:
         if self._ctx:
