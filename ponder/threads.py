@@ -14,16 +14,21 @@ from typing import TypeVar
 T = TypeVar("T")
 
 _END = object()
-JOIN_TIMEOUT_S = 30.0  # a cancelled worker finishes its current token or prompt chunk first
+JOIN_TIMEOUT_S = 30.0
+POLL_S = 1 / 30  # how often streamed text reaches the screen: smooth to the eye  # a cancelled worker finishes its current token or prompt chunk first
 
 
 def iterate_in_thread(produce: Callable[[threading.Event], Iterator[T]]) -> Iterator[T]:
     """Yield what `produce(cancel)` yields, computed on a worker thread.
 
+    The caller collects items every POLL_S instead of being woken for each one: on a
+    machine whose cores all decode, a consumer woken per token preempts the inference
+    threads mid-step and costs about a sixth of decode speed; batched wake-ups cost ~nil.
     If the consumer stops early (break, exception, Ctrl-C), `cancel` is set and the worker
     is waited for, so the model is idle again when this generator closes.
     """
     cancel = threading.Event()
+    finished = threading.Event()
     items: queue.SimpleQueue = queue.SimpleQueue()
 
     def work() -> None:
@@ -34,17 +39,23 @@ def iterate_in_thread(produce: Callable[[threading.Event], Iterator[T]]) -> Iter
             items.put(_Failure(exc))
         finally:
             items.put(_END)
+            finished.set()
 
     worker = threading.Thread(target=work, name="ponder-generate", daemon=True)
     worker.start()
     try:
         while True:
-            item = items.get()
-            if item is _END:
-                break
-            if isinstance(item, _Failure):
-                raise item.exc
-            yield item
+            finished.wait(POLL_S)  # interruptible by Ctrl-C; returns early once the worker is done
+            while True:
+                try:
+                    item = items.get_nowait()
+                except queue.Empty:
+                    break
+                if item is _END:
+                    return
+                if isinstance(item, _Failure):
+                    raise item.exc
+                yield item
     finally:
         cancel.set()
         worker.join(JOIN_TIMEOUT_S)

@@ -85,8 +85,10 @@ class TerminalRenderer:
         self._reasoning = ""  # in "show" mode: only the part not yet printed
         self._tokens = 0
         self._answer = ""
-        self._answer_lines: list = []  # rendered Markdown lines not yet printed
-        self._printed = 0  # rendered Markdown lines already printed for good
+        self._block_start = 0  # the answer before this index is printed for good
+        self._printed = 0  # rendered lines of the current block printed for good
+        self._printed_any = False
+        self._answer_lines: list = []  # rendered lines of the current block not yet printed
         self._next_frame = 0.0
         self._live = Live(
             _LiveView(self),
@@ -147,16 +149,39 @@ class TerminalRenderer:
         self.console.print(Text(text.rstrip("\n"), style="dim"))
 
     def _render_answer(self, final: bool) -> None:
-        from rich.markdown import Markdown
-
-        lines = self.console.render_lines(Markdown(self._answer), pad=False, new_lines=False)
-        while lines and not any(seg.text.strip() for seg in lines[-1]):
-            lines.pop()  # trailing blank lines would flicker as text arrives
-        stable = len(lines) if final else max(self._printed, len(lines) - self.TAIL_LINES)
+        """Print what is settled, keep the rest live. Complete Markdown blocks (up to a blank
+        line outside a code fence) are rendered and printed once, so each frame renders only
+        the block being written; within a long block, all but its last TAIL_LINES are printed."""
+        text = self._answer
+        cut = len(text) if final else _settled_blocks_end(text, self._block_start)
+        if cut > self._block_start:
+            self._print_lines(self._markdown_lines(text[self._block_start : cut])[self._printed :])
+            self._block_start, self._printed = cut, 0
+        lines = self._markdown_lines(text[self._block_start :]) if not final else []
+        stable = max(self._printed, len(lines) - self.TAIL_LINES)
         if stable > self._printed:
-            self.console.print(_Lines(lines[self._printed : stable]))
+            self._print_lines(lines[self._printed : stable])
             self._printed = stable
         self._answer_lines = lines[self._printed :]
+
+    def _markdown_lines(self, source: str) -> list:
+        from rich.markdown import Markdown
+
+        lines = self.console.render_lines(Markdown(source), pad=False, new_lines=False)
+        blank = lambda line: not any(seg.text.strip() for seg in line)  # noqa: E731
+        while lines and blank(lines[-1]):
+            lines.pop()
+        while lines and blank(lines[0]):
+            lines.pop(0)
+        return lines
+
+    def _print_lines(self, lines: list) -> None:
+        if not lines:
+            return
+        if self._printed == 0 and self._printed_any:
+            self.console.print()  # the blank line Markdown puts between blocks
+        self.console.print(_Lines(lines))
+        self._printed_any = True
 
     def _status(self):
         from rich.text import Text
@@ -171,6 +196,21 @@ class TerminalRenderer:
         text = Text(self._reasoning.lstrip("\n")[-(width * self.TAIL_LINES * 2) :], style="dim")
         lines = text.wrap(self.console, width)
         return _Lines([line.render(self.console) for line in lines[-self.TAIL_LINES :]])
+
+
+def _settled_blocks_end(text: str, start: int) -> int:
+    """Index just past the last blank line after `start` that lies outside a code fence
+    (`start` if none): Markdown before it can no longer change as text arrives."""
+    end = start
+    in_fence = False
+    position = start
+    for line in text[start:].splitlines(keepends=True):
+        position += len(line)
+        if line.lstrip().startswith(("```", "~~~")):
+            in_fence = not in_fence
+        elif not in_fence and not line.strip() and line.endswith("\n") and text[position:].strip():
+            end = position
+    return end
 
 
 class _LiveView:
