@@ -14,6 +14,7 @@ import argparse
 import json
 import os
 import re
+import shlex
 import shutil
 import statistics
 import subprocess
@@ -37,16 +38,18 @@ def ponder_pipe(model: str, threads: int, tokens: int) -> float:
 
 
 def ponder_terminal(model: str, threads: int, tokens: int) -> float:
-    import pexpect
-
-    child = pexpect.spawn(
-        sys.executable,
-        ["-m", "ponder", "ask", "--model", model, "--threads", str(threads), "--max-tokens", str(tokens), "--seed", "1",
-         "--stats", PROMPT],
-        env={**os.environ, "TERM": "xterm-256color"}, dimensions=(50, 120), encoding="utf-8", timeout=300,
+    """Under a real pty, drained by util-linux `script` (C), so the harness's own reading
+    costs the 2-core machine as little as a terminal emulator on its own core would."""
+    command = " ".join(
+        shlex.quote(a) for a in [sys.executable, "-m", "ponder", "ask", "--model", model, "--threads", str(threads),
+                                 "--max-tokens", str(tokens), "--seed", "1", "--stats", PROMPT]
     )
-    child.expect(pexpect.EOF)
-    return float(STATS.search(child.before).group(1))
+    result = subprocess.run(
+        ["script", "-q", "-e", "-c", f"stty cols 120 rows 50; {command}", "/dev/null"],
+        capture_output=True, text=True, stdin=subprocess.DEVNULL, env={**os.environ, "TERM": "xterm-256color"},
+        check=True,
+    )
+    return float(STATS.search(result.stdout).group(1))
 
 
 def raw_llama_cpp_python(model: str, threads: int, tokens: int) -> float:

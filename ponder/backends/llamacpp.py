@@ -52,11 +52,6 @@ lib.llama_log_set(_on_log, ctypes.c_void_p(0))
 lib.llama_backend_init()
 
 
-def set_log_echo(enabled: bool) -> None:
-    global _log_echo
-    _log_echo = enabled
-
-
 def _last_error() -> str:
     """The most telling recent llama.cpp log line, for an error message."""
     lines = [line.strip() for line in _log_lines if line.strip()]

@@ -69,7 +69,7 @@ class TerminalRenderer:
     lines above them are printed once, so cost per frame stays small however long the reply.
     """
 
-    FPS = 10
+    FPS = 8  # enough to read along; each frame costs the decoder CPU on a machine whose cores all decode
     TAIL_LINES = 6
     SPINNER = "⠋⠙⠹⠸⠼⠴⠦⠧⠇⠏"
 

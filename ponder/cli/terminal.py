@@ -26,10 +26,12 @@ class Terminal:
             except (AttributeError, ValueError):
                 return False
 
+        # A stream the shell closed (`2>&-`) is None in Python; write such output nowhere.
+        stderr = sys.stderr if sys.stderr is not None else open(os.devnull, "w")
         return cls(
             stdin=sys.stdin.buffer,
             stdout=sys.stdout,
-            stderr=sys.stderr,
+            stderr=stderr,
             stdin_is_tty=is_tty(sys.stdin),
             stdout_is_tty=is_tty(sys.stdout),
             stderr_is_tty=is_tty(sys.stderr),
