@@ -65,11 +65,14 @@ class TerminalRenderer:
     """Live view: dimmed reasoning under a running timer, collapsed to a summary line when
     `</think>` arrives, then the answer as Markdown.
 
-    Repaints are throttled (FPS) and only the last TAIL_LINES of the answer stay live:
+    Repaints are throttled (FPS, and a CPU budget) and only the last TAIL_LINES of the answer stay live:
     lines above them are printed once, so cost per frame stays small however long the reply.
     """
 
-    FPS = 8  # enough to read along; each frame costs the decoder CPU on a machine whose cores all decode
+    FPS = 8  # enough to read along
+    # Rendering shares the CPU (and the GIL) with decoding: after a frame that took t seconds,
+    # wait at least RENDER_BUDGET_FACTOR * t, so rendering stays under ~2% of one core.
+    RENDER_BUDGET_FACTOR = 50
     TAIL_LINES = 6
     SPINNER = "⠋⠙⠹⠸⠼⠴⠦⠧⠇⠏"
 
@@ -130,8 +133,9 @@ class TerminalRenderer:
         self._answer += text
         now = time.perf_counter()
         if now >= self._next_frame:
-            self._next_frame = now + 1 / self.FPS
             self._render_answer(final=False)
+            spent = time.perf_counter() - now
+            self._next_frame = now + max(1 / self.FPS, self.RENDER_BUDGET_FACTOR * spent)
 
     def finish(self, reply: Reply | None) -> None:
         try:
