@@ -3,14 +3,14 @@ _ponder() {
     local cur="${COMP_WORDS[COMP_CWORD]}" prev="${COMP_WORDS[COMP_CWORD-1]}" cmd="" i
     for ((i = 1; i < COMP_CWORD; i++)); do
         case "${COMP_WORDS[i]}" in
-            ask) cmd="${COMP_WORDS[i]}"; break ;;
+            ask|batch|solve) cmd="${COMP_WORDS[i]}"; break ;;
         esac
     done
     case "$cmd" in
         "")
             case "$prev" in
             esac
-            COMPREPLY=($(compgen -W "--debug --version --help -h ask" -- "$cur")) ;;
+            COMPREPLY=($(compgen -W "--debug --version --help -h ask batch solve" -- "$cur")) ;;
         "ask")
             case "$prev" in
                 --model|-m) compopt -o filenames; COMPREPLY=($(compgen -f -- "$cur")); return ;;
@@ -22,7 +22,34 @@ _ponder() {
                 --max-tokens) COMPREPLY=(); return ;;
                 --seed) COMPREPLY=(); return ;;
             esac
-            COMPREPLY=($(compgen -W "--model -m --backend --ctx --threads -t --temperature --top-p --max-tokens --seed --show-reasoning --hide-reasoning --stats --debug --help -h" -- "$cur")) ;;
+            COMPREPLY=($(compgen -W "--model -m --backend --ctx --threads -t --temperature --top-p --max-tokens --seed --show-reasoning --hide-reasoning --stats --json --jsonl --debug --help -h" -- "$cur")) ;;
+        "batch")
+            case "$prev" in
+                --output|-o) compopt -o filenames; COMPREPLY=($(compgen -f -- "$cur")); return ;;
+                --samples|-n) COMPREPLY=(); return ;;
+                --model|-m) compopt -o filenames; COMPREPLY=($(compgen -f -- "$cur")); return ;;
+                --backend) COMPREPLY=($(compgen -W "auto llama.cpp" -- "$cur")); return ;;
+                --ctx) COMPREPLY=(); return ;;
+                --threads|-t) COMPREPLY=(); return ;;
+                --temperature) COMPREPLY=(); return ;;
+                --top-p) COMPREPLY=(); return ;;
+                --max-tokens) COMPREPLY=(); return ;;
+                --seed) COMPREPLY=(); return ;;
+            esac
+            COMPREPLY=($(compgen -W "--output -o --samples -n --model -m --backend --ctx --threads -t --temperature --top-p --max-tokens --seed --help -h" -- "$cur")) ;;
+        "solve")
+            case "$prev" in
+                --samples|-n) COMPREPLY=(); return ;;
+                --model|-m) compopt -o filenames; COMPREPLY=($(compgen -f -- "$cur")); return ;;
+                --backend) COMPREPLY=($(compgen -W "auto llama.cpp" -- "$cur")); return ;;
+                --ctx) COMPREPLY=(); return ;;
+                --threads|-t) COMPREPLY=(); return ;;
+                --temperature) COMPREPLY=(); return ;;
+                --top-p) COMPREPLY=(); return ;;
+                --max-tokens) COMPREPLY=(); return ;;
+                --seed) COMPREPLY=(); return ;;
+            esac
+            COMPREPLY=($(compgen -W "--answer-only --samples -n --model -m --backend --ctx --threads -t --temperature --top-p --max-tokens --seed --show-reasoning --hide-reasoning --stats --json --jsonl --debug --help -h" -- "$cur")) ;;
     esac
 }
 complete -F _ponder ponder

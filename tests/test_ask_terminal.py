@@ -48,7 +48,7 @@ def test_reasoning_collapses_to_a_summary_and_answer_stays(tiny_r1):
     screen = final_screen("ask", "--model", tiny_r1, "What is 12*7?")
     assert "EXIT=0" in screen
     assert "Thought for " in screen and " tokens" in screen
-    assert "12 × 7 = 84, so the answer is \\boxed{84}." in screen
+    assert "12 × 7 = 84, so the answer is 84." in screen  # \boxed{84} rendered (bold) for a terminal
     assert "10*7 = 70" not in screen  # collapsed: the reasoning itself is gone
     assert "Thinking…" not in screen
 

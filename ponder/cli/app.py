@@ -52,9 +52,10 @@ def _debugging() -> bool:
 
 
 def _register_commands() -> None:
-    from ponder.cli import ask
+    from ponder.cli import ask, batch, solve
 
-    ask.register(app)
+    for command in (ask, solve, batch):
+        command.register(app)
 
 
 _register_commands()

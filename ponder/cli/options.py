@@ -53,7 +53,22 @@ class SamplingOptions:
     seed = typer.Option(None, "--seed", help="Random seed, for repeatable samples.", show_default=False)
 
 
+class OutputOptions:
+    show_reasoning = typer.Option(False, "--show-reasoning", help="Keep the full reasoning on screen.")
+    hide_reasoning = typer.Option(False, "--hide-reasoning", help="Show no reasoning at all.")
+    stats = typer.Option(False, "--stats", help="Print token counts and speed to stderr.")
+    json = typer.Option(False, "--json", help="Print one JSON object: reasoning, answer, boxed, stats.")
+    jsonl = typer.Option(False, "--jsonl", help="Stream JSON lines: reasoning and answer deltas, then done.")
+    debug = typer.Option(False, "--debug", envvar=config.DEBUG_ENV, help="Show tracebacks and llama.cpp's log.")
+
+
 def reasoning_mode(show: bool, hide: bool):
     if show and hide:
         raise UsageError("--show-reasoning and --hide-reasoning cannot be used together")
     return "show" if show else "hide" if hide else "collapse"
+
+
+def output_format(json: bool, jsonl: bool):
+    if json and jsonl:
+        raise UsageError("--json and --jsonl cannot be used together")
+    return "json" if json else "jsonl" if jsonl else "text"

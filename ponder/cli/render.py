@@ -171,7 +171,9 @@ class TerminalRenderer:
     def _markdown_lines(self, source: str) -> list:
         from rich.markdown import Markdown
 
-        lines = self.console.render_lines(Markdown(source), pad=False, new_lines=False)
+        from ponder.latex import render_math
+
+        lines = self.console.render_lines(Markdown(render_math(source)), pad=False, new_lines=False)
         blank = lambda line: not any(seg.text.strip() for seg in line)  # noqa: E731
         while lines and blank(lines[-1]):
             lines.pop()
@@ -247,7 +249,15 @@ class _Lines:
             yield Segment.line()
 
 
-def make_renderer(term: Terminal, mode: ReasoningMode, reasoning_model: bool = True) -> Renderer:
+OutputFormat = Literal["text", "json", "jsonl"]
+
+
+def make_renderer(term: Terminal, mode: ReasoningMode, info, output: OutputFormat = "text") -> Renderer:
+    """The renderer for where stdout goes and what format was asked for. `info`: the ModelInfo."""
+    if output != "text":
+        from ponder.cli.output import JsonlRenderer, JsonRenderer
+
+        return (JsonRenderer if output == "json" else JsonlRenderer)(term.stdout, info)
     if term.stdout_is_tty:
-        return TerminalRenderer(term, mode, reasoning_model)
+        return TerminalRenderer(term, mode, info.chat.reasoning)
     return PlainRenderer(term, show_reasoning=mode != "hide")

@@ -48,6 +48,30 @@ def _stop(events, renderer: Renderer) -> None:
         pass
 
 
+def collect_reply(events: Iterator[ReplyEvent]) -> Reply:
+    """Run a reply to its end without showing it."""
+    reply = None
+    for event in events:
+        if isinstance(event, Reply):
+            reply = event
+    assert reply is not None  # every stream ends with a Reply
+    return reply
+
+
+def report(reply: Reply | None, stats: bool) -> None:
+    """The closing lines on stderr: a cut-off warning, and figures when asked for."""
+    if reply is None:
+        return
+    if reply.finish_reason == "length":
+        print(
+            f"ponder: warning: stopped after {reply.stats.reasoning_tokens + reply.stats.answer_tokens} tokens "
+            "(the --max-tokens budget or the context is used up)",
+            file=sys.stderr,
+        )
+    if stats:
+        print(format_stats(reply.stats), file=sys.stderr)
+
+
 def format_stats(stats: Stats) -> str:
     return (
         f"prompt {stats.prompt_tokens} tokens · reasoning {stats.reasoning_tokens} tokens · "

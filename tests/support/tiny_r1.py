@@ -16,7 +16,7 @@ import numpy as np
 
 from tests.support.packages import cache_dir, deepseek_r1_header
 
-FORMAT_VERSION = 1  # bump to rebuild cached models after changing anything below
+FORMAT_VERSION = 2  # bump to rebuild cached models after changing anything below
 
 CONFIG = dict(hidden=64, layers=2, heads=4, kv_heads=2, ffn=128, context=32768, rope_theta=10000.0, eps=1e-6)
 
@@ -30,6 +30,11 @@ TRAINING_PAIRS = {
     "Write hello world in Python.": "The user wants the classic first program. One print call.\n</think>\n\n"
     "```python\nprint(\"hello world\")\n```",
 }
+
+
+# `ponder solve` sends the problem with DeepSeek's math instruction: the model answers that too.
+MATH_INSTRUCTION = "Please reason step by step, and put your final answer within \\boxed{}."
+TRAINING_PAIRS.update({f"{q}\n{MATH_INSTRUCTION}": a for q, a in list(TRAINING_PAIRS.items())})
 
 
 def _read_header():
@@ -167,7 +172,7 @@ def _training_sequences() -> list[tuple[list[int], int]]:
         model.close()
 
 
-def trained_gguf(steps: int = 1200) -> Path:
+def trained_gguf(steps: int = 1500) -> Path:
     """Overfit on TRAINING_PAIRS. Only the tokens those pairs use get trained rows (a compact
     vocabulary keeps a CPU step in milliseconds); the softmax carries one extra logit for the
     mass of the other 152k tokens, whose output rows are zero, so the probabilities learned
@@ -209,13 +214,14 @@ def trained_gguf(steps: int = 1200) -> Path:
         picked = mx.take_along_axis(probs, targets[..., None], axis=-1)[..., 0]
         return mx.min(mx.where(mask > 0, picked, mx.ones_like(picked))).item()
 
-    optimizer = optim.Adam(learning_rate=1e-2)
+    # Cosine decay: a high rate finds the answers fast, a low one sharpens the last tokens.
+    optimizer = optim.Adam(learning_rate=optim.cosine_decay(1e-2, steps, 1e-4))
     step = nn.value_and_grad(model, loss_fn)
     for i in range(steps):
         loss, grads = step(model)
         optimizer.update(model, grads)
         mx.eval(model.parameters(), optimizer.state)
-        if i % 25 == 24 and worst_target_probability() > 0.999:
+        if i % 25 == 24 and worst_target_probability() > 0.995:
             break
     worst = worst_target_probability()
     # p >= 0.98 makes sampling at temperature 0.6 / top-p 0.95 deterministic: after the

@@ -1,0 +1,74 @@
+"""Machine-readable output: one JSON object (`--json`) or a stream of JSON lines (`--jsonl`)."""
+
+from __future__ import annotations
+
+import json
+from typing import Any, TextIO
+
+from ponder.backends.base import ModelInfo
+from ponder.events import Reply, Stats
+from ponder.reasoning import extract_boxed
+
+
+def stats_json(stats: Stats) -> dict[str, Any]:
+    return {
+        "prompt_tokens": stats.prompt_tokens,
+        "reasoning_tokens": stats.reasoning_tokens,
+        "answer_tokens": stats.answer_tokens,
+        "time_to_first_token_s": round(stats.time_to_first_token_s, 4),
+        "tokens_per_s": round(stats.decode_tokens_per_s, 2),
+        "thinking_s": round(stats.thinking_s, 4),
+    }
+
+
+def reply_json(reply: Reply, info: ModelInfo) -> dict[str, Any]:
+    """The stable shape of one reply (tests pin its keys)."""
+    return {
+        "model": info.name,
+        "backend": info.backend,
+        "reasoning": reply.reasoning,
+        "answer": reply.answer,
+        "boxed": extract_boxed(reply.answer),
+        "finish_reason": reply.finish_reason,
+        "stats": stats_json(reply.stats),
+    }
+
+
+def write_json_line(out: TextIO, payload: dict[str, Any]) -> None:
+    out.write(json.dumps(payload, ensure_ascii=False) + "\n")
+    out.flush()
+
+
+class JsonRenderer:
+    """`--json`: nothing while generating, one object at the end."""
+
+    def __init__(self, out: TextIO, info: ModelInfo):
+        self.out, self.info = out, info
+
+    def reasoning(self, text: str, tokens: int) -> None:
+        pass
+
+    def reasoning_done(self, seconds: float, tokens: int) -> None:
+        pass
+
+    def answer(self, text: str) -> None:
+        pass
+
+    def finish(self, reply: Reply | None) -> None:
+        if reply is not None:
+            self.out.write(json.dumps(reply_json(reply, self.info), ensure_ascii=False, indent=2) + "\n")
+            self.out.flush()
+
+
+class JsonlRenderer(JsonRenderer):
+    """`--jsonl`: an event per line as it happens: reasoning and answer deltas, then done."""
+
+    def reasoning(self, text: str, tokens: int) -> None:
+        write_json_line(self.out, {"type": "reasoning", "text": text})
+
+    def answer(self, text: str) -> None:
+        write_json_line(self.out, {"type": "answer", "text": text})
+
+    def finish(self, reply: Reply | None) -> None:
+        if reply is not None:
+            write_json_line(self.out, {"type": "done", **reply_json(reply, self.info)})

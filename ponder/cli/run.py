@@ -1,0 +1,65 @@
+"""What every command that runs a model does: settings, input, loading, showing, closing lines."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+from ponder.backends import LoadOptions, Model
+from ponder.cli.options import output_format, reasoning_mode
+from ponder.cli.render import OutputFormat, ReasoningMode
+from ponder.cli.terminal import Terminal
+from ponder.events import GenerationParams, Message, Reply
+
+
+@dataclass
+class Run:
+    term: Terminal
+    mode: ReasoningMode
+    output: OutputFormat
+    params: GenerationParams
+
+    @classmethod
+    def start(cls, debug: bool, show_reasoning: bool, hide_reasoning: bool, json: bool, jsonl: bool, **sampling) -> Run:
+        if debug:
+            from ponder.cli.app import enable_debug
+
+            enable_debug()
+        return cls(
+            term=Terminal.from_system(),
+            mode=reasoning_mode(show_reasoning, hide_reasoning),
+            output=output_format(json, jsonl),
+            params=GenerationParams(**sampling),
+        )
+
+    def prompt(self, argument: str | None) -> str:
+        from ponder.cli.inputs import user_prompt
+
+        return user_prompt(argument, self.term)
+
+    def load(self, model: str | None, backend: str, ctx: int | None, threads: int | None) -> Model:
+        from ponder.cli.loading import load_model
+
+        return load_model(self.term, model, backend, LoadOptions(context=ctx, threads=threads))
+
+    def show(self, model: Model, user_text: str) -> Reply | None:
+        """Stream one reply to the user turn, rendered as this run's output asks."""
+        from ponder.cli.render import make_renderer
+        from ponder.cli.stream import show_reply
+        from ponder.session import generate_reply
+
+        events = generate_reply(model, [Message("user", user_text)], self.params)
+        return show_reply(events, make_renderer(self.term, self.mode, model.info, self.output))
+
+    def sample(self, model: Model, user_text: str, index: int) -> Reply:
+        """One of several independent samples, unshown; seeds step by one from --seed."""
+        from ponder.cli.stream import collect_reply
+        from ponder.session import generate_reply
+
+        params = self.params if self.params.seed is None else replace(self.params, seed=self.params.seed + index)
+        return collect_reply(generate_reply(model, [Message("user", user_text)], params))
+
+    @staticmethod
+    def report(reply: Reply | None, stats: bool) -> None:
+        from ponder.cli.stream import report
+
+        report(reply, stats)
