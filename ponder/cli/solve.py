@@ -123,7 +123,7 @@ def _show_vote(run, vote, samples: int) -> None:
         print("ponder: no sample gave a \\boxed{} answer", file=sys.stderr)
         raise typer.Exit(EXIT_NO_ANSWER)
     if run.term.stdout_is_tty:
-        _answer_panel(run, vote.winner, subtitle=f"votes of {samples}: {split}")
+        _answer_panel(run, vote.winner, subtitle=f"Votes ({samples} samples): {split}")
     else:
         print(f"Answer: {vote.winner}")
         print(f"Votes ({samples} samples): {split}")
@@ -137,8 +137,9 @@ def _answer_panel(run, answer: str, subtitle: str | None) -> None:
     from ponder.latex import latex_to_unicode
 
     console = Console(file=run.term.stdout, no_color=not run.term.color, highlight=False)
-    console.print(Panel(Text(latex_to_unicode(answer), style="bold green"), title="Answer", subtitle=subtitle,
-                        expand=False))
+    console.print(Panel(Text(latex_to_unicode(answer), style="bold green"), title="Answer", expand=False))
+    if subtitle:
+        console.print(Text(subtitle, style="dim"))
 
 
 def register(app: typer.Typer) -> None:
