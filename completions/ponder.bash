@@ -36,7 +36,7 @@ _ponder() {
                 --max-tokens) COMPREPLY=(); return ;;
                 --seed) COMPREPLY=(); return ;;
             esac
-            COMPREPLY=($(compgen -W "--output -o --samples -n --model -m --backend --ctx --threads -t --temperature --top-p --max-tokens --seed --help -h" -- "$cur")) ;;
+            COMPREPLY=($(compgen -W "--output -o --samples -n --model -m --backend --ctx --threads -t --temperature --top-p --max-tokens --seed --help -h" -- "$cur") $(compgen -f -- "$cur")) ;;
         "solve")
             case "$prev" in
                 --samples|-n) COMPREPLY=(); return ;;

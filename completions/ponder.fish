@@ -20,6 +20,7 @@ complete -c ponder -n '__fish_seen_subcommand_from ask' -l jsonl -d 'Stream JSON
 complete -c ponder -n '__fish_seen_subcommand_from ask' -l debug -d 'Show tracebacks and llama.cpps log'
 complete -c ponder -n '__fish_seen_subcommand_from ask' -l help -s h -d 'Show help'
 complete -c ponder -n '__fish_use_subcommand' -a batch -d 'Run tasks from JSON lines, one result line each (flushed and synced as it finishes)'
+complete -c ponder -n '__fish_seen_subcommand_from batch' -F
 complete -c ponder -n '__fish_seen_subcommand_from batch' -l output -s o -r -F -d 'Results file; rerunning with it skips tasks already done'
 complete -c ponder -n '__fish_seen_subcommand_from batch' -l samples -s n -x -d 'Samples per task; accuracy is pass@1 averaged over them'
 complete -c ponder -n '__fish_seen_subcommand_from batch' -l model -s m -r -F -d 'Model file (.gguf)'

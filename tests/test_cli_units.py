@@ -53,15 +53,17 @@ def test_completions_are_current(tmp_path):
         )
 
 
-def test_bash_completion_completes_options_and_values():
+def test_bash_completion_completes_options_values_and_files(tmp_path):
+    (tmp_path / "tasks.jsonl").write_text("")
     script = f"""
 source {ROOT / 'completions' / 'ponder.bash'}
 COMP_WORDS=(ponder ask --ba); COMP_CWORD=2; _ponder; echo "${{COMPREPLY[@]}}"
 COMP_WORDS=(ponder ask --backend ''); COMP_CWORD=3; _ponder; echo "${{COMPREPLY[@]}}"
 COMP_WORDS=(ponder a); COMP_CWORD=1; _ponder; echo "${{COMPREPLY[@]}}"
+COMP_WORDS=(ponder batch {tmp_path}/ta); COMP_CWORD=2; _ponder; echo "${{COMPREPLY[@]}}"
 """
     out = subprocess.run(["bash", "-c", script], capture_output=True, text=True, check=True).stdout.splitlines()
-    assert out == ["--backend", "auto llama.cpp", "ask"]
+    assert out == ["--backend", "auto llama.cpp", "ask", f"{tmp_path}/tasks.jsonl"]
 
 
 def test_help_imports_no_inference_engine():

@@ -49,6 +49,18 @@ def _spec():
     return spec
 
 
+def _takes_files(command: str) -> bool:
+    """Whether a command's positional argument is a file (batch's tasks) rather than free text."""
+    import typer
+
+    from ponder.cli.app import app
+
+    if not command:
+        return False
+    cmd = typer.main.get_command(app).commands[command]
+    return any(p.param_type_name == "argument" and p.name == "input" for p in cmd.params)
+
+
 def _summary(help_text: str | None) -> str:
     """First sentence, without [default: ...] notes or characters that shells' syntax uses."""
     first = re.split(r"\.(?:\s|$)", (help_text or "").strip())[0]
@@ -80,7 +92,8 @@ def bash() -> str:
         words = " ".join(n for names, _, _, _ in options for n in names)
         if not name:
             words += " " + subcommands
-        lines.append(f'            COMPREPLY=($(compgen -W "{words}" -- "$cur")) ;;')
+        files = ' $(compgen -f -- "$cur")' if _takes_files(name) else ""
+        lines.append(f'            COMPREPLY=($(compgen -W "{words}" -- "$cur"){files}) ;;')
     lines += ["    esac", "}", "complete -F _ponder ponder", ""]
     return "\n".join(lines)
 
@@ -103,7 +116,8 @@ def zsh() -> str:
             lines.append(f"                {name}) _arguments \\")
             for arg in _zsh_options(options):
                 lines.append(f"                    {arg} \\")
-            lines.append("                    '*:prompt:' ;;")
+            positional = "'1:tasks file:_files'" if _takes_files(name) else "'*:prompt:'"
+            lines.append(f"                    {positional} ;;")
     lines += ["            esac ;;", "    esac", "}", "", '_ponder "$@"', ""]
     return "\n".join(lines)
 
@@ -128,6 +142,8 @@ def fish() -> str:
         condition = "__fish_use_subcommand" if not name else f"__fish_seen_subcommand_from {name}"
         if name:
             lines.append(f"complete -c ponder -n '__fish_use_subcommand' -a {name} -d '{(help_text)}'")
+        if _takes_files(name):
+            lines.append(f"complete -c ponder -n '{condition}' -F")
         for opt_names, opt_help, takes_value, values in options:
             flags = " ".join(f"-l {n[2:]}" if n.startswith("--") else f"-s {n[1:]}" for n in opt_names)
             extra = ""
