@@ -2,46 +2,14 @@
 
 from __future__ import annotations
 
-import shutil
-import subprocess
-import sys
+import re
 import time
 
-import re
-
 import pexpect
-import pytest
 
-from tests.support.cli import ponder_env, spawn_in_pty, strip_ansi
-
+from tests.support.cli import final_screen, ponder_env, spawn_in_pty, strip_ansi
 
 FOREGROUND_OR_BACKGROUND = {str(n) for n in [*range(30, 39), *range(40, 49), *range(90, 98), *range(100, 108)]}
-
-
-def final_screen(*args: str, cols: int = 100, rows: int = 40, scrollback: bool = False) -> str:
-    """Run ponder in a tmux pane and return what the screen shows once it has finished."""
-    if not shutil.which("tmux"):
-        pytest.skip("tmux is not installed")
-    session = f"ponder-test-{time.monotonic_ns()}"
-    command = " ".join([sys.executable, "-m", "ponder", *(f"'{a}'" for a in args)]) + "; echo EXIT=$?; sleep 30"
-    subprocess.run(
-        ["tmux", "new-session", "-d", "-s", session, "-x", str(cols), "-y", str(rows), command],
-        check=True,
-        env=ponder_env(TERM="xterm-256color"),
-    )
-    try:
-        deadline = time.monotonic() + 90
-        while time.monotonic() < deadline:
-            screen = subprocess.run(
-                ["tmux", "capture-pane", "-p", "-J", *(["-S", "-"] if scrollback else []), "-t", session],
-                capture_output=True, text=True,
-            ).stdout
-            if "EXIT=" in screen:
-                return screen
-            time.sleep(0.2)
-        raise AssertionError("ponder did not finish:\n" + screen)
-    finally:
-        subprocess.run(["tmux", "kill-session", "-t", session], capture_output=True)
 
 
 def test_reasoning_collapses_to_a_summary_and_answer_stays(tiny_r1):

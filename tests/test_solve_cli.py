@@ -11,8 +11,7 @@ import time
 
 import pytest
 
-from tests.support.cli import ponder_env, run_ponder
-from tests.test_ask_terminal import final_screen
+from tests.support.cli import final_screen, ponder_env, run_ponder
 
 QUADRATIC = "Find all x with x^2 - 5x + 6 = 0"
 

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import subprocess
 import sys
+import time
 
 ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]|\x1b\][^\x07]*\x07")
 
@@ -45,3 +47,31 @@ def spawn_in_pty(*args: str, env: dict | None = None, cols: int = 100, rows: int
 
 def strip_ansi(text: str) -> str:
     return ANSI.sub("", text)
+
+
+def final_screen(*args: str, cols: int = 100, rows: int = 40, scrollback: bool = False) -> str:
+    """Run ponder in a tmux pane and return what the screen shows once it has finished."""
+    if not shutil.which("tmux"):
+        import pytest
+
+        pytest.skip("tmux is not installed")
+    session = f"ponder-test-{time.monotonic_ns()}"
+    command = " ".join([sys.executable, "-m", "ponder", *(f"'{a}'" for a in args)]) + "; echo EXIT=$?; sleep 30"
+    subprocess.run(
+        ["tmux", "new-session", "-d", "-s", session, "-x", str(cols), "-y", str(rows), command],
+        check=True,
+        env=ponder_env(TERM="xterm-256color"),
+    )
+    try:
+        deadline = time.monotonic() + 90
+        while time.monotonic() < deadline:
+            screen = subprocess.run(
+                ["tmux", "capture-pane", "-p", "-J", *(["-S", "-"] if scrollback else []), "-t", session],
+                capture_output=True, text=True,
+            ).stdout
+            if "EXIT=" in screen:
+                return screen
+            time.sleep(0.2)
+        raise AssertionError("ponder did not finish:\n" + screen)
+    finally:
+        subprocess.run(["tmux", "kill-session", "-t", session], capture_output=True)
