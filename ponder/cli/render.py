@@ -73,6 +73,7 @@ class TerminalRenderer:
     # Rendering shares the CPU (and the GIL) with decoding: after a frame that took t seconds,
     # wait at least RENDER_BUDGET_FACTOR * t, so rendering stays under ~2% of one core.
     RENDER_BUDGET_FACTOR = 50
+    MAX_FRAME_GAP_S = 0.5  # the first frame pays for imports: never let that stall the view
     TAIL_LINES = 6
     SPINNER = "⠋⠙⠹⠸⠼⠴⠦⠧⠇⠏"
 
@@ -135,7 +136,8 @@ class TerminalRenderer:
         if now >= self._next_frame:
             self._render_answer(final=False)
             spent = time.perf_counter() - now
-            self._next_frame = now + max(1 / self.FPS, self.RENDER_BUDGET_FACTOR * spent)
+            gap = min(self.MAX_FRAME_GAP_S, max(1 / self.FPS, self.RENDER_BUDGET_FACTOR * spent))
+            self._next_frame = now + gap
 
     def finish(self, reply: Reply | None) -> None:
         try:
