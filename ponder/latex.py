@@ -39,6 +39,7 @@ def latex_to_unicode(expression: str) -> str:
     # \boxed{...} would lose its frame in plain text: mark it, then make it bold Markdown.
     expression = re.sub(r"\\(?:boxed|fbox)\s*", r"\\textbf", expression)
     text = _converter().latex_to_text(_scripts(expression))
+    text = re.sub(r"\s*([×÷±·≤≥≠≈])\s*", r" \1 ", text)  # LaTeX eats the space after \times
     return re.sub(r"\s+", " ", text).strip()
 
 

@@ -37,6 +37,7 @@ def test_vote_with_no_answers():
 def test_latex_is_readable():
     assert latex_to_unicode("\\frac{1}{2}") == "1/2"
     assert latex_to_unicode("\\sqrt{2}") == "√(2)"
+    assert latex_to_unicode("12 \\times 7 \\leq 90") == "12 × 7 ≤ 90"
     assert latex_to_unicode("x^{10} + \\alpha_1") == "x¹⁰ + α₁"
     assert render_math("so $x^2 = 4$ and \\boxed{\\{2, 3\\}}") == "so x² = 4 and **{2, 3}**"
     assert render_math("it costs $5 and $10 today") == "it costs $5 and $10 today"
