@@ -3,18 +3,18 @@ _ponder() {
     local cur="${COMP_WORDS[COMP_CWORD]}" prev="${COMP_WORDS[COMP_CWORD-1]}" cmd="" i
     for ((i = 1; i < COMP_CWORD; i++)); do
         case "${COMP_WORDS[i]}" in
-            ask|batch|solve) cmd="${COMP_WORDS[i]}"; break ;;
+            ask|backends|batch|solve) cmd="${COMP_WORDS[i]}"; break ;;
         esac
     done
     case "$cmd" in
         "")
             case "$prev" in
             esac
-            COMPREPLY=($(compgen -W "--debug --version --help -h ask batch solve" -- "$cur")) ;;
+            COMPREPLY=($(compgen -W "--debug --version --help -h ask backends batch solve" -- "$cur")) ;;
         "ask")
             case "$prev" in
                 --model|-m) compopt -o filenames; COMPREPLY=($(compgen -f -- "$cur")); return ;;
-                --backend) COMPREPLY=($(compgen -W "auto llama.cpp" -- "$cur")); return ;;
+                --backend) COMPREPLY=($(compgen -W "auto mlx llama.cpp" -- "$cur")); return ;;
                 --ctx) COMPREPLY=(); return ;;
                 --threads|-t) COMPREPLY=(); return ;;
                 --temperature) COMPREPLY=(); return ;;
@@ -23,12 +23,16 @@ _ponder() {
                 --seed) COMPREPLY=(); return ;;
             esac
             COMPREPLY=($(compgen -W "--model -m --backend --ctx --threads -t --temperature --top-p --max-tokens --seed --show-reasoning --hide-reasoning --stats --json --jsonl --debug --help -h" -- "$cur")) ;;
+        "backends")
+            case "$prev" in
+            esac
+            COMPREPLY=($(compgen -W "--json --help -h" -- "$cur")) ;;
         "batch")
             case "$prev" in
                 --output|-o) compopt -o filenames; COMPREPLY=($(compgen -f -- "$cur")); return ;;
                 --samples|-n) COMPREPLY=(); return ;;
                 --model|-m) compopt -o filenames; COMPREPLY=($(compgen -f -- "$cur")); return ;;
-                --backend) COMPREPLY=($(compgen -W "auto llama.cpp" -- "$cur")); return ;;
+                --backend) COMPREPLY=($(compgen -W "auto mlx llama.cpp" -- "$cur")); return ;;
                 --ctx) COMPREPLY=(); return ;;
                 --threads|-t) COMPREPLY=(); return ;;
                 --temperature) COMPREPLY=(); return ;;
@@ -41,7 +45,7 @@ _ponder() {
             case "$prev" in
                 --samples|-n) COMPREPLY=(); return ;;
                 --model|-m) compopt -o filenames; COMPREPLY=($(compgen -f -- "$cur")); return ;;
-                --backend) COMPREPLY=($(compgen -W "auto llama.cpp" -- "$cur")); return ;;
+                --backend) COMPREPLY=($(compgen -W "auto mlx llama.cpp" -- "$cur")); return ;;
                 --ctx) COMPREPLY=(); return ;;
                 --threads|-t) COMPREPLY=(); return ;;
                 --temperature) COMPREPLY=(); return ;;

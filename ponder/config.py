@@ -7,4 +7,5 @@ DEFAULT_TOP_P = 0.95
 DEFAULT_MAX_TOKENS = 32768  # DeepSeek's evaluation budget; real reasoning needs thousands of tokens
 DEFAULT_CONTEXT = 32768  # capped by the model's trained context
 MODEL_ENV = "PONDER_MODEL"
+BACKEND_ENV = "PONDER_BACKEND"
 DEBUG_ENV = "PONDER_DEBUG"

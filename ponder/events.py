@@ -43,6 +43,7 @@ class BackendStats:
     time_to_first_token_s: float
     decode_tokens_per_s: float
     total_s: float
+    peak_memory_bytes: int | None = None  # where the backend measures it (MLX)
 
 
 @dataclass(frozen=True)
@@ -85,6 +86,7 @@ class Stats:
     decode_tokens_per_s: float
     thinking_s: float
     total_s: float
+    peak_memory_bytes: int | None = None
 
 
 @dataclass(frozen=True)

@@ -8,7 +8,7 @@ from functools import lru_cache
 
 from ponder.errors import ModelError
 from ponder.events import Message
-from ponder.reasoning import OPEN_TAG, strip_reasoning
+from ponder.reasoning import CLOSE_TAG, OPEN_TAG, strip_reasoning
 
 THINK_PREFIX = OPEN_TAG + "\n"
 
@@ -66,6 +66,11 @@ def render_prompt(fmt: ChatFormat, messages: Sequence[Message]) -> str:
     if fmt.reasoning:
         text = force_think_prefix(text)
     return text
+
+
+def is_reasoning_model(template: str | None, think_tokens: list[int]) -> bool:
+    """A <think>-style model: its template handles `</think>`, or `<think>` is one token."""
+    return bool(template and CLOSE_TAG in template) or len(think_tokens) == 1
 
 
 def force_think_prefix(text: str) -> str:

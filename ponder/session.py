@@ -68,5 +68,6 @@ def generate_reply(model: Model, messages: Sequence[Message], params: Generation
                     decode_tokens_per_s=backend.decode_tokens_per_s,
                     thinking_s=thinking_s or 0.0,
                     total_s=backend.total_s,
+                    peak_memory_bytes=backend.peak_memory_bytes,
                 ),
             )

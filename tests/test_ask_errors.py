@@ -32,7 +32,7 @@ def test_file_that_is_not_gguf(tmp_path):
 
 
 def test_directory_instead_of_file(tmp_path):
-    assert_clean_failure(run_ponder("ask", "--model", str(tmp_path), "hi"), 1, "is a directory")
+    assert_clean_failure(run_ponder("ask", "--model", str(tmp_path), "hi"), 1, "is not a model directory")
 
 
 def test_truncated_gguf(tmp_path, tiny_r1_random):

@@ -63,7 +63,7 @@ COMP_WORDS=(ponder a); COMP_CWORD=1; _ponder; echo "${{COMPREPLY[@]}}"
 COMP_WORDS=(ponder batch {tmp_path}/ta); COMP_CWORD=2; _ponder; echo "${{COMPREPLY[@]}}"
 """
     out = subprocess.run(["bash", "-c", script], capture_output=True, text=True, check=True).stdout.splitlines()
-    assert out == ["--backend", "auto llama.cpp", "ask", f"{tmp_path}/tasks.jsonl"]
+    assert out == ["--backend", "auto mlx llama.cpp", "ask", f"{tmp_path}/tasks.jsonl"]
 
 
 def test_help_imports_no_inference_engine():
@@ -92,3 +92,38 @@ def test_plugin_backends_come_from_entry_points(tmp_path, monkeypatch):
             backends.get_backend("nope")
     finally:
         backends.available.cache_clear()
+
+
+def test_backend_selection_follows_the_model(tmp_path):
+    from ponder.backends import select_backend
+    from ponder.errors import ModelError, UsageError
+
+    gguf = tmp_path / "model.bin"
+    gguf.write_bytes(b"GGUF" + bytes(20))  # a GGUF by its magic, whatever its name
+    mlx_dir = tmp_path / "mlx"
+    mlx_dir.mkdir()
+    (mlx_dir / "config.json").write_text("{}")
+    assert select_backend(str(gguf)) == "llama.cpp"
+    assert select_backend(str(tmp_path / "missing.gguf")) == "llama.cpp"
+    assert select_backend(str(mlx_dir)) == "mlx"
+    assert select_backend("mlx-community/DeepSeek-R1-Distill-Qwen-7B-4bit") == "mlx"  # a hub repo id
+    assert select_backend(str(gguf), "llama.cpp") == "llama.cpp"
+    assert select_backend(str(mlx_dir), "mlx") == "mlx"
+    with pytest.raises(UsageError, match="is a GGUF file"):
+        select_backend(str(gguf), "mlx")
+    with pytest.raises(UsageError, match="is an MLX model directory"):
+        select_backend(str(mlx_dir), "llama.cpp")
+    with pytest.raises(UsageError, match="is an MLX model repo"):
+        select_backend("mlx-community/x-4bit", "llama.cpp")
+    with pytest.raises(ModelError, match="not a model directory"):
+        select_backend(str(tmp_path))
+
+
+def test_auto_prefers_mlx_only_on_apple_silicon(monkeypatch):
+    from ponder import backends
+
+    monkeypatch.setattr(backends, "apple_silicon", lambda: False)
+    assert backends.default_backend() == "llama.cpp"
+    monkeypatch.setattr(backends, "apple_silicon", lambda: True)
+    assert backends.default_backend() == "mlx"  # mlx-lm is installed in the test environment
+    assert backends.select_backend("./unknown-model") == "mlx"

@@ -29,6 +29,16 @@ class ModelInfo:
     chat: ChatFormat
 
 
+@dataclass(frozen=True)
+class BackendProbe:
+    """Whether a backend can run here, for `ponder backends`."""
+
+    usable: bool
+    version: str = ""
+    acceleration: str = ""  # "Metal", "CUDA", "none (CPU only)"…
+    reason: str = ""  # why not usable
+
+
 class Model(Protocol):
     info: ModelInfo
 
@@ -51,3 +61,6 @@ class Backend(Protocol):
     name: str
 
     def load(self, path: str, options: LoadOptions) -> Model: ...
+
+    @staticmethod
+    def probe() -> BackendProbe: ...

@@ -23,11 +23,12 @@ from pathlib import Path
 import llama_cpp as lib
 import numpy as np
 
-from ponder.backends.base import LoadOptions, ModelInfo
+from ponder.backends.base import BackendProbe, LoadOptions, ModelInfo
 from ponder.config import DEFAULT_CONTEXT
 from ponder.errors import BackendError, ContextOverflow, ModelError
 from ponder.events import BackendEvent, BackendStats, Finished, GenerationParams, TextDelta
-from ponder.prompt import ChatFormat
+from ponder.prompt import ChatFormat, is_reasoning_model
+from ponder.reasoning import OPEN_TAG
 from ponder.sampling import Sampler
 
 PROMPT_CHUNK = 512  # prompt tokens per decode call; cancellation is checked between chunks
@@ -97,6 +98,15 @@ class LlamaCppBackend:
     def load(self, path: str, options: LoadOptions) -> LlamaCppModel:
         return LlamaCppModel(path, options)
 
+    @staticmethod
+    def probe() -> BackendProbe:
+        offload = gpu_offload_supported()
+        return BackendProbe(
+            usable=True,
+            version=f"llama-cpp-python {lib.__version__}",
+            acceleration="GPU offload" if offload else "none (CPU build)",
+        )
+
 
 def gpu_offload_supported() -> bool:
     return bool(lib.llama_supports_gpu_offload())
@@ -158,7 +168,7 @@ class LlamaCppModel:
             template=template_text,
             bos_token=self._bos_text,
             eos_token=self._token_text(eos),
-            reasoning=self._is_reasoning_model(template_text),
+            reasoning=is_reasoning_model(template_text, self._tokenize(OPEN_TAG, add_bos=False)),
         )
         self.info = ModelInfo(
             name=self._meta("general.name") or Path(path).stem,
@@ -181,12 +191,6 @@ class LlamaCppModel:
             return ""
         text = lib.llama_vocab_get_text(self._vocab, token)
         return text.decode("utf-8", "replace") if text else ""
-
-    def _is_reasoning_model(self, template: str | None) -> bool:
-        """A <think>-style model: its template strips `</think>` or `<think>` is one token."""
-        if template and "</think>" in template:
-            return True
-        return len(self._tokenize("<think>", add_bos=False)) == 1
 
     # --- tokens ---------------------------------------------------------------
 

@@ -52,9 +52,9 @@ def _debugging() -> bool:
 
 
 def _register_commands() -> None:
-    from ponder.cli import ask, batch, solve
+    from ponder.cli import ask, backends, batch, solve
 
-    for command in (ask, solve, batch):
+    for command in (ask, solve, batch, backends):
         command.register(app)
 
 

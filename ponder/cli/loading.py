@@ -14,7 +14,7 @@ from ponder.threads import call_in_thread
 def resolve_model_path(model: str | None) -> str:
     path = model or os.environ.get(MODEL_ENV)
     if not path:
-        raise UsageError(f"no model given: pass --model PATH.gguf or set {MODEL_ENV}")
+        raise UsageError(f"no model given: pass --model (a .gguf file or an MLX model directory) or set {MODEL_ENV}")
     return os.path.expanduser(path)
 
 

@@ -31,9 +31,13 @@ def _temperature(value: float) -> float:
 
 class ModelOptions:
     model = typer.Option(
-        None, "--model", "-m", envvar=config.MODEL_ENV, help="Model file (.gguf).", show_default=False
+        None, "--model", "-m", envvar=config.MODEL_ENV, show_default=False,
+        help="A .gguf file (llama.cpp), an MLX model directory or hub repo id (mlx).",
     )
-    backend = typer.Option("auto", "--backend", help="Inference backend: auto or llama.cpp.")
+    backend = typer.Option(
+        "auto", "--backend", envvar=config.BACKEND_ENV,
+        help="Inference backend: auto (what the model implies; MLX on Apple Silicon, else llama.cpp), mlx or llama.cpp.",
+    )
     ctx = typer.Option(
         None, "--ctx", help=f"Context size in tokens [default: {config.DEFAULT_CONTEXT}, capped by the model].",
         callback=_positive("--ctx"), show_default=False,

@@ -18,6 +18,7 @@ def stats_json(stats: Stats) -> dict[str, Any]:
         "time_to_first_token_s": round(stats.time_to_first_token_s, 4),
         "tokens_per_s": round(stats.decode_tokens_per_s, 2),
         "thinking_s": round(stats.thinking_s, 4),
+        "peak_memory_bytes": stats.peak_memory_bytes,
     }
 
 

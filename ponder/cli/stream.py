@@ -73,8 +73,11 @@ def report(reply: Reply | None, stats: bool) -> None:
 
 
 def format_stats(stats: Stats) -> str:
-    return (
+    line = (
         f"prompt {stats.prompt_tokens} tokens · reasoning {stats.reasoning_tokens} tokens · "
         f"answer {stats.answer_tokens} tokens · first token {stats.time_to_first_token_s:.2f} s · "
         f"decode {stats.decode_tokens_per_s:.1f} tokens/s"
     )
+    if stats.peak_memory_bytes is not None:
+        line += f" · peak memory {stats.peak_memory_bytes / 2**30:.2f} GiB"
+    return line

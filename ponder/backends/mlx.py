@@ -1,0 +1,237 @@
+"""Apple's MLX through mlx-lm: a model directory in the mlx-community layout, or a hub repo id.
+
+Decoding is mlx-lm's own `stream_generate` (its asynchronous step pipeline and Metal wired
+memory limit), driven with ponder's prompt text, a sampler that applies temperature before
+top-p as the llama.cpp backend does, and a prompt cache kept between calls so a longer
+prompt that extends the last one only processes its new tokens.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import mlx.core as mx
+from mlx_lm.generate import stream_generate
+from mlx_lm.models.cache import can_trim_prompt_cache, make_prompt_cache, trim_prompt_cache
+from mlx_lm.sample_utils import apply_top_p
+from mlx_lm.utils import load as mlx_load
+
+from ponder.backends.base import BackendProbe, LoadOptions, ModelInfo
+from ponder.config import DEFAULT_CONTEXT
+from ponder.errors import BackendError, ContextOverflow, ModelError
+from ponder.events import BackendEvent, BackendStats, Finished, GenerationParams, TextDelta
+from ponder.prompt import ChatFormat, is_reasoning_model
+from ponder.reasoning import OPEN_TAG
+
+PROMPT_CHUNK = 512  # prompt tokens per step; cancellation is checked between steps
+# A tokenizer in any of the layouts transformers reads; without one it would load a
+# vocabulary-less tokenizer and generate garbage.
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json")
+
+
+class MlxBackend:
+    name = "mlx"
+
+    def load(self, path: str, options: LoadOptions) -> MlxModel:
+        return MlxModel(path, options)
+
+    @staticmethod
+    def probe() -> BackendProbe:
+        import mlx_lm
+
+        metal = mx.metal.is_available()
+        return BackendProbe(
+            usable=True,
+            version=f"mlx {mx.__version__}, mlx-lm {mlx_lm.__version__}",
+            acceleration="Metal" if metal else "none (CPU only)",
+        )
+
+
+def is_mlx_dir(path: Path) -> bool:
+    return path.is_dir() and (path / "config.json").is_file()
+
+
+def check_model_dir(path: Path) -> None:
+    """Plain messages for the directories mlx-lm would reject with a traceback."""
+    if not path.is_dir():
+        raise ModelError(f"{path} is not an MLX model directory")
+    if not (path / "config.json").is_file():
+        raise ModelError(
+            f"{path} is not a model directory: it has no config.json",
+            hint="an MLX model directory holds config.json, *.safetensors and tokenizer files",
+        )
+    try:
+        json.loads((path / "config.json").read_text())
+    except (OSError, ValueError) as exc:
+        raise ModelError(f"{path}/config.json cannot be read: {exc}") from exc
+    if next(path.glob("*.safetensors"), None) is None:
+        raise ModelError(f"{path} has no weights (*.safetensors)", hint="the download may be incomplete")
+    if not any((path / name).is_file() for name in TOKENIZER_FILES):
+        raise ModelError(f"{path} has no tokenizer (tokenizer.json)", hint="the download may be incomplete")
+
+
+def _sampler(temperature: float, top_p: float):
+    """Temperature, then top-p, then a draw: the order Hugging Face, vLLM and ponder's
+    llama.cpp backend use (mlx-lm's make_sampler filters top-p before the temperature)."""
+    if temperature <= 0:
+        return lambda logprobs: mx.argmax(logprobs, axis=-1)
+
+    def sample(logprobs: mx.array) -> mx.array:
+        scaled = logprobs * (1.0 / temperature)
+        if top_p < 1.0:
+            scaled = apply_top_p(scaled, top_p)
+        return mx.random.categorical(scaled)
+
+    return sample
+
+
+class _Cancelled(Exception):
+    pass
+
+
+class MlxModel:
+    def __init__(self, path: str, options: LoadOptions):
+        local = Path(path)
+        if local.exists():
+            check_model_dir(local)
+        try:
+            self._model, self._tokenizer, config = mlx_load(path, return_config=True)
+        except Exception as exc:  # mlx-lm and the hub raise many kinds; each becomes one line
+            if not local.exists():
+                raise ModelError(
+                    f"cannot fetch {path} from the Hugging Face hub: {_one_line(exc)}",
+                    hint="check the repo id and the network (with HF_HUB_OFFLINE=1 only the local cache is used)",
+                ) from exc
+            raise ModelError(
+                f"mlx-lm could not load {path}: {_one_line(exc)}",
+                hint="the weights may be truncated or corrupt; download them again",
+            ) from exc
+        trained = int(config.get("max_position_embeddings") or DEFAULT_CONTEXT)
+        tok = self._tokenizer
+        self._bos_text = tok.bos_token or ""
+        template = tok.chat_template if isinstance(tok.chat_template, str) else None
+        chat = ChatFormat(
+            template=template,
+            bos_token=self._bos_text,
+            eos_token=tok.eos_token or "",
+            reasoning=is_reasoning_model(template, tok.encode(OPEN_TAG, add_special_tokens=False)),
+        )
+        self.info = ModelInfo(
+            name=local.name if local.exists() else path,
+            path=path,
+            backend=MlxBackend.name,
+            context=options.context or min(DEFAULT_CONTEXT, trained),
+            trained_context=trained,
+            chat=chat,
+        )
+        self._cache = make_prompt_cache(self._model)
+        self._cached: list[int] = []  # tokens whose keys and values are in the cache
+
+    def tokenize(self, text: str) -> list[int]:
+        # As in the llama.cpp backend: the template writes BOS's text; add BOS only where it did not.
+        add_special = not (self._bos_text and text.startswith(self._bos_text))
+        return list(self._tokenizer.encode(text, add_special_tokens=add_special))
+
+    def stream(
+        self, prompt: str, params: GenerationParams, cancel: threading.Event | None = None
+    ) -> Iterator[BackendEvent]:
+        started = time.perf_counter()
+        tokens = self.tokenize(prompt)
+        context = self.info.context
+        if len(tokens) >= context:
+            raise ContextOverflow(
+                f"the prompt is {len(tokens)} tokens, but the context holds {context}",
+                hint="shorten the input or raise --ctx",
+            )
+        budget = min(params.max_tokens, context - len(tokens))
+        cancel = cancel or threading.Event()
+        mx.random.seed(params.seed if params.seed is not None else int.from_bytes(os.urandom(4), "little"))
+        mx.reset_peak_memory()
+        new = self._reuse_cache(tokens)
+
+        def check_cancel(done: int, total: int) -> None:
+            if cancel.is_set() and done < total:
+                raise _Cancelled
+
+        generated: list[int] = []
+        reason = "length"
+        first = last = started
+        try:
+            responses = stream_generate(
+                self._model, self._tokenizer, mx.array(new), max_tokens=budget,
+                sampler=_sampler(params.temperature, params.top_p), prompt_cache=self._cache,
+                prefill_step_size=PROMPT_CHUNK, prompt_progress_callback=check_cancel,
+            )
+            for response in responses:
+                last = time.perf_counter()
+                if not generated:
+                    first = last
+                if response.finish_reason == "stop":  # the end-of-sequence token: not text
+                    reason = "stop"
+                    if response.text:
+                        yield TextDelta(response.text, tokens=0)
+                    break
+                generated.append(response.token)
+                yield TextDelta(response.text)
+                if cancel.is_set() and response.finish_reason is None:
+                    reason = "cancelled"
+                    break
+            responses.close()
+        except _Cancelled:
+            reason = "cancelled"
+        finally:
+            self._settle_cache(tokens + generated)
+        decode_time = last - first
+        count = len(generated)
+        yield Finished(
+            reason,
+            BackendStats(
+                prompt_tokens=len(tokens),
+                generated_tokens=count,
+                time_to_first_token_s=first - started if count else 0.0,
+                decode_tokens_per_s=(count - 1) / decode_time if count > 1 and decode_time > 0 else 0.0,
+                total_s=time.perf_counter() - started,
+                peak_memory_bytes=mx.get_peak_memory(),
+            ),
+        )
+
+    def _reuse_cache(self, tokens: list[int]) -> list[int]:
+        """Trim the cache to the longest prefix it shares with `tokens`; the tokens left to feed."""
+        keep = 0
+        limit = min(len(self._cached), len(tokens) - 1)  # feed at least one token for fresh logits
+        while keep < limit and self._cached[keep] == tokens[keep]:
+            keep += 1
+        if keep and not can_trim_prompt_cache(self._cache):
+            keep = 0
+        if keep == 0:
+            self._cache = make_prompt_cache(self._model)
+        else:
+            trim_prompt_cache(self._cache, _offset(self._cache) - keep)
+        self._cached = tokens[:keep]
+        return tokens[keep:]
+
+    def _settle_cache(self, fed: list[int]) -> None:
+        """Record which tokens the cache now holds (mlx-lm feeds each yielded token back in)."""
+        offset = _offset(self._cache)
+        if offset > len(fed):
+            trim_prompt_cache(self._cache, offset - len(fed))
+            offset = len(fed)
+        self._cached = fed[:offset]
+
+    def close(self) -> None:
+        self._model = self._tokenizer = self._cache = None
+        mx.clear_cache()
+
+
+def _offset(cache) -> int:
+    return cache[0].offset if cache else 0
+
+
+def _one_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0] if text else type(exc).__name__
