@@ -3,14 +3,14 @@ _ponder() {
     local cur="${COMP_WORDS[COMP_CWORD]}" prev="${COMP_WORDS[COMP_CWORD-1]}" cmd="" i
     for ((i = 1; i < COMP_CWORD; i++)); do
         case "${COMP_WORDS[i]}" in
-            ask|backends|batch|solve) cmd="${COMP_WORDS[i]}"; break ;;
+            ask|backends|batch|chat|history|solve) cmd="${COMP_WORDS[i]}"; break ;;
         esac
     done
     case "$cmd" in
         "")
             case "$prev" in
             esac
-            COMPREPLY=($(compgen -W "--debug --version --help -h ask backends batch solve" -- "$cur")) ;;
+            COMPREPLY=($(compgen -W "--debug --version --help -h ask backends batch chat history solve" -- "$cur")) ;;
         "ask")
             case "$prev" in
                 --model|-m) compopt -o filenames; COMPREPLY=($(compgen -f -- "$cur")); return ;;
@@ -22,7 +22,7 @@ _ponder() {
                 --max-tokens) COMPREPLY=(); return ;;
                 --seed) COMPREPLY=(); return ;;
             esac
-            COMPREPLY=($(compgen -W "--model -m --backend --ctx --threads -t --temperature --top-p --max-tokens --seed --show-reasoning --hide-reasoning --stats --json --jsonl --debug --help -h" -- "$cur")) ;;
+            COMPREPLY=($(compgen -W "--model -m --backend --ctx --threads -t --temperature --top-p --max-tokens --seed --show-reasoning --hide-reasoning --stats --json --jsonl --no-log --debug --help -h" -- "$cur")) ;;
         "backends")
             case "$prev" in
             esac
@@ -41,6 +41,24 @@ _ponder() {
                 --seed) COMPREPLY=(); return ;;
             esac
             COMPREPLY=($(compgen -W "--output -o --samples -n --model -m --backend --ctx --threads -t --temperature --top-p --max-tokens --seed --help -h" -- "$cur") $(compgen -f -- "$cur")) ;;
+        "chat")
+            case "$prev" in
+                --model|-m) compopt -o filenames; COMPREPLY=($(compgen -f -- "$cur")); return ;;
+                --backend) COMPREPLY=($(compgen -W "auto mlx llama.cpp" -- "$cur")); return ;;
+                --ctx) COMPREPLY=(); return ;;
+                --threads|-t) COMPREPLY=(); return ;;
+                --temperature) COMPREPLY=(); return ;;
+                --top-p) COMPREPLY=(); return ;;
+                --max-tokens) COMPREPLY=(); return ;;
+                --seed) COMPREPLY=(); return ;;
+                --resume) COMPREPLY=(); return ;;
+            esac
+            COMPREPLY=($(compgen -W "--model -m --backend --ctx --threads -t --temperature --top-p --max-tokens --seed --show-reasoning --hide-reasoning --continue -c --resume --no-log --debug --help -h" -- "$cur")) ;;
+        "history")
+            case "$prev" in
+                --limit|-n) COMPREPLY=(); return ;;
+            esac
+            COMPREPLY=($(compgen -W "--limit -n --help -h" -- "$cur")) ;;
         "solve")
             case "$prev" in
                 --samples|-n) COMPREPLY=(); return ;;

@@ -9,3 +9,4 @@ DEFAULT_CONTEXT = 32768  # capped by the model's trained context
 MODEL_ENV = "PONDER_MODEL"
 BACKEND_ENV = "PONDER_BACKEND"
 DEBUG_ENV = "PONDER_DEBUG"
+DATA_DIR_ENV = "PONDER_DATA_DIR"  # history and input history; default: the platform's user data dir

@@ -52,9 +52,9 @@ def _debugging() -> bool:
 
 
 def _register_commands() -> None:
-    from ponder.cli import ask, backends, batch, solve
+    from ponder.cli import ask, backends, batch, chat, history, solve
 
-    for command in (ask, solve, batch, backends):
+    for command in (ask, chat, solve, batch, history, backends):
         command.register(app)
 
 
@@ -62,9 +62,12 @@ _register_commands()
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Console-script entry point."""
+    """Console-script entry point. Bare `ponder` on a terminal opens the chat."""
+    args = sys.argv[1:] if argv is None else argv
+    if not args and sys.stdin.isatty() and sys.stdout.isatty():
+        args = ["chat"]
     try:
-        app(args=argv, prog_name="ponder")
+        app(args=args, prog_name="ponder")
     except SystemExit as exc:
         if exc.code == EXIT_INTERRUPTED:  # typer turns Ctrl-C into this exit code, silently
             print("\nponder: interrupted", file=sys.stderr)

@@ -24,6 +24,7 @@ def ask(
     stats: bool = OutputOptions.stats,
     json: bool = OutputOptions.json,
     jsonl: bool = OutputOptions.jsonl,
+    no_log: bool = typer.Option(False, "--no-log", help="Keep this exchange out of the history database."),
     debug: bool = OutputOptions.debug,
 ) -> None:
     """Ask one question and stream the answer (reasoning to stderr when piped).
@@ -37,7 +38,10 @@ def ask(
                     temperature=temperature, top_p=top_p, max_tokens=max_tokens, seed=seed)
     text = run.prompt(prompt)
     loaded = run.load(model, backend, ctx, threads)
-    run.report(run.show(loaded, text), stats)
+    reply = run.show(loaded, text)
+    if not no_log:
+        run.log(loaded, text, reply)
+    run.report(reply, stats)
 
 
 def register(app: typer.Typer) -> None:

@@ -58,6 +58,25 @@ class Run:
         params = self.params if self.params.seed is None else replace(self.params, seed=self.params.seed + index)
         return collect_reply(generate_reply(model, [Message("user", user_text)], params))
 
+    def log(self, model: Model, user_text: str, reply: Reply | None) -> None:
+        """Keep a one-shot in the history database; a history problem only warns."""
+        if reply is None:
+            return
+        import sqlite3
+
+        from ponder.errors import PonderError
+        from ponder.history import Conversation, History, Turn, stats_record
+
+        try:
+            store = History()
+            conversation = Conversation(model=model.info.name)
+            for turn in (Turn("user", user_text),
+                         Turn("assistant", reply.answer, reply.reasoning, reply.finish_reason, stats_record(reply.stats))):
+                store.add_turn(conversation, turn, "ask", model.info.backend)
+            store.close()
+        except (PonderError, OSError, sqlite3.Error) as exc:
+            print(f"ponder: warning: not logged to the history: {exc}", file=self.term.stderr)
+
     @staticmethod
     def report(reply: Reply | None, stats: bool) -> None:
         from ponder.cli.stream import report

@@ -29,14 +29,14 @@ def show_reply(events: Iterator[ReplyEvent], renderer: Renderer) -> Reply | None
             elif isinstance(event, Reply):
                 reply = event
         renderer.finish(reply)
-    except KeyboardInterrupt:
-        _stop(events, renderer)
-        raise
     except BrokenPipeError:
         _stop(events, renderer)
         # Whatever is still buffered for the closed pipe must not fail again at exit.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         raise typer.Exit(EXIT_BROKEN_PIPE) from None
+    except BaseException:  # Ctrl-C, a prompt too long for the context…: stop cleanly, then report
+        _stop(events, renderer)
+        raise
     return reply
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import sys
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import BinaryIO, TextIO
 
@@ -37,3 +38,27 @@ class Terminal:
             stderr_is_tty=is_tty(sys.stderr),
             color=not os.environ.get("NO_COLOR"),
         )
+
+
+@contextmanager
+def keys_not_echoed(term: Terminal):
+    """While a reply streams, keys typed ahead are not echoed into the live view; they stay
+    queued and appear at the next prompt. Ctrl-C still interrupts (ISIG is untouched)."""
+    if not term.stdin_is_tty:
+        yield
+        return
+    import termios
+
+    fd = term.stdin.fileno()
+    try:
+        saved = termios.tcgetattr(fd)
+    except termios.error:
+        yield
+        return
+    quiet = list(saved)
+    quiet[3] &= ~termios.ECHO
+    termios.tcsetattr(fd, termios.TCSANOW, quiet)
+    try:
+        yield
+    finally:
+        termios.tcsetattr(fd, termios.TCSANOW, saved)

@@ -4,16 +4,23 @@ from __future__ import annotations
 
 import os
 import re
+import shlex
 import shutil
 import subprocess
 import sys
+import tempfile
 import time
 
 ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]|\x1b\][^\x07]*\x07")
 
 
+# Where the ponder runs of a test session keep their history: never the user's own.
+TEST_DATA_DIR = os.path.join(tempfile.gettempdir(), f"ponder-test-data-{os.getpid()}")
+
+
 def ponder_env(**extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("PONDER_")}
+    env["PONDER_DATA_DIR"] = TEST_DATA_DIR
     env.update(extra)
     return env
 
@@ -49,6 +56,13 @@ def strip_ansi(text: str) -> str:
     return ANSI.sub("", text)
 
 
+def tmux_command(args, env: dict) -> str:
+    """A shell command running ponder with exactly `env`: a tmux server already running
+    would otherwise start it with the server's environment, not the test's."""
+    assignments = " ".join(shlex.quote(f"{k}={v}") for k, v in env.items())
+    return f"env -i {assignments} " + " ".join(shlex.quote(a) for a in [sys.executable, "-m", "ponder", *args])
+
+
 def final_screen(*args: str, cols: int = 100, rows: int = 40, scrollback: bool = False) -> str:
     """Run ponder in a tmux pane and return what the screen shows once it has finished."""
     if not shutil.which("tmux"):
@@ -56,12 +70,8 @@ def final_screen(*args: str, cols: int = 100, rows: int = 40, scrollback: bool =
 
         pytest.skip("tmux is not installed")
     session = f"ponder-test-{time.monotonic_ns()}"
-    command = " ".join([sys.executable, "-m", "ponder", *(f"'{a}'" for a in args)]) + "; echo EXIT=$?; sleep 30"
-    subprocess.run(
-        ["tmux", "new-session", "-d", "-s", session, "-x", str(cols), "-y", str(rows), command],
-        check=True,
-        env=ponder_env(TERM="xterm-256color"),
-    )
+    command = tmux_command(args, ponder_env(TERM="xterm-256color")) + "; echo EXIT=$?; sleep 30"
+    subprocess.run(["tmux", "new-session", "-d", "-s", session, "-x", str(cols), "-y", str(rows), command], check=True)
     try:
         deadline = time.monotonic() + 90
         while time.monotonic() < deadline:
@@ -75,3 +85,53 @@ def final_screen(*args: str, cols: int = 100, rows: int = 40, scrollback: bool =
         raise AssertionError("ponder did not finish:\n" + screen)
     finally:
         subprocess.run(["tmux", "kill-session", "-t", session], capture_output=True)
+
+
+class TmuxSession:
+    """`ponder ARGS` in a tmux pane, driven by keys as a person would (tmux is a real
+    terminal emulator: it answers prompt_toolkit's cursor-position queries)."""
+
+    def __init__(self, *args: str, env: dict | None = None, cols: int = 100, rows: int = 40):
+        if not shutil.which("tmux"):
+            import pytest
+
+            pytest.skip("tmux is not installed")
+        self.name = f"ponder-chat-{time.monotonic_ns()}"
+        command = tmux_command(args, env or ponder_env(TERM="xterm-256color")) + "; echo EXIT=$?; sleep 60"
+        subprocess.run(["tmux", "new-session", "-d", "-s", self.name, "-x", str(cols), "-y", str(rows), command],
+                       check=True)
+
+    def keys(self, *keys: str) -> None:
+        """tmux key names (Enter, C-c, Escape…) and text; text is sent literally."""
+        for key in keys:
+            literal = not (key in ("Enter", "Escape", "Tab", "Up", "Down", "BSpace") or key.startswith(("C-", "M-")))
+            subprocess.run(["tmux", "send-keys", "-t", self.name, *(["-l"] if literal else []), key], check=True)
+
+    def line(self, text: str) -> None:
+        self.keys(text, "Enter")
+
+    def screen(self) -> str:
+        """Scrollback and screen, each line's trailing blanks and the empty rows below removed."""
+        text = subprocess.run(["tmux", "capture-pane", "-p", "-J", "-S", "-", "-t", self.name],
+                              capture_output=True, text=True).stdout
+        return "\n".join(line.rstrip() for line in text.splitlines()).rstrip()
+
+    def wait_for(self, pattern: str, timeout: float = 60, after: int = 0) -> str:
+        """Wait until the screen (from character `after` of the scrollback) matches `pattern` (a regex)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            screen = self.screen()
+            if re.search(pattern, screen[after:]):
+                return screen
+            time.sleep(0.1)
+        raise AssertionError(f"timed out waiting for {pattern!r}; the screen:\n{self.screen()}")
+
+    def pid(self) -> int:
+        """The ponder process in the pane."""
+        shell = subprocess.run(["tmux", "list-panes", "-t", self.name, "-F", "#{pane_pid}"],
+                               capture_output=True, text=True, check=True).stdout.split()[0]
+        children = subprocess.run(["pgrep", "-P", shell], capture_output=True, text=True).stdout.split()
+        return int(children[0])
+
+    def close(self) -> None:
+        subprocess.run(["tmux", "kill-session", "-t", self.name], capture_output=True)

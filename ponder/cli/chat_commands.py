@@ -1,0 +1,155 @@
+"""Slash commands of `ponder chat`. Each takes the REPL and the rest of the line."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import replace
+from pathlib import Path
+
+HELP = """\
+/help                      this list
+/clear                     start a new conversation
+/retry                     regenerate the last reply
+/think show|collapse|hide  how reasoning is shown
+/set NAME VALUE            temperature, top_p, max_tokens or seed (seed none: random)
+/stats                     the last reply's tokens, speed and thinking time; context used
+/save [FILE]               the conversation as Markdown (reasoning in <details>)
+/history                   recent conversations (resume one with ponder chat --resume ID)
+/model                     the model in use
+/exit                      quit (Ctrl-D too)
+Enter sends; Esc-Enter or Alt-Enter adds a line; \"\"\" opens and closes a multi-line block;
+Ctrl-C stops a reply (the partial answer is kept) or clears the line."""
+
+THINK_MODES = ("show", "collapse", "hide")
+
+
+class CommandError(Exception):
+    """A bad command or value: shown, and the REPL goes on."""
+
+
+def run_command(repl, line: str) -> None:
+    name, _, rest = line.partition(" ")
+    handler = COMMANDS.get(name.lower())
+    try:
+        if handler is None:
+            known = ", ".join(COMMANDS)
+            raise CommandError(f"unknown command {name}; the commands are {known}")
+        handler(repl, rest.strip())
+    except CommandError as exc:
+        repl.note(str(exc), "red")
+
+
+def _help(repl, _args: str) -> None:
+    repl.note(HELP, "")
+
+
+def _exit(repl, _args: str) -> None:
+    repl.running = False
+
+
+def _clear(repl, _args: str) -> None:
+    from ponder.history import Conversation
+
+    repl.conversation = Conversation(model=repl.model.info.name)
+    repl.last_stats = None
+    repl.note("new conversation")
+
+
+def _retry(repl, _args: str) -> None:
+    turns = repl.conversation.turns
+    if not turns or turns[-1].role != "assistant":
+        raise CommandError("nothing to retry yet")
+    repl.drop_last()
+    repl.generate()
+
+
+def _think(repl, args: str) -> None:
+    if args not in THINK_MODES:
+        raise CommandError(f"/think takes one of {', '.join(THINK_MODES)} (now: {repl.run.mode})")
+    repl.run.mode = args
+    repl.note(f"reasoning: {args}")
+
+
+SETTINGS = {
+    "temperature": (float, lambda v: v >= 0, "0 (greedy) or more"),
+    "top_p": (float, lambda v: 0 < v <= 1, "in (0, 1]"),
+    "max_tokens": (int, lambda v: v > 0, "a whole number above 0"),
+    "seed": (int, lambda v: True, "a whole number, or none"),
+}
+
+
+def _set(repl, args: str) -> None:
+    name, _, value = args.partition(" ")
+    name, value = name.replace("-", "_"), value.strip()
+    if name not in SETTINGS or not value:
+        current = ", ".join(f"{key} {getattr(repl.run.params, key)}" for key in SETTINGS)
+        raise CommandError(f"usage: /set NAME VALUE, NAME one of {', '.join(SETTINGS)} (now: {current})")
+    kind, valid, expected = SETTINGS[name]
+    if name == "seed" and value.lower() == "none":
+        parsed = None
+    else:
+        try:
+            parsed = kind(value)
+        except ValueError:
+            parsed = None
+        if parsed is None or not valid(parsed):
+            raise CommandError(f"{name} must be {expected}, not {value!r}")
+    repl.run.params = replace(repl.run.params, **{name: parsed})
+    repl.note(f"{name} = {parsed}")
+
+
+def _stats(repl, _args: str) -> None:
+    stats = repl.last_stats
+    if stats is None:
+        raise CommandError("no reply yet")
+    from ponder.cli.stream import format_stats
+
+    total = repl.model.info.context
+    used = repl.context_used()
+    repl.note(f"{format_stats(stats)} · thinking {stats.thinking_s:.1f} s · "
+              f"context {used} of {total} tokens ({used / total:.0%})", "")
+
+
+def _save(repl, args: str) -> None:
+    if not repl.conversation.turns:
+        raise CommandError("nothing to save yet")
+    path = Path(args).expanduser() if args else Path(f"ponder-chat-{time.strftime('%Y%m%d-%H%M%S')}.md")
+    try:
+        path.write_text(transcript_markdown(repl.conversation, repl.model.info.name), encoding="utf-8")
+    except OSError as exc:
+        raise CommandError(f"cannot write {path}: {exc.strerror}") from exc
+    repl.note(f"saved {path}")
+
+
+def transcript_markdown(conversation, model_name: str) -> str:
+    parts = [f"# Conversation with {model_name}\n"]
+    for turn in conversation.turns:
+        if turn.role == "user":
+            parts.append(f"## User\n\n{turn.content}\n")
+            continue
+        parts.append("## Assistant\n")
+        if turn.reasoning.strip():
+            parts.append(f"<details>\n<summary>Reasoning</summary>\n\n{turn.reasoning.strip()}\n\n</details>\n")
+        parts.append(turn.content + ("\n\n*[interrupted]*" if turn.interrupted else "") + "\n")
+    return "\n".join(parts)
+
+
+def _history(repl, _args: str) -> None:
+    if repl.history is None:
+        raise CommandError("history is off in this session (--no-log)")
+    from ponder.cli.history import summary_lines
+
+    for line in summary_lines(repl.history.summaries()) or ["no conversations yet"]:
+        repl.note(line, "")
+
+
+def _model(repl, _args: str) -> None:
+    info = repl.model.info
+    repl.note(f"{info.name} · {info.backend} · context {info.context} tokens (trained {info.trained_context})"
+              f" · {info.path}", "")
+
+
+COMMANDS = {
+    "/help": _help, "/clear": _clear, "/retry": _retry, "/think": _think, "/set": _set, "/stats": _stats,
+    "/save": _save, "/history": _history, "/model": _model, "/exit": _exit, "/quit": _exit,
+}

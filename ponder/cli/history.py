@@ -1,0 +1,67 @@
+"""`ponder history`: list, show and delete past conversations (chat sessions and ask one-shots)."""
+
+from __future__ import annotations
+
+import time
+
+import typer
+
+history_app = typer.Typer(help="List, show and delete past conversations.", no_args_is_help=False,
+                          rich_markup_mode=None)
+
+
+def summary_lines(summaries) -> list[str]:
+    return [
+        f"{s.id:>5}  {time.strftime('%Y-%m-%d %H:%M', time.localtime(s.updated))}  {s.kind:4}  "
+        f"{s.turns:>3} turns  {s.title}"
+        for s in summaries
+    ]
+
+
+def _store():
+    from ponder.history import History
+
+    return History()
+
+
+@history_app.callback(invoke_without_command=True)
+def history_list(
+    ctx: typer.Context,
+    limit: int = typer.Option(20, "--limit", "-n", help="How many conversations, newest first."),
+) -> None:
+    """List recent conversations (resume one with `ponder chat --resume ID`)."""
+    if ctx.invoked_subcommand is not None:
+        return
+    store = _store()
+    lines = summary_lines(store.summaries(limit))
+    print("\n".join(lines) if lines else "no conversations yet")
+
+
+@history_app.command("show")
+def history_show(conversation_id: int = typer.Argument(..., help="The conversation's ID.")) -> None:
+    """Print a conversation as Markdown, reasoning in <details> blocks."""
+    from ponder.cli.chat_commands import transcript_markdown
+
+    conversation = _load(conversation_id)
+    print(transcript_markdown(conversation, conversation.model), end="")
+
+
+@history_app.command("delete")
+def history_delete(conversation_id: int = typer.Argument(..., help="The conversation's ID.")) -> None:
+    """Delete a conversation."""
+    _load(conversation_id)
+    _store().delete(conversation_id)
+    print(f"deleted conversation {conversation_id}")
+
+
+def _load(conversation_id: int):
+    from ponder.errors import UsageError
+
+    conversation = _store().load(conversation_id)
+    if conversation is None:
+        raise UsageError(f"no conversation {conversation_id}", hint="`ponder history` lists them")
+    return conversation
+
+
+def register(app: typer.Typer) -> None:
+    app.add_typer(history_app, name="history")

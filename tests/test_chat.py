@@ -1,0 +1,209 @@
+"""`ponder chat` driven in a real terminal (tmux) with real models, as a person would use it."""
+
+from __future__ import annotations
+
+import io
+import os
+import signal
+import sqlite3
+
+import pytest
+
+from tests.support.cli import TmuxSession, ponder_env, run_ponder
+
+PROMPT = r"(?m)^>$"  # an empty input line: the REPL waits for the next message
+
+
+@pytest.fixture
+def data_dir(tmp_path):
+    return tmp_path / "data"
+
+
+@pytest.fixture
+def chat(data_dir):
+    sessions = []
+
+    def start(*args: str) -> TmuxSession:
+        session = TmuxSession("chat", *args, env=ponder_env(TERM="xterm-256color", PONDER_DATA_DIR=str(data_dir)))
+        session.wait_for(PROMPT, timeout=90)
+        sessions.append(session)
+        return session
+
+    yield start
+    for session in sessions:
+        session.close()
+
+
+def turns(data_dir, conversation_id=None):
+    with sqlite3.connect(data_dir / "history.db") as db:
+        if conversation_id is None:
+            conversation_id = db.execute("SELECT max(id) FROM conversations").fetchone()[0]
+        return db.execute("SELECT role, content, reasoning, finish_reason FROM turns WHERE conversation_id = ?"
+                          " ORDER BY id", (conversation_id,)).fetchall()
+
+
+def test_question_shows_reasoning_summary_then_answer(chat, tiny_r1, data_dir):
+    session = chat("--model", tiny_r1)
+    session.line("What is 12*7?")
+    screen = session.wait_for(r"Thought for [0-9.]+ s · 42 tokens\n12 × 7 = 84, so the answer is 84\.\n>$")
+    assert "<think>" not in screen and "10*7" not in screen  # reasoning collapsed to its summary
+    assert turns(data_dir) == [
+        ("user", "What is 12*7?", "", None),
+        ("assistant", "12 × 7 = 84, so the answer is \\boxed{84}.",
+         "Okay, 12 times 7. 10*7 = 70 and 2*7 = 14, so 70 + 14 = 84.\n", "stop"),
+    ]
+    assert (os.stat(data_dir / "history.db").st_mode & 0o777) == 0o600
+    assert (os.stat(data_dir).st_mode & 0o777) == 0o700
+
+
+def test_ctrl_c_mid_reply_keeps_the_partial_answer(chat, smollm2, data_dir):
+    session = chat("--model", smollm2, "--seed", "4")
+    session.line("Write a very long story about a dragon.")
+    session.wait_for(r"(\S+\s+){15}", timeout=60, after=session.wait_for(r"dragon\.").index("dragon.") + 8)
+    session.keys("C-c")
+    session.wait_for(r"\[interrupted\]\n>$", timeout=10)
+    (_, question, _, _), (role, answer, _, finish) = turns(data_dir)
+    assert question == "Write a very long story about a dragon."
+    assert role == "assistant" and finish == "cancelled" and len(answer.split()) >= 10
+    session.line("/model")  # the REPL goes on
+    session.wait_for(r"llama\.cpp · context 8192 tokens")
+    session.keys("C-d")
+    session.wait_for("EXIT=0")
+
+
+def test_slash_commands_and_their_errors(chat, tiny_r1, tmp_path):
+    session = chat("--model", tiny_r1)
+    for command, expected in [
+        ("/help", r"/think show\|collapse\|hide"),
+        ("/bogus", r"unknown command /bogus; the commands are /help"),
+        ("/stats", r"no reply yet"),
+        ("/retry", r"nothing to retry yet"),
+        ("/save", r"nothing to save yet"),
+        ("/set temperature hot", r"temperature must be 0 \(greedy\) or more, not 'hot'"),
+        ("/set top_p 2", r"top_p must be in \(0, 1\], not '2'"),
+        ("/set colour blue", r"usage: /set NAME VALUE"),
+        ("/think loud", r"/think takes one of show, collapse, hide"),
+        ("/set temperature 0", r"temperature = 0\.0"),
+        ("/think show", r"reasoning: show"),
+    ]:
+        start = len(session.screen())
+        session.line(command)
+        session.wait_for(expected + r"[^\n]*\n(.*\n)*>$", after=start)
+    session.line("What is 2+2?")
+    session.wait_for(r"Two plus two\. 2 \+ 2 = 4\.\n.*Thought for .*\n.*The answer is 4\.\n>$")
+    for command, expected in [
+        ("/stats", r"prompt 12 tokens · reasoning 14 tokens · answer 9 tokens [\s\S]* context 35 of 32768 tokens"),
+        ("/retry", r"The answer is 4\.\n>$"),
+        ("/history", r"\s+1\s+\S+ \S+\s+chat\s+2 turns\s+What is 2\+2\?"),
+        (f"/save {tmp_path}/talk.md", r"saved .*talk\.md"),
+        ("/clear", r"new conversation"),
+    ]:
+        start = len(session.screen())
+        session.line(command)
+        session.wait_for(expected, after=start)
+    saved = (tmp_path / "talk.md").read_text()
+    assert "## User\n\nWhat is 2+2?" in saved
+    assert "<details>\n<summary>Reasoning</summary>\n\nTwo plus two. 2 + 2 = 4.\n\n</details>" in saved
+    assert "The answer is \\boxed{4}." in saved
+    session.line("/exit")
+    session.wait_for("EXIT=0")
+
+
+def test_tab_completes_slash_commands(chat, tiny_r1):
+    session = chat("--model", tiny_r1)
+    session.keys("/mo", "Tab")
+    session.wait_for(r"> /model$")  # completed (completions are computed in the background)
+    session.keys("Enter")
+    session.wait_for(r"Tiny R1 .* · llama\.cpp · context")
+
+
+def test_multi_line_input(chat, tiny_r1, data_dir):
+    session = chat("--model", tiny_r1, "--max-tokens", "3")
+    session.keys("first line", "Escape", "Enter", "second line", "Enter")
+    session.wait_for(r"second line\n[\s\S]*token limit[\s\S]*>$")
+    for line, shown in [('"""', r'> """\n…$'), ("block one", r"… block one\n…$"), ("block two", r"… block two\n…$")]:
+        session.line(line)
+        session.wait_for(shown)
+    session.line('"""')
+    session.wait_for(r'… """\n[\s\S]*token limit[\s\S]*>$')
+    asked = [content for role, content, _, _ in turns(data_dir) if role == "user"]
+    assert asked == ["first line\nsecond line", "block one\nblock two"]
+
+
+def test_exit_then_continue_resumes_the_conversation(chat, tiny_r1, data_dir):
+    session = chat("--model", tiny_r1)
+    session.line("What is 12*7?")
+    session.wait_for(r"answer is 84\.\n>$")
+    session.keys("C-d")
+    session.wait_for("EXIT=0")
+
+    resumed = chat("--model", tiny_r1, "--continue")
+    screen = resumed.screen()
+    assert "> What is 12*7?" in screen and "12 × 7 = 84" in screen  # the conversation so far, shown again
+    resumed.line("/history")
+    resumed.wait_for(r"chat\s+2 turns\s+What is 12\*7\?")
+    resumed.line("What is 2+2?")
+    resumed.wait_for(r"Thought for [\s\S]*>$", after=len(screen))
+    assert [role for role, *_ in turns(data_dir)] == ["user", "assistant", "user", "assistant"]
+
+    result = run_ponder("chat", "--model", tiny_r1, "--resume", "999", env=ponder_env(PONDER_DATA_DIR=str(data_dir)))
+    assert result.returncode == 2 and b"no conversation 999" in result.stderr
+
+
+def test_history_survives_sigkill_during_a_reply(chat, smollm2, data_dir):
+    session = chat("--model", smollm2, "--seed", "4")
+    session.line("/set max_tokens 8")
+    session.line("Say hi.")
+    session.wait_for(r"stopped at the token limit[\s\S]*>$")
+    session.line("/set max_tokens 5000")
+    session.line("Write a very long story about a dragon.")
+    session.wait_for(r"(\S+\s+){10}", after=session.wait_for(r"dragon\.").index("dragon.") + 8)
+    os.kill(session.pid(), signal.SIGKILL)
+    session.wait_for("EXIT=137")
+    rows = turns(data_dir)
+    assert [(role, content) for role, content, *_ in rows][:1] == [("user", "Say hi.")]
+    assert rows[1][0] == "assistant" and rows[1][3] == "length" and rows[1][1]
+    assert rows[2][:2] == ("user", "Write a very long story about a dragon.")
+    shown = run_ponder("history", "show", "1", env=ponder_env(PONDER_DATA_DIR=str(data_dir)))
+    assert shown.returncode == 0 and b"Write a very long story about a dragon." in shown.stdout
+
+
+def test_turn_two_sends_no_reasoning_from_turn_one(tiny_r1):
+    """Drive the REPL with piped input and a real model; look at every prompt it sent."""
+    from ponder.backends.base import LoadOptions
+    from ponder.backends.llamacpp import LlamaCppModel
+    from ponder.cli.chat import ChatRepl
+    from ponder.cli.run import Run
+    from ponder.cli.terminal import Terminal
+    from ponder.events import GenerationParams
+
+    model = LlamaCppModel(tiny_r1, LoadOptions(context=2048))
+    sent = []
+    real_stream = model.stream
+
+    def recording_stream(prompt, params, cancel=None):
+        sent.append(model.tokenize(prompt))
+        return real_stream(prompt, params, cancel)
+
+    model.stream = recording_stream
+    term = Terminal(io.BytesIO(b"What is 12*7?\nWhat is 2+2?\n"), io.StringIO(), io.StringIO(), False, False, False, False)
+    repl = ChatRepl(Run(term, "collapse", "text", GenerationParams()), log=False)
+    repl.model = model
+    repl.loop()
+    model.close()
+
+    probe = LlamaCppModel(tiny_r1, LoadOptions(context=512))
+    reasoning = probe._tokenize("10*7 = 70 and 2*7 = 14", add_bos=False)
+    answer_alone = probe._tokenize("12 × 7 = 84, so the answer is \\boxed{84}.<｜end▁of▁sentence｜>", add_bos=False)
+    probe.close()
+    assert len(sent) == 2
+    turn_one, turn_two = sent
+    assert turn_two[: len(turn_one) - 2] == turn_one[:-2]  # turn one's prompt, less its "<think>\n"
+    assert not _contains(turn_two, reasoning)
+    assert 151649 not in turn_two  # </think>
+    assert _contains(turn_two, answer_alone)  # the answer alone went back
+    assert term.stdout.getvalue().startswith("12 × 7 = 84, so the answer is \\boxed{84}.\n")  # piped: answers alone
+
+
+def _contains(haystack: list[int], needle: list[int]) -> bool:
+    return any(haystack[i : i + len(needle)] == needle for i in range(len(haystack) - len(needle) + 1))
