@@ -7,7 +7,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Protocol
 
-from ponder.events import BackendEvent, GenerationParams
+from ponder.errors import ContextOverflow
+from ponder.events import BackendEvent, BackendStats, GenerationParams
 from ponder.prompt import ChatFormat
 
 
@@ -64,3 +65,39 @@ class Backend(Protocol):
 
     @staticmethod
     def probe() -> BackendProbe: ...
+
+
+# --- helpers every local backend shares ------------------------------------------
+
+
+def generation_budget(prompt_tokens: int, context: int, max_tokens: int) -> int:
+    """How many tokens may be generated after the prompt; refuses a prompt that does not fit."""
+    if prompt_tokens >= context:
+        raise ContextOverflow(
+            f"the prompt is {prompt_tokens} tokens, but the context holds {context}",
+            hint="shorten the input or raise --ctx",
+        )
+    return min(max_tokens, context - prompt_tokens)
+
+
+def shared_prefix(cached: list[int], tokens: list[int]) -> int:
+    """How many leading tokens of `tokens` the cache already holds, leaving at least one to
+    feed (the model must process a token to give fresh logits)."""
+    keep, limit = 0, min(len(cached), len(tokens) - 1)
+    while keep < limit and cached[keep] == tokens[keep]:
+        keep += 1
+    return keep
+
+
+def backend_stats(prompt_tokens: int, generated: int, started: float, first: float, last: float, now: float,
+                  peak_memory_bytes: int | None = None) -> BackendStats:
+    """Figures from timestamps: the first and last generated tokens, after starting at `started`."""
+    decode_time = last - first
+    return BackendStats(
+        prompt_tokens=prompt_tokens,
+        generated_tokens=generated,
+        time_to_first_token_s=first - started if generated else 0.0,
+        decode_tokens_per_s=(generated - 1) / decode_time if generated > 1 and decode_time > 0 else 0.0,
+        total_s=now - started,
+        peak_memory_bytes=peak_memory_bytes,
+    )

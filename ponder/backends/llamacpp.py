@@ -23,10 +23,10 @@ from pathlib import Path
 import llama_cpp as lib
 import numpy as np
 
-from ponder.backends.base import BackendProbe, LoadOptions, ModelInfo
+from ponder.backends.base import BackendProbe, LoadOptions, ModelInfo, backend_stats, generation_budget, shared_prefix
 from ponder.config import DEFAULT_CONTEXT
-from ponder.errors import BackendError, ContextOverflow, ModelError
-from ponder.events import BackendEvent, BackendStats, Finished, GenerationParams, TextDelta
+from ponder.errors import BackendError, ModelError
+from ponder.events import BackendEvent, Finished, GenerationParams, TextDelta
 from ponder.prompt import ChatFormat, is_reasoning_model
 from ponder.reasoning import OPEN_TAG
 from ponder.sampling import Sampler
@@ -217,16 +217,11 @@ class LlamaCppModel:
     ) -> Iterator[BackendEvent]:
         started = time.perf_counter()
         tokens = self.tokenize(prompt)
-        context = self.info.context
-        if len(tokens) >= context:
-            raise ContextOverflow(
-                f"the prompt is {len(tokens)} tokens, but the context holds {context}",
-                hint="shorten the input or raise --ctx",
-            )
-        budget = min(params.max_tokens, context - len(tokens))
+        budget = generation_budget(len(tokens), self.info.context, params.max_tokens)
         cancel = cancel or threading.Event()
         if not self._prefill(tokens, cancel):
-            yield Finished("cancelled", BackendStats(len(tokens), 0, 0.0, 0.0, time.perf_counter() - started))
+            now = time.perf_counter()
+            yield Finished("cancelled", backend_stats(len(tokens), 0, started, now, now, now))
             return
 
         sampler = Sampler(self._n_vocab, params.temperature, params.top_p, params.seed)
@@ -261,24 +256,11 @@ class LlamaCppModel:
         tail = decoder.decode(b"", final=True)
         if tail:
             yield TextDelta(tail, tokens=0)
-        decode_time = last - first
-        yield Finished(
-            reason,
-            BackendStats(
-                prompt_tokens=len(tokens),
-                generated_tokens=generated,
-                time_to_first_token_s=first - started,
-                decode_tokens_per_s=(generated - 1) / decode_time if generated > 1 and decode_time > 0 else 0.0,
-                total_s=time.perf_counter() - started,
-            ),
-        )
+        yield Finished(reason, backend_stats(len(tokens), generated, started, first, last, time.perf_counter()))
 
     def _prefill(self, tokens: list[int], cancel: threading.Event) -> bool:
         """Bring the cache to `tokens`, reusing the longest cached prefix. False if cancelled."""
-        keep = 0
-        limit = min(len(self._cached), len(tokens) - 1)  # always decode one token to get fresh logits
-        while keep < limit and self._cached[keep] == tokens[keep]:
-            keep += 1
+        keep = shared_prefix(self._cached, tokens)
         lib.llama_memory_seq_rm(self._memory, 0, keep, -1)
         del self._cached[keep:]
         for start in range(keep, len(tokens), self._chunk):

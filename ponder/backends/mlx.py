@@ -21,10 +21,10 @@ from mlx_lm.models.cache import can_trim_prompt_cache, make_prompt_cache, trim_p
 from mlx_lm.sample_utils import apply_top_p
 from mlx_lm.utils import load as mlx_load
 
-from ponder.backends.base import BackendProbe, LoadOptions, ModelInfo
+from ponder.backends.base import BackendProbe, LoadOptions, ModelInfo, backend_stats, generation_budget, shared_prefix
 from ponder.config import DEFAULT_CONTEXT
-from ponder.errors import BackendError, ContextOverflow, ModelError
-from ponder.events import BackendEvent, BackendStats, Finished, GenerationParams, TextDelta
+from ponder.errors import ModelError
+from ponder.events import BackendEvent, Finished, GenerationParams, TextDelta
 from ponder.prompt import ChatFormat, is_reasoning_model
 from ponder.reasoning import OPEN_TAG
 
@@ -142,13 +142,7 @@ class MlxModel:
     ) -> Iterator[BackendEvent]:
         started = time.perf_counter()
         tokens = self.tokenize(prompt)
-        context = self.info.context
-        if len(tokens) >= context:
-            raise ContextOverflow(
-                f"the prompt is {len(tokens)} tokens, but the context holds {context}",
-                hint="shorten the input or raise --ctx",
-            )
-        budget = min(params.max_tokens, context - len(tokens))
+        budget = generation_budget(len(tokens), self.info.context, params.max_tokens)
         cancel = cancel or threading.Event()
         mx.random.seed(params.seed if params.seed is not None else int.from_bytes(os.urandom(4), "little"))
         mx.reset_peak_memory()
@@ -186,26 +180,13 @@ class MlxModel:
             reason = "cancelled"
         finally:
             self._settle_cache(tokens + generated)
-        decode_time = last - first
-        count = len(generated)
-        yield Finished(
-            reason,
-            BackendStats(
-                prompt_tokens=len(tokens),
-                generated_tokens=count,
-                time_to_first_token_s=first - started if count else 0.0,
-                decode_tokens_per_s=(count - 1) / decode_time if count > 1 and decode_time > 0 else 0.0,
-                total_s=time.perf_counter() - started,
-                peak_memory_bytes=mx.get_peak_memory(),
-            ),
-        )
+        now = time.perf_counter()
+        stats = backend_stats(len(tokens), len(generated), started, first, last, now, mx.get_peak_memory())
+        yield Finished(reason, stats)
 
     def _reuse_cache(self, tokens: list[int]) -> list[int]:
         """Trim the cache to the longest prefix it shares with `tokens`; the tokens left to feed."""
-        keep = 0
-        limit = min(len(self._cached), len(tokens) - 1)  # feed at least one token for fresh logits
-        while keep < limit and self._cached[keep] == tokens[keep]:
-            keep += 1
+        keep = shared_prefix(self._cached, tokens)
         if keep and not can_trim_prompt_cache(self._cache):
             keep = 0
         if keep == 0:
