@@ -207,3 +207,33 @@ def test_turn_two_sends_no_reasoning_from_turn_one(tiny_r1):
 
 def _contains(haystack: list[int], needle: list[int]) -> bool:
     return any(haystack[i : i + len(needle)] == needle for i in range(len(haystack) - len(needle) + 1))
+
+
+def test_context_nearly_full_warns_and_a_message_that_does_not_fit_is_kept(chat, tiny_r1_mlx, data_dir):
+    session = chat("--model", tiny_r1_mlx, "--ctx", "90")  # MLX: the context is exactly --ctx (llama.cpp pads it)
+    session.line("What is 12*7?")
+    session.wait_for(r"answer is 84\.\nwarning: the context is 84% full \(76 of 90 tokens\); /clear starts a new "
+                     r"conversation\n>$")
+    long_message = ("Please consider this rather long follow-up message " * 10).strip()
+    session.line(long_message)
+    screen = session.wait_for(r"the prompt is \d+ tokens, but the context holds 90\. Your message is back in the input "
+                              r"line; /clear\s+starts a new conversation\.\n> Please consider this")
+    offered_again = screen.split("starts a new conversation.\n> ")[-1]
+    assert "".join(offered_again.split()) == "".join(long_message.split())  # all of it, in the input line
+    assert [role for role, *_ in turns(data_dir)] == ["user", "assistant"]  # and not stored as sent
+    session.keys("C-u")
+    session.line("/clear")
+    session.line("What is 2+2?")
+    session.wait_for(r"The answer is 4\.\n>$")
+
+
+def test_bare_ponder_on_a_terminal_opens_the_chat(tiny_r1, data_dir):
+    session = TmuxSession(env=ponder_env(TERM="xterm-256color", PONDER_MODEL=tiny_r1, PONDER_DATA_DIR=str(data_dir)))
+    try:
+        session.wait_for(r"ponder chat · Tiny R1 [\s\S]*>$", timeout=90)
+        session.keys("C-d")
+        session.wait_for("EXIT=0")
+    finally:
+        session.close()
+    plain = run_ponder()  # not a terminal: the usage, as before
+    assert plain.returncode == 2 and plain.stderr.startswith(b"Usage: ponder")
