@@ -3,14 +3,14 @@ _ponder() {
     local cur="${COMP_WORDS[COMP_CWORD]}" prev="${COMP_WORDS[COMP_CWORD-1]}" cmd="" i
     for ((i = 1; i < COMP_CWORD; i++)); do
         case "${COMP_WORDS[i]}" in
-            ask|backends|batch|chat|history|solve) cmd="${COMP_WORDS[i]}"; break ;;
+            ask|backends|batch|chat|history|plan|solve) cmd="${COMP_WORDS[i]}"; break ;;
         esac
     done
     case "$cmd" in
         "")
             case "$prev" in
             esac
-            COMPREPLY=($(compgen -W "--debug --version --help -h ask backends batch chat history solve" -- "$cur")) ;;
+            COMPREPLY=($(compgen -W "--debug --version --help -h ask backends batch chat history plan solve" -- "$cur")) ;;
         "ask")
             case "$prev" in
                 --model|-m) compopt -o filenames; COMPREPLY=($(compgen -f -- "$cur")); return ;;
@@ -59,6 +59,15 @@ _ponder() {
                 --limit|-n) COMPREPLY=(); return ;;
             esac
             COMPREPLY=($(compgen -W "--limit -n --help -h" -- "$cur")) ;;
+        "plan")
+            case "$prev" in
+                --model|-m) compopt -o filenames; COMPREPLY=($(compgen -f -- "$cur")); return ;;
+                --ctx) COMPREPLY=(); return ;;
+                --quant) COMPREPLY=(); return ;;
+                --kv-type) COMPREPLY=(); return ;;
+                --memory) COMPREPLY=(); return ;;
+            esac
+            COMPREPLY=($(compgen -W "--model -m --ctx --quant --kv-type --memory --help -h" -- "$cur")) ;;
         "solve")
             case "$prev" in
                 --samples|-n) COMPREPLY=(); return ;;

@@ -29,8 +29,26 @@ class Shape:
     trained_context: int
 
 
-# DeepSeek-R1-Distill-Qwen-7B (Qwen2.5-Math-7B): 28 layers, 4 KV heads of 128 dims, 128k trained.
-R1_7B = Shape(layers=28, kv_heads=4, head_dim=128, trained_context=131072)
+@dataclass(frozen=True)
+class KnownModel:
+    name: str
+    shape: Shape
+    sizes: dict[str, int]  # quantization -> file size in bytes, as the hubs list them (decimal GB)
+
+
+GB = 10**9
+# The DeepSeek-R1 distills of Qwen2.5 (config.json of each): layers, KV heads, head dims, trained context;
+# sizes of the common GGUF quantizations and mlx-community conversions.
+KNOWN_MODELS = {
+    "7b": KnownModel("DeepSeek-R1-Distill-Qwen-7B", Shape(28, 4, 128, 131072), {
+        "Q4_K_M": int(4.68 * GB), "Q5_K_M": int(5.44 * GB), "Q6_K": int(6.25 * GB), "Q8_0": int(8.10 * GB),
+        "mlx-4bit": int(4.28 * GB), "mlx-8bit": int(8.10 * GB)}),
+    "1.5b": KnownModel("DeepSeek-R1-Distill-Qwen-1.5B", Shape(28, 2, 128, 131072), {
+        "Q4_K_M": int(1.12 * GB), "Q8_0": int(1.89 * GB), "mlx-4bit": int(1.0 * GB)}),
+    "14b": KnownModel("DeepSeek-R1-Distill-Qwen-14B", Shape(48, 8, 128, 131072), {
+        "Q4_K_M": int(8.99 * GB), "Q5_K_M": int(10.5 * GB), "Q6_K": int(12.1 * GB), "Q8_0": int(15.7 * GB),
+        "mlx-4bit": int(8.3 * GB)}),
+}
 
 
 def kv_bytes_per_token(shape: Shape, kv_type: str = "f16") -> float:

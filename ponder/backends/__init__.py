@@ -8,13 +8,12 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
-import platform
-import sys
 from functools import lru_cache
 from pathlib import Path
 
 from ponder.backends.base import Backend, BackendProbe, LoadOptions, Model, ModelInfo
 from ponder.errors import BackendError, ModelError, UsageError
+from ponder.machine import apple_silicon
 
 __all__ = [
     "Backend", "BackendProbe", "LoadOptions", "Model", "ModelInfo", "available", "get_backend", "probe",
@@ -69,10 +68,6 @@ def probe(name: str) -> BackendProbe:
         return BackendProbe(usable=False, reason=exc.message + (f"; {exc.hint}" if exc.hint else ""))
     except Exception as exc:  # an engine that imports but fails on this machine
         return BackendProbe(usable=False, reason=f"{type(exc).__name__}: {exc}")
-
-
-def apple_silicon() -> bool:
-    return sys.platform == "darwin" and platform.machine() == "arm64"
 
 
 def default_backend() -> str:

@@ -52,9 +52,9 @@ def _debugging() -> bool:
 
 
 def _register_commands() -> None:
-    from ponder.cli import ask, backends, batch, chat, history, solve
+    from ponder.cli import ask, backends, batch, chat, history, plan, solve
 
-    for command in (ask, chat, solve, batch, history, backends):
+    for command in (ask, chat, solve, batch, history, plan, backends):
         command.register(app)
 
 

@@ -1,0 +1,76 @@
+"""`ponder plan`: the memory a model needs at a context size, and whether this machine has it."""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import typer
+
+from ponder.plan import KV_BYTES, KNOWN_MODELS
+
+
+def _choice(values):
+    def check(value):
+        if value is not None and value not in values:
+            raise typer.BadParameter(f"{value!r} is not one of {', '.join(values)}")
+        return value
+
+    return check
+
+
+def plan_command(
+    model: str = typer.Option("7b", "--model", "-m", help="DeepSeek-R1 distill: " + ", ".join(KNOWN_MODELS) + ".",
+                              callback=_choice(list(KNOWN_MODELS))),
+    ctx: int = typer.Option(32768, "--ctx", help="Context size in tokens.", min=1),
+    quant: Optional[str] = typer.Option(None, "--quant", help="One quantization (Q4_K_M, Q8_0, mlx-4bit…); "
+                                        "default: all.", show_default=False),
+    kv_type: str = typer.Option("f16", "--kv-type", help="KV cache element type: " + ", ".join(KV_BYTES) + ".",
+                                callback=_choice(list(KV_BYTES))),
+    memory: Optional[float] = typer.Option(None, "--memory", help="Plan for this many GiB (another machine) "
+                                           "instead of this one's RAM and VRAM.", min=0.1, show_default=False),
+) -> None:
+    """Weights + KV cache + overhead for each quantization, and whether it fits in RAM / VRAM."""
+    from ponder import machine
+    from ponder.errors import UsageError
+    from ponder.plan import GIB, kv_bytes_per_token, largest_context, plan
+
+    known = KNOWN_MODELS[model]
+    sizes = known.sizes
+    if quant is not None:
+        match = {q.lower(): q for q in sizes}.get(quant.lower())
+        if match is None:
+            raise UsageError(f"no quantization {quant!r} for {known.name}", hint="one of " + ", ".join(sizes))
+        sizes = {match: sizes[match]}
+    if ctx > known.shape.trained_context:
+        raise UsageError(f"{known.name} was trained on {known.shape.trained_context} tokens; --ctx {ctx} is beyond it")
+
+    if memory is not None:
+        ram, gpus, vram = machine.Memory(int(memory * GIB), int(memory * GIB)), [], None
+    else:
+        ram = machine.ram()
+        gpus = machine.nvidia_gpus()
+        vram = sum(g.free for g in gpus) if gpus else machine.unified_gpu_budget(ram)
+    vram_label = "VRAM free" if gpus else "Metal budget"
+    per_token = kv_bytes_per_token(known.shape, kv_type)
+    print(f"{known.name} at {ctx} tokens of context; KV cache {kv_type}: {per_token / 1024:g} KiB a token "
+          f"(2 x {known.shape.layers} layers x {known.shape.kv_heads} KV heads x {known.shape.head_dim} dims "
+          f"x {KV_BYTES[kv_type]:g} bytes)")
+    memory = f"RAM {ram.available / GIB:.1f} GiB available of {ram.total / GIB:.1f} GiB"
+    if vram is not None:
+        memory += f"; {vram_label} {vram / GIB:.1f} GiB" + (f" ({', '.join(g.name for g in gpus)})" if gpus else "")
+    print(memory)
+    gib = lambda n: f"{n / GIB:6.2f} GiB"  # noqa: E731
+    print(f"{'quant':10} {'weights':>10} {'KV cache':>10} {'overhead':>10} {'total':>10}  fits")
+    for name, size in sizes.items():
+        figures = plan(size, known.shape, ctx, kv_type)
+        where = [label for label, budget in (("GPU", vram), ("RAM", ram.available)) if budget and figures.total <= budget]
+        fits = " and ".join(where) if where else "no"
+        if not where:
+            most = largest_context(size, known.shape, max(vram or 0, ram.available), kv_type)
+            fits += f" (at most {most} tokens of context would)" if most else " (not even the weights)"
+        print(f"{name:10} {gib(figures.weights)} {gib(figures.kv_cache)} {gib(figures.overhead)} "
+              f"{gib(figures.total)}  {fits}")
+
+
+def register(app: typer.Typer) -> None:
+    app.command("plan")(plan_command)
