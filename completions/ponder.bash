@@ -3,14 +3,14 @@ _ponder() {
     local cur="${COMP_WORDS[COMP_CWORD]}" prev="${COMP_WORDS[COMP_CWORD-1]}" cmd="" i
     for ((i = 1; i < COMP_CWORD; i++)); do
         case "${COMP_WORDS[i]}" in
-            ask|backends|batch|chat|history|plan|solve) cmd="${COMP_WORDS[i]}"; break ;;
+            ask|backends|batch|chat|config|doctor|history|models|plan|solve) cmd="${COMP_WORDS[i]}"; break ;;
         esac
     done
     case "$cmd" in
         "")
             case "$prev" in
             esac
-            COMPREPLY=($(compgen -W "--debug --version --help -h ask backends batch chat history plan solve" -- "$cur")) ;;
+            COMPREPLY=($(compgen -W "--debug --version --help -h ask backends batch chat config doctor history models plan solve" -- "$cur")) ;;
         "ask")
             case "$prev" in
                 --model|-m) compopt -o filenames; COMPREPLY=($(compgen -f -- "$cur")); return ;;
@@ -54,11 +54,23 @@ _ponder() {
                 --resume) COMPREPLY=(); return ;;
             esac
             COMPREPLY=($(compgen -W "--model -m --backend --ctx --threads -t --temperature --top-p --max-tokens --seed --show-reasoning --hide-reasoning --continue -c --resume --no-log --debug --help -h" -- "$cur")) ;;
+        "config")
+            case "$prev" in
+            esac
+            COMPREPLY=($(compgen -W "--help -h" -- "$cur")) ;;
+        "doctor")
+            case "$prev" in
+            esac
+            COMPREPLY=($(compgen -W "--help -h" -- "$cur")) ;;
         "history")
             case "$prev" in
                 --limit|-n) COMPREPLY=(); return ;;
             esac
             COMPREPLY=($(compgen -W "--limit -n --help -h" -- "$cur")) ;;
+        "models")
+            case "$prev" in
+            esac
+            COMPREPLY=($(compgen -W "--json --help -h" -- "$cur")) ;;
         "plan")
             case "$prev" in
                 --model|-m) compopt -o filenames; COMPREPLY=($(compgen -f -- "$cur")); return ;;

@@ -52,9 +52,9 @@ def _debugging() -> bool:
 
 
 def _register_commands() -> None:
-    from ponder.cli import ask, backends, batch, chat, history, plan, solve
+    from ponder.cli import ask, backends, batch, chat, config, doctor, history, models, plan, solve
 
-    for command in (ask, chat, solve, batch, history, plan, backends):
+    for command in (ask, chat, solve, batch, history, models, plan, backends, doctor, config):
         command.register(app)
 
 
@@ -67,7 +67,7 @@ def main(argv: list[str] | None = None) -> None:
     if not args and sys.stdin.isatty() and sys.stdout.isatty():
         args = ["chat"]
     try:
-        app(args=args, prog_name="ponder")
+        app(args=args, prog_name="ponder", default_map=_config_defaults(args))
     except SystemExit as exc:
         if exc.code == EXIT_INTERRUPTED:  # typer turns Ctrl-C into this exit code, silently
             print("\nponder: interrupted", file=sys.stderr)
@@ -79,6 +79,18 @@ def main(argv: list[str] | None = None) -> None:
         _fail(message, exc, exc.exit_code)
     except Exception as exc:  # a bug or an unforeseen failure: still one line unless debugging
         _fail(f"ponder: unexpected error: {type(exc).__name__}: {exc}\n  (run with --debug for the traceback)", exc, 1)
+
+
+def _config_defaults(args: list[str]) -> dict | None:
+    """The config file's settings as click defaults (below env and flags). `ponder config`
+    itself skips them, so that a broken file can still be inspected and fixed."""
+    if args[:1] == ["config"]:
+        return None
+    from ponder.settings import config_path, default_map, load
+
+    if not config_path().exists():
+        return None
+    return default_map(load())
 
 
 def _fail(message: str, exc: BaseException, code: int) -> None:

@@ -15,7 +15,14 @@ def resolve_model_path(model: str | None) -> str:
     path = model or os.environ.get(MODEL_ENV)
     if not path:
         raise UsageError(f"no model given: pass --model (a .gguf file or an MLX model directory) or set {MODEL_ENV}")
-    return os.path.expanduser(path)
+    path = os.path.expanduser(path)
+    if ":" in path and not os.path.exists(path):  # an Ollama name, such as deepseek-r1:7b
+        from ponder.models import ollama_models
+
+        pulled = next((m for m in ollama_models() if m.name == path), None)
+        if pulled is not None:
+            return str(pulled.path)
+    return path
 
 
 def load_model(term: Terminal, model: str | None, backend: str, options: LoadOptions) -> Model:
