@@ -3,14 +3,14 @@ _ponder() {
     local cur="${COMP_WORDS[COMP_CWORD]}" prev="${COMP_WORDS[COMP_CWORD-1]}" cmd="" i
     for ((i = 1; i < COMP_CWORD; i++)); do
         case "${COMP_WORDS[i]}" in
-            ask|backends|batch|chat|config|doctor|history|models|plan|solve) cmd="${COMP_WORDS[i]}"; break ;;
+            ask|backends|batch|chat|config|doctor|history|models|plan|pull|solve) cmd="${COMP_WORDS[i]}"; break ;;
         esac
     done
     case "$cmd" in
         "")
             case "$prev" in
             esac
-            COMPREPLY=($(compgen -W "--debug --version --help -h ask backends batch chat config doctor history models plan solve" -- "$cur")) ;;
+            COMPREPLY=($(compgen -W "--debug --version --help -h ask backends batch chat config doctor history models plan pull solve" -- "$cur")) ;;
         "ask")
             case "$prev" in
                 --model|-m) compopt -o filenames; COMPREPLY=($(compgen -f -- "$cur")); return ;;
@@ -80,6 +80,11 @@ _ponder() {
                 --memory) COMPREPLY=(); return ;;
             esac
             COMPREPLY=($(compgen -W "--model -m --ctx --quant --kv-type --memory --help -h" -- "$cur")) ;;
+        "pull")
+            case "$prev" in
+                --backend) COMPREPLY=($(compgen -W "auto mlx llama.cpp" -- "$cur")); return ;;
+            esac
+            COMPREPLY=($(compgen -W "--backend --list --help -h" -- "$cur")) ;;
         "solve")
             case "$prev" in
                 --samples|-n) COMPREPLY=(); return ;;

@@ -22,7 +22,7 @@ def test_missing_model_path(tmp_path):
 
 
 def test_no_model_at_all():
-    assert_clean_failure(run_ponder("ask", "hi"), 2, "no model given")
+    assert_clean_failure(run_ponder("ask", "hi"), 1, "no model given, and the default model r1-7b is not downloaded")
 
 
 def test_file_that_is_not_gguf(tmp_path):

@@ -52,9 +52,9 @@ def _debugging() -> bool:
 
 
 def _register_commands() -> None:
-    from ponder.cli import ask, backends, batch, chat, config, doctor, history, models, plan, solve
+    from ponder.cli import ask, backends, batch, chat, config, doctor, history, models, plan, pull, solve
 
-    for command in (ask, chat, solve, batch, history, models, plan, backends, doctor, config):
+    for command in (ask, chat, solve, batch, history, pull, models, plan, backends, doctor, config):
         command.register(app)
 
 

@@ -7,26 +7,54 @@ import os
 from ponder.backends import LoadOptions, Model, get_backend, select_backend
 from ponder.cli.terminal import Terminal
 from ponder.config import MODEL_ENV
-from ponder.errors import UsageError
+from ponder.errors import ModelError
 from ponder.threads import call_in_thread
 
 
-def resolve_model_path(model: str | None) -> str:
-    path = model or os.environ.get(MODEL_ENV)
-    if not path:
-        raise UsageError(f"no model given: pass --model (a .gguf file or an MLX model directory) or set {MODEL_ENV}")
-    path = os.path.expanduser(path)
-    if ":" in path and not os.path.exists(path):  # an Ollama name, such as deepseek-r1:7b
+def resolve_model_path(term: Terminal, model: str | None, backend: str) -> str:
+    """A path for the model a user named: a file or directory, an Ollama name, a catalogue
+    alias, or (none given) the default model of the backend, downloaded on first use."""
+    from ponder.catalogue import CATALOGUE, DEFAULTS
+
+    name = model or os.environ.get(MODEL_ENV)
+    if name and os.path.exists(os.path.expanduser(name)):
+        return os.path.expanduser(name)
+    if name and ":" in name and name.lower() not in CATALOGUE:  # an Ollama name, such as deepseek-r1:7b
         from ponder.models import ollama_models
 
-        pulled = next((m for m in ollama_models() if m.name == path), None)
+        pulled = next((m for m in ollama_models() if m.name == name), None)
         if pulled is not None:
             return str(pulled.path)
-    return path
+    if name is None or name.lower() in CATALOGUE:
+        from ponder.backends import AUTO, default_backend
+
+        alias = name.lower() if name else DEFAULTS[default_backend() if backend == AUTO else backend]
+        return str(_downloaded(term, CATALOGUE[alias], given=name is not None))
+    return os.path.expanduser(name)
+
+
+def _downloaded(term: Terminal, artifact, given: bool):
+    """The artifact from the cache; on a terminal, offer to download it; in a pipe, say how."""
+    from ponder.download import cached, pull
+
+    found = cached(artifact)
+    if found is not None:
+        return found
+    what = f"{artifact.alias} ({artifact.reference}, {artifact.size / 1e9:.2f} GB)"
+    if term.stdin_is_tty and term.stderr_is_tty:
+        term.stderr.write(f"{'' if given else 'No model given. '}Download {what} into the Hugging Face cache? [y/N] ")
+        term.stderr.flush()
+        if input().strip().lower() in ("y", "yes"):
+            return pull(artifact)
+    raise ModelError(
+        ("" if given else f"no model given, and the default model {artifact.alias} is not downloaded")
+        or f"{artifact.alias} is not downloaded",
+        hint=f"ponder pull {artifact.alias}   (or pass --model, or set {MODEL_ENV})",
+    )
 
 
 def load_model(term: Terminal, model: str | None, backend: str, options: LoadOptions) -> Model:
-    path = resolve_model_path(model)
+    path = resolve_model_path(term, model, backend)
     chosen = get_backend(select_backend(path, backend))
     if not term.stderr_is_tty:
         return call_in_thread(lambda: chosen.load(path, options))

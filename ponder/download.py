@@ -1,0 +1,103 @@
+"""Downloads through huggingface_hub into its standard cache (shared with other tools).
+
+huggingface_hub brings resumable transfers (`.incomplete` files continue where they stopped),
+progress bars, HF_ENDPOINT, HF_TOKEN and HF_HUB_OFFLINE. ponder adds the checks: the commit
+and size the catalogue pins, and the file's sha256 against the catalogue's or, where the
+catalogue has none, the one the hub publishes (the LFS ETag); a mismatch is removed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from pathlib import Path
+
+from ponder.catalogue import Artifact
+from ponder.errors import ModelError
+
+SHA256 = re.compile(r"^[0-9a-f]{64}$")
+METADATA_TIMEOUT_S = 10  # a hub that does not answer fails in seconds, never hangs
+
+
+def cached(artifact: Artifact) -> Path | None:
+    """The artifact's local path if it is already in the cache (no network)."""
+    from huggingface_hub import snapshot_download, try_to_load_from_cache
+    from huggingface_hub.errors import LocalEntryNotFoundError
+
+    revision = artifact.revision or "main"
+    if artifact.filename:
+        found = try_to_load_from_cache(artifact.repo, artifact.filename, revision=revision)
+        return Path(found) if isinstance(found, str) else None
+    try:
+        return Path(snapshot_download(artifact.repo, revision=revision, local_files_only=True))
+    except (LocalEntryNotFoundError, OSError, ValueError):
+        return None
+
+
+def pull(artifact: Artifact) -> Path:
+    """Download (or find) `artifact`; its verified local path."""
+    from huggingface_hub import constants
+
+    if constants.HF_HUB_OFFLINE:
+        found = cached(artifact)
+        if found is None:
+            raise ModelError(f"{artifact.reference} is not downloaded, and HF_HUB_OFFLINE is set",
+                             hint="unset HF_HUB_OFFLINE to download it, or pass a local --model")
+        return found
+    try:
+        return _pull_file(artifact) if artifact.filename else _pull_repo(artifact)
+    except ModelError:
+        raise
+    except Exception as exc:  # network, HTTP and hub errors: one line, never the token
+        raise ModelError(f"cannot download {artifact.reference} from {constants.ENDPOINT}: {_describe(exc)}",
+                         hint="check the network and the name; run the same command again to resume") from exc
+
+
+def _pull_file(artifact: Artifact) -> Path:
+    from huggingface_hub import get_hf_file_metadata, hf_hub_download, hf_hub_url
+
+    revision = artifact.revision or "main"
+    meta = get_hf_file_metadata(hf_hub_url(artifact.repo, artifact.filename, revision=revision),
+                                timeout=METADATA_TIMEOUT_S)
+    if artifact.revision and meta.commit_hash != artifact.revision:
+        raise ModelError(f"{artifact.reference}: the hub serves commit {meta.commit_hash}, "
+                         f"not the catalogued {artifact.revision}", hint="the upstream file changed; not used")
+    expected = artifact.sha256 or (meta.etag if meta.etag and SHA256.match(meta.etag) else None)
+    path = Path(hf_hub_download(artifact.repo, artifact.filename, revision=revision,
+                                etag_timeout=METADATA_TIMEOUT_S))
+    if expected and sha256_of(path) != expected:
+        _remove_cached(path)
+        raise ModelError(f"{artifact.reference} does not match its sha256 ({expected[:12]}…); the download was removed",
+                         hint="run the command again to download it afresh")
+    return path
+
+
+def _pull_repo(artifact: Artifact) -> Path:
+    from huggingface_hub import snapshot_download
+
+    return Path(snapshot_download(artifact.repo, revision=artifact.revision or "main",
+                                  etag_timeout=METADATA_TIMEOUT_S))
+
+
+def sha256_of(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 22):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _remove_cached(path: Path) -> None:
+    """A cache entry is a snapshot symlink to a blob: remove both."""
+    blob = path.resolve()
+    path.unlink(missing_ok=True)
+    blob.unlink(missing_ok=True)
+
+
+def _describe(exc: BaseException) -> str:
+    """The first line of an error, whatever huggingface_hub wrapped it in."""
+    cause = exc.__cause__ or exc.__context__
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    if cause is not None and "connect" in type(cause).__name__.lower():
+        text = f"cannot connect ({cause})"
+    return text

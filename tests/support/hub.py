@@ -1,0 +1,74 @@
+"""A local HTTP server that serves files as the Hugging Face hub's resolve endpoint does
+(`/{repo}/resolve/{revision}/{file}`: commit and sha256 ETag headers, byte ranges), for
+downloads through the real huggingface_hub client via HF_ENDPOINT."""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+COMMIT = "a1b2c3d4e5f6a7b8c9d0a1b2c3d4e5f6a7b8c9d0"
+
+
+class LocalHub:
+    def __init__(self):
+        self.files: dict[str, bytes] = {}  # "owner/repo/file" -> content
+        self.etags: dict[str, str] = {}  # served sha256; defaults to the content's
+        self.drop_once_at: int | None = None  # the next download's connection drops at this byte
+        self.requests: list[tuple[str, str, dict]] = []  # (method, path, headers with lower-case names)
+        hub = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args):  # quiet
+                pass
+
+            def do_HEAD(self):
+                self._serve(body=False)
+
+            def do_GET(self):
+                self._serve(body=True)
+
+            def _serve(self, body: bool):
+                hub.requests.append((self.command, self.path, {k.lower(): v for k, v in self.headers.items()}))
+                parts = self.path.split("?")[0].strip("/").split("/")
+                key = "/".join(parts[:2] + parts[4:]) if len(parts) >= 5 and parts[2] == "resolve" else None
+                if key not in hub.files:
+                    self.send_response(404)
+                    self.send_header("X-Error-Code", "EntryNotFound")
+                    self.end_headers()
+                    return
+                data = hub.files[key]
+                start = 0
+                ranged = self.headers.get("Range", "")
+                if ranged.startswith("bytes="):
+                    start = int(ranged[6:].split("-")[0])
+                self.send_response(206 if start else 200)
+                self.send_header("X-Repo-Commit", COMMIT)
+                self.send_header("ETag", f'"{hub.etags.get(key) or hashlib.sha256(data).hexdigest()}"')
+                self.send_header("Content-Length", str(len(data) - start))
+                if start:
+                    self.send_header("Content-Range", f"bytes {start}-{len(data) - 1}/{len(data)}")
+                self.end_headers()
+                if not body:
+                    return
+                end = len(data)
+                if hub.drop_once_at is not None:
+                    end, hub.drop_once_at = hub.drop_once_at, None
+                    self.close_connection = True  # closed after `end` bytes, short of Content-Length
+                self.wfile.write(data[start:end])
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def add(self, repo: str, filename: str, source: Path) -> str:
+        self.files[f"{repo}/{filename}"] = source.read_bytes()
+        return hashlib.sha256(self.files[f"{repo}/{filename}"]).hexdigest()
+
+    def ranges(self) -> list[str]:
+        return [h.get("range", "") for method, path, h in self.requests if method == "GET" and "/resolve/" in path]
+
+    def close(self):
+        self.server.shutdown()

@@ -1,0 +1,111 @@
+"""`ponder pull` and first-use downloads, through the real huggingface_hub client against a local hub."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from tests.support.cli import ponder_env, run_ponder
+from tests.support.hub import LocalHub
+
+REPO = "someone/Tiny-R1-GGUF"
+FILE = "Tiny-R1-F16.gguf"
+TOKEN = "hf_secret_token_never_printed"
+
+
+@pytest.fixture
+def hub(tiny_r1):
+    server = LocalHub()
+    server.add(REPO, FILE, Path(tiny_r1))
+    yield server
+    server.close()
+
+
+@pytest.fixture
+def env(hub, tmp_path):
+    return ponder_env(HF_ENDPOINT=hub.url, HF_HUB_CACHE=str(tmp_path / "hub"), HF_TOKEN=TOKEN,
+                      HF_HUB_DISABLE_PROGRESS_BARS="1", PONDER_CONFIG=str(tmp_path / "config.toml"))
+
+
+def pull(env, name=f"{REPO}/{FILE}"):
+    result = run_ponder("pull", name, env=env)
+    assert TOKEN.encode() not in result.stdout + result.stderr
+    return result
+
+
+def test_full_download_lands_in_the_hub_cache_and_runs(env, hub, tiny_r1, tmp_path):
+    result = pull(env)
+    assert result.returncode == 0, result.stderr
+    path = Path(result.stdout.decode().strip())
+    assert path.read_bytes() == Path(tiny_r1).read_bytes()
+    assert tmp_path / "hub" in path.parents and "models--someone--Tiny-R1-GGUF" in str(path)
+    assert any(h.get("authorization") == f"Bearer {TOKEN}" for _, _, h in hub.requests)  # HF_TOKEN honoured
+    answer = run_ponder("ask", "--model", str(path), "What is 12*7?", env=env)
+    assert answer.stdout.decode() == "12 × 7 = 84, so the answer is \\boxed{84}.\n"
+    listed = run_ponder("models", env=env).stdout.decode()
+    assert f"{REPO}/{FILE}" in listed
+
+
+def test_interrupted_download_resumes(env, hub, tiny_r1):
+    size = Path(tiny_r1).stat().st_size
+    hub.drop_once_at = size // 2  # the connection drops halfway through
+    result = pull(env)
+    assert result.returncode == 0, result.stderr
+    ranges = hub.ranges()
+    assert ranges[0] == "" and any(r.startswith("bytes=") and int(r[6:-1]) > 0 for r in ranges[1:])  # continued
+    assert len(ranges) == 2  # one resumed request, not a restart from byte 0
+    assert Path(result.stdout.decode().strip()).read_bytes() == Path(tiny_r1).read_bytes()
+
+
+def test_checksum_mismatch_is_refused_and_removed(env, hub, tmp_path):
+    hub.etags[f"{REPO}/{FILE}"] = "0" * 64  # the hub says one sha256, the bytes have another
+    result = pull(env)
+    assert result.returncode == 1
+    assert b"does not match its sha256" in result.stderr and b"was removed" in result.stderr
+    assert not [p for p in (tmp_path / "hub").rglob("*.gguf")]
+    assert not [p for p in (tmp_path / "hub").rglob("blobs/*") if p.stat().st_size > 1000]
+
+
+def test_offline_fails_fast_and_clearly(env):
+    result = run_ponder("pull", f"{REPO}/{FILE}", env={**env, "HF_HUB_OFFLINE": "1"}, timeout=20)
+    assert result.returncode == 1 and b"HF_HUB_OFFLINE is set" in result.stderr
+    unreachable = run_ponder("pull", f"{REPO}/{FILE}", env={**env, "HF_ENDPOINT": "http://127.0.0.1:9"}, timeout=30)
+    assert unreachable.returncode == 1 and b"cannot connect" in unreachable.stderr
+    assert b"Traceback" not in unreachable.stderr
+
+
+def test_missing_file_and_unknown_alias(env):
+    missing = pull(env, f"{REPO}/nothing.gguf")
+    assert missing.returncode == 1 and b"cannot download someone/Tiny-R1-GGUF/nothing.gguf" in missing.stderr
+    unknown = run_ponder("pull", "r2-d2", env=env)
+    assert unknown.returncode == 2 and b"unknown model 'r2-d2'" in unknown.stderr
+
+
+def test_first_use_without_a_model_in_a_pipe_says_how(env):
+    result = run_ponder("ask", "What is 12*7?", env=env)
+    assert result.returncode == 1
+    assert b"no model given, and the default model r1-7b is not downloaded" in result.stderr
+    assert b"hint: ponder pull r1-7b" in result.stderr
+
+
+def test_first_use_on_a_terminal_offers_the_download(hub, env, tiny_r1):
+    from ponder.catalogue import CATALOGUE
+    from tests.support.cli import TmuxSession
+
+    default = CATALOGUE["r1-7b"]
+    hub.add(default.repo, default.filename, Path(tiny_r1))  # the local hub serves the tiny model under its name
+    session = TmuxSession("ask", "What is 12*7?", env={**env, "TERM": "xterm-256color"})
+    try:
+        session.wait_for(r"No model given\. Download r1-7b \(bartowski/DeepSeek-R1-Distill-Qwen-7B-GGUF/"
+                         r"DeepSeek-R1-Distill-Qwen-7B-Q4_K_M\.gguf, 4\.68 GB\) into the Hugging Face cache\? \[y/N\]$")
+        session.line("y")
+        session.wait_for(r"12 × 7 = 84, so the answer is 84\.[\s\S]*EXIT=0", timeout=90)
+        again = TmuxSession("ask", "What is 2+2?", env={**env, "TERM": "xterm-256color"})  # cached now: no question
+        try:
+            screen = again.wait_for(r"EXIT=0", timeout=90)
+            assert "Download" not in screen and "The answer is 4." in screen
+        finally:
+            again.close()
+    finally:
+        session.close()
