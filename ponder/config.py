@@ -10,3 +10,4 @@ MODEL_ENV = "PONDER_MODEL"
 BACKEND_ENV = "PONDER_BACKEND"
 DEBUG_ENV = "PONDER_DEBUG"
 DATA_DIR_ENV = "PONDER_DATA_DIR"  # history and input history; default: the platform's user data dir
+MEMORY_ENV = "PONDER_MEMORY_GIB"  # plan for at most this much memory (leave room for other programs)

@@ -79,3 +79,32 @@ def largest_context(weights_bytes: int, shape: Shape, budget_bytes: int, kv_type
         return 0
     tokens = int(room // kv_bytes_per_token(shape, kv_type)) // step * step
     return min(tokens, ceiling or shape.trained_context)
+
+
+def model_footprint(path: str) -> tuple[Shape, int] | None:
+    """The KV shape and weight bytes of a local GGUF file or MLX directory; None if unreadable."""
+    import json
+    from pathlib import Path
+
+    p = Path(path)
+    try:
+        if p.is_file():
+            from ponder.gguf_header import read_metadata
+
+            meta = read_metadata(p)
+            arch = meta["general.architecture"]
+            heads = meta[f"{arch}.attention.head_count"]
+            head_dim = meta.get(f"{arch}.attention.key_length") or meta[f"{arch}.embedding_length"] // heads
+            shape = Shape(meta[f"{arch}.block_count"], meta.get(f"{arch}.attention.head_count_kv", heads), head_dim,
+                          meta.get(f"{arch}.context_length", 0))
+            return shape, p.stat().st_size
+        if p.is_dir():
+            config = json.loads((p / "config.json").read_text())
+            heads = config["num_attention_heads"]
+            head_dim = config.get("head_dim") or config["hidden_size"] // heads
+            shape = Shape(config["num_hidden_layers"], config.get("num_key_value_heads", heads), head_dim,
+                          config.get("max_position_embeddings", 0))
+            return shape, sum(f.stat().st_size for f in p.glob("*.safetensors"))
+    except (OSError, ValueError, KeyError, TypeError, ZeroDivisionError):
+        return None
+    return None

@@ -51,3 +51,19 @@ def test_plan_rejects_bad_values():
     assert run_ponder("plan", "--quant", "Q3").returncode == 2
     assert run_ponder("plan", "--kv-type", "f32").returncode == 2
     assert b"beyond it" in run_ponder("plan", "--ctx", "200000").stderr
+
+
+def test_ask_picks_a_context_that_fits(smollm2):
+    from tests.support.cli import ponder_env
+
+    def ask(memory_gib: str, *args: str):
+        result = run_ponder("ask", "--model", smollm2, "--max-tokens", "3", *args, "hi",
+                            env=ponder_env(PONDER_MEMORY_GIB=memory_gib))
+        assert result.returncode == 0, result.stderr
+        return result.stderr.decode()
+
+    # SmolLM2: 30 layers x 3 KV heads x 64 dims: 22.5 KiB a token; 0.9 GiB leaves room for 2048 of its 8192
+    assert "context set to 2048 tokens so that it fits in PONDER_MEMORY_GIB (0.9 GiB)" in ask("0.9")
+    assert "warning: this needs about 1.0 GiB" in ask("0.9", "--ctx", "8192")  # --ctx is kept, with a warning
+    assert "warning: this needs about" in ask("0.5")  # not even the weights and overhead: say so, still try
+    assert "context set" not in ask("64") and "needs about" not in ask("64")

@@ -53,9 +53,61 @@ def _downloaded(term: Terminal, artifact, given: bool):
     )
 
 
+def fit_context(term: Terminal, path: str, backend: str, options: LoadOptions) -> LoadOptions:
+    """With no --ctx, the largest context (up to the default) whose KV cache fits in memory;
+    with one, a warning when it will not fit. The same arithmetic as `ponder plan`."""
+    from dataclasses import replace
+
+    from ponder.config import DEFAULT_CONTEXT
+    from ponder.plan import GIB, largest_context, model_footprint, plan
+
+    footprint = model_footprint(path)
+    if footprint is None:
+        return options
+    shape, weights = footprint
+    budget, where = memory_budget(backend)
+    ceiling = min(DEFAULT_CONTEXT, shape.trained_context or DEFAULT_CONTEXT)
+    context = options.context or ceiling
+    needed = plan(weights, shape, context).total
+    if needed <= budget:
+        return options
+    fits = largest_context(weights, shape, budget, ceiling=ceiling)
+    if options.context is None and fits:
+        term.stderr.write(f"ponder: note: context set to {fits} tokens so that it fits in {where} "
+                          f"({budget / GIB:.1f} GiB); --ctx overrides\n")
+        return replace(options, context=fits)
+    term.stderr.write(f"ponder: warning: this needs about {needed / GIB:.1f} GiB (weights, {context}-token cache, "
+                      f"overhead) but {where} has {budget / GIB:.1f} GiB; it may fail or swap "
+                      f"(`ponder plan` shows the figures)\n")
+    return options
+
+
+def memory_budget(backend: str) -> tuple[int, str]:
+    """Memory a model can use: free VRAM where llama.cpp offloads to NVIDIA GPUs, Metal's share
+    of unified memory on Apple Silicon, available RAM otherwise; PONDER_MEMORY_GIB caps it."""
+    from ponder import machine
+    from ponder.config import MEMORY_ENV
+
+    ram = machine.ram()
+    gpus = machine.nvidia_gpus() if backend == "llama.cpp" else []
+    budget, where = (sum(g.free for g in gpus), "GPU memory") if gpus else (ram.available, "available RAM")
+    unified = machine.unified_gpu_budget(ram)
+    if unified:
+        budget, where = unified, "Metal's share of memory"
+    cap = os.environ.get(MEMORY_ENV)
+    if cap:
+        try:
+            budget, where = min(budget, int(float(cap) * 2**30)), f"{MEMORY_ENV}"
+        except ValueError:
+            pass
+    return budget, where
+
+
 def load_model(term: Terminal, model: str | None, backend: str, options: LoadOptions) -> Model:
     path = resolve_model_path(term, model, backend)
-    chosen = get_backend(select_backend(path, backend))
+    backend_name = select_backend(path, backend)
+    chosen = get_backend(backend_name)
+    options = fit_context(term, path, backend_name, options)
     if not term.stderr_is_tty:
         return call_in_thread(lambda: chosen.load(path, options))
     from rich.console import Console
