@@ -14,8 +14,8 @@ from typing import TypeVar
 T = TypeVar("T")
 
 _END = object()
-JOIN_TIMEOUT_S = 30.0
-POLL_S = 1 / 30  # how often streamed text reaches the screen: smooth to the eye  # a cancelled worker finishes its current token or prompt chunk first
+JOIN_TIMEOUT_S = 30.0  # a cancelled worker finishes its current token or prompt chunk first
+POLL_S = 1 / 30  # how often streamed text reaches the screen: smooth to the eye
 
 
 def iterate_in_thread(produce: Callable[[threading.Event], Iterator[T]]) -> Iterator[T]:
