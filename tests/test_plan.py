@@ -67,3 +67,10 @@ def test_ask_picks_a_context_that_fits(smollm2):
     assert "warning: this needs about 1.0 GiB" in ask("0.9", "--ctx", "8192")  # --ctx is kept, with a warning
     assert "warning: this needs about" in ask("0.5")  # not even the weights and overhead: say so, still try
     assert "context set" not in ask("64") and "needs about" not in ask("64")
+
+
+def test_plan_options_name_every_model_and_cache_type():
+    from ponder.cli.plan import KV_TYPES, MODELS
+    from ponder.plan import KV_BYTES
+
+    assert set(MODELS) == set(KNOWN_MODELS) and set(KV_TYPES) == set(KV_BYTES)

@@ -84,8 +84,8 @@ def main(argv: list[str] | None = None) -> None:
 def _config_defaults(args: list[str]) -> dict | None:
     """The config file's settings as click defaults (below env and flags). `ponder config`
     itself skips them, so that a broken file can still be inspected and fixed."""
-    if args[:1] == ["config"]:
-        return None
+    if args[:1] == ["config"] or any(a in ("-h", "--help", "--version") for a in args):
+        return None  # help shows the built-in defaults, and stays fast
     from ponder.settings import config_path, default_map, load
 
     if not config_path().exists():

@@ -6,7 +6,8 @@ from typing import Optional
 
 import typer
 
-from ponder.plan import KV_BYTES, KNOWN_MODELS
+MODELS = ("7b", "1.5b", "14b")  # ponder.plan.KNOWN_MODELS, named here so that --help imports no arithmetic
+KV_TYPES = ("f16", "q8_0", "q4_0")  # ponder.plan.KV_BYTES
 
 
 def _choice(values):
@@ -19,20 +20,20 @@ def _choice(values):
 
 
 def plan_command(
-    model: str = typer.Option("7b", "--model", "-m", help="DeepSeek-R1 distill: " + ", ".join(KNOWN_MODELS) + ".",
-                              callback=_choice(list(KNOWN_MODELS))),
+    model: str = typer.Option("7b", "--model", "-m", help="DeepSeek-R1 distill: " + ", ".join(MODELS) + ".",
+                              callback=_choice(MODELS)),
     ctx: int = typer.Option(32768, "--ctx", help="Context size in tokens.", min=1),
     quant: Optional[str] = typer.Option(None, "--quant", help="One quantization (Q4_K_M, Q8_0, mlx-4bit…); "
                                         "default: all.", show_default=False),
-    kv_type: str = typer.Option("f16", "--kv-type", help="KV cache element type: " + ", ".join(KV_BYTES) + ".",
-                                callback=_choice(list(KV_BYTES))),
+    kv_type: str = typer.Option("f16", "--kv-type", help="KV cache element type: " + ", ".join(KV_TYPES) + ".",
+                                callback=_choice(KV_TYPES)),
     memory: Optional[float] = typer.Option(None, "--memory", help="Plan for this many GiB (another machine) "
                                            "instead of this one's RAM and VRAM.", min=0.1, show_default=False),
 ) -> None:
     """Weights + KV cache + overhead for each quantization, and whether it fits in RAM / VRAM."""
     from ponder import machine
     from ponder.errors import UsageError
-    from ponder.plan import GIB, kv_bytes_per_token, largest_context, plan
+    from ponder.plan import GIB, KNOWN_MODELS, KV_BYTES, kv_bytes_per_token, largest_context, plan
 
     known = KNOWN_MODELS[model]
     sizes = known.sizes
