@@ -1,9 +1,12 @@
 """Downloads through huggingface_hub into its standard cache (shared with other tools).
 
-huggingface_hub brings resumable transfers (`.incomplete` files continue where they stopped),
-progress bars, HF_ENDPOINT, HF_TOKEN and HF_HUB_OFFLINE. ponder adds the checks: the commit
-and size the catalogue pins, and the file's sha256 against the catalogue's or, where the
-catalogue has none, the one the hub publishes (the LFS ETag); a mismatch is removed.
+huggingface_hub brings the cache layout, progress bars, HF_ENDPOINT, HF_TOKEN and
+HF_HUB_OFFLINE, and resumes a dropped connection within one call. Its partial files die with the
+process, though, so ponder fetches a GGUF's blob itself (with huggingface_hub's own `http_get`)
+into a `.partial` file that the next `ponder pull` continues; hf_hub_download then links it
+into the snapshot. ponder adds the checks: the commit the catalogue pins, and the file's sha256
+against the catalogue's or, where the catalogue has none, the one the hub publishes (the LFS
+ETag); a mismatch is removed.
 """
 
 from __future__ import annotations
@@ -63,6 +66,8 @@ def _pull_file(artifact: Artifact) -> Path:
         raise ModelError(f"{artifact.reference}: the hub serves commit {meta.commit_hash}, "
                          f"not the catalogued {artifact.revision}", hint="the upstream file changed; not used")
     expected = artifact.sha256 or (meta.etag if meta.etag and SHA256.match(meta.etag) else None)
+    if meta.etag and meta.location:
+        _fetch_blob(artifact, meta)
     path = Path(hf_hub_download(artifact.repo, artifact.filename, revision=revision,
                                 etag_timeout=METADATA_TIMEOUT_S))
     if expected and sha256_of(path) != expected:
@@ -70,6 +75,25 @@ def _pull_file(artifact: Artifact) -> Path:
         raise ModelError(f"{artifact.reference} does not match its sha256 ({expected[:12]}…); the download was removed",
                          hint="run the command again to download it afresh")
     return path
+
+
+def _fetch_blob(artifact: Artifact, meta) -> None:
+    """Download the file's blob into the cache, continuing a `.partial` left by an earlier run."""
+    from huggingface_hub import constants
+    from huggingface_hub.file_download import http_get, repo_folder_name
+    from huggingface_hub.utils import build_hf_headers
+
+    storage = Path(constants.HF_HUB_CACHE) / repo_folder_name(repo_id=artifact.repo, repo_type="model")
+    blob = storage / "blobs" / meta.etag
+    if blob.exists():
+        return
+    partial = blob.with_name(blob.name + ".partial")
+    partial.parent.mkdir(parents=True, exist_ok=True)
+    with open(partial, "r+b" if partial.exists() else "wb") as f:
+        f.seek(0, 2)  # after what an earlier run fetched
+        http_get(meta.location, f, resume_size=f.tell(), headers=build_hf_headers(), expected_size=meta.size,
+                 displayed_filename=artifact.filename)
+    partial.rename(blob)
 
 
 def _pull_repo(artifact: Artifact) -> Path:

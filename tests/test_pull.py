@@ -58,6 +58,23 @@ def test_interrupted_download_resumes(env, hub, tiny_r1):
     assert Path(result.stdout.decode().strip()).read_bytes() == Path(tiny_r1).read_bytes()
 
 
+def test_a_failed_pull_is_continued_by_the_next(env, hub, tiny_r1, tmp_path):
+    size = Path(tiny_r1).stat().st_size
+    hub.drop_at = size // 3  # the network keeps failing a third of the way in
+    first = pull(env)
+    assert first.returncode == 1 and b"cannot download" in first.stderr and b"Traceback" not in first.stderr
+    partial = list((tmp_path / "hub").rglob("*.partial"))
+    kept = partial[0].stat().st_size if len(partial) == 1 else 0
+    assert 0 < kept <= size // 3  # what arrived (in huggingface_hub's 10 MiB chunks) is kept for the next run
+    hub.drop_at = None
+    hub.requests.clear()
+    second = pull(env)
+    assert second.returncode == 0, second.stderr
+    assert hub.ranges() == [f"bytes={kept}-"]  # only the missing part was fetched
+    assert Path(second.stdout.decode().strip()).read_bytes() == Path(tiny_r1).read_bytes()
+    assert not list((tmp_path / "hub").rglob("*.partial"))
+
+
 def test_checksum_mismatch_is_refused_and_removed(env, hub, tmp_path):
     hub.etags[f"{REPO}/{FILE}"] = "0" * 64  # the hub says one sha256, the bytes have another
     result = pull(env)

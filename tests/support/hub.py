@@ -17,6 +17,7 @@ class LocalHub:
         self.files: dict[str, bytes] = {}  # "owner/repo/file" -> content
         self.etags: dict[str, str] = {}  # served sha256; defaults to the content's
         self.drop_once_at: int | None = None  # the next download's connection drops at this byte
+        self.drop_at: int | None = None  # while set, every download's connection drops at this byte
         self.requests: list[tuple[str, str, dict]] = []  # (method, path, headers with lower-case names)
         hub = self
 
@@ -56,6 +57,9 @@ class LocalHub:
                 end = len(data)
                 if hub.drop_once_at is not None:
                     end, hub.drop_once_at = hub.drop_once_at, None
+                elif hub.drop_at is not None:
+                    end = max(start, hub.drop_at)
+                if end < len(data):
                     self.close_connection = True  # closed after `end` bytes, short of Content-Length
                 self.wfile.write(data[start:end])
 
