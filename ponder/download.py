@@ -71,7 +71,7 @@ def _pull_file(artifact: Artifact) -> Path:
     path = Path(hf_hub_download(artifact.repo, artifact.filename, revision=revision,
                                 etag_timeout=METADATA_TIMEOUT_S))
     if expected and sha256_of(path) != expected:
-        _remove_cached(path)
+        remove_cached_file(path)
         raise ModelError(f"{artifact.reference} does not match its sha256 ({expected[:12]}…); the download was removed",
                          hint="run the command again to download it afresh")
     return path
@@ -111,7 +111,7 @@ def sha256_of(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _remove_cached(path: Path) -> None:
+def remove_cached_file(path: Path) -> None:
     """A cache entry is a snapshot symlink to a blob: remove both."""
     blob = path.resolve()
     path.unlink(missing_ok=True)

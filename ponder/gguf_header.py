@@ -24,9 +24,11 @@ class NotGguf(ValueError):
     pass
 
 
-def read_metadata(path: Path, skip_arrays: bool = True) -> dict:
+def read_metadata(path: Path, skip_arrays: bool = True, stop_at: str | None = None) -> dict:
     """The key/value metadata of a GGUF file. Arrays (the vocabulary…) are skipped, their
-    length kept, unless `skip_arrays` is False."""
+    length kept, unless `skip_arrays` is False. With `stop_at`, reading ends at the first
+    key with that prefix (the architecture keys come before "tokenizer.": a 7B model's
+    vocabulary and merges then need not be walked)."""
     with open(path, "rb") as f:
         if f.read(4) != MAGIC:
             raise NotGguf(f"{path} is not a GGUF file")
@@ -36,6 +38,8 @@ def read_metadata(path: Path, skip_arrays: bool = True) -> dict:
         metadata = {}
         for _ in range(count):
             key = _string(f)
+            if stop_at and key.startswith(stop_at):
+                break
             (kind,) = struct.unpack("<I", f.read(4))
             metadata[key] = _value(f, kind, skip_arrays)
         return metadata

@@ -14,7 +14,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from ponder.config import DATA_DIR_ENV
-from ponder.events import Message, Stats
+from ponder.events import Message, Reply
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS conversations (
@@ -61,21 +61,19 @@ class Turn:
     def interrupted(self) -> bool:
         return self.finish_reason == "cancelled"
 
+    @classmethod
+    def from_reply(cls, reply: Reply) -> Turn:
+        return cls("assistant", reply.answer, reply.reasoning, reply.finish_reason, asdict(reply.stats))
+
 
 @dataclass
 class Conversation:
     id: int | None = None  # None until its first turn is stored
     turns: list[Turn] = field(default_factory=list)
     model: str = ""
-    created: float = 0.0
 
     def messages(self) -> list[Message]:
         return [Message(t.role, t.content) for t in self.turns]  # reasoning is never sent back
-
-    @property
-    def title(self) -> str:
-        first = next((t.content for t in self.turns if t.role == "user"), "")
-        return " ".join(first.split())[:60]
 
 
 @dataclass(frozen=True)
@@ -141,7 +139,7 @@ class History:
     # --- reading ------------------------------------------------------------------
 
     def load(self, conversation_id: int) -> Conversation | None:
-        row = self._db.execute("SELECT model, created FROM conversations WHERE id = ?", (conversation_id,)).fetchone()
+        row = self._db.execute("SELECT model FROM conversations WHERE id = ?", (conversation_id,)).fetchone()
         if row is None:
             return None
         turns = [
@@ -150,7 +148,7 @@ class History:
                 "SELECT id, role, content, reasoning, finish_reason, stats FROM turns"
                 " WHERE conversation_id = ? ORDER BY id", (conversation_id,))
         ]
-        return Conversation(conversation_id, turns, row[0], row[1])
+        return Conversation(conversation_id, turns, row[0])
 
     def last_chat(self) -> int | None:
         row = self._db.execute("SELECT id FROM conversations WHERE kind = 'chat' ORDER BY updated DESC, id DESC"
@@ -165,7 +163,3 @@ class History:
             " GROUP BY c.id ORDER BY c.updated DESC, c.id DESC LIMIT ?", (limit,))
         return [Summary(i, kind, model, updated, n, " ".join((first or "").split())[:60])
                 for i, kind, model, updated, n, first in rows]
-
-
-def stats_record(stats: Stats) -> dict:
-    return asdict(stats)

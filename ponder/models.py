@@ -53,11 +53,11 @@ def hub_models() -> list[LocalModel]:
                                             quantization_from_name(name), "llama.cpp"))
             if "config.json" in files and any(n.endswith(".safetensors") for n in files):
                 found.append(LocalModel(repo.repo_id, "hub", revision.snapshot_path, revision.size_on_disk,
-                                        _mlx_quantization(revision.snapshot_path), "mlx"))
+                                        mlx_quantization(revision.snapshot_path), "mlx"))
     return found
 
 
-def _mlx_quantization(directory: Path) -> str:
+def mlx_quantization(directory: Path) -> str:
     try:
         config = json.loads((directory / "config.json").read_text())
     except (OSError, ValueError):
@@ -128,10 +128,5 @@ def lmstudio_models(roots: list[Path] | None = None) -> list[LocalModel]:
             directory = config.parent
             size = sum(p.stat().st_size for p in directory.glob("*.safetensors"))
             if size:
-                found.append(LocalModel(str(directory), "lmstudio", directory, size, _mlx_quantization(directory), "mlx"))
+                found.append(LocalModel(str(directory), "lmstudio", directory, size, mlx_quantization(directory), "mlx"))
     return found
-
-
-def resolve(name: str) -> LocalModel | None:
-    """A discovered model by the name `ponder models` lists (e.g. an Ollama "deepseek-r1:7b")."""
-    return next((m for m in find_all() if m.name == name), None)

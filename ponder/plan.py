@@ -91,7 +91,7 @@ def model_footprint(path: str) -> tuple[Shape, int] | None:
         if p.is_file():
             from ponder.gguf_header import read_metadata
 
-            meta = read_metadata(p)
+            meta = read_metadata(p, stop_at="tokenizer.")
             arch = meta["general.architecture"]
             heads = meta[f"{arch}.attention.head_count"]
             head_dim = meta.get(f"{arch}.attention.key_length") or meta[f"{arch}.embedding_length"] // heads

@@ -59,7 +59,9 @@ def test_question_shows_reasoning_summary_then_answer(chat, tiny_r1, data_dir):
 def test_ctrl_c_mid_reply_keeps_the_partial_answer(chat, smollm2, data_dir):
     session = chat("--model", smollm2, "--seed", "4")
     session.line("Write a very long story about a dragon.")
-    session.wait_for(r"(\S+\s+){15}", timeout=60, after=session.wait_for(r"dragon\.").index("dragon.") + 8)
+    # a line of the answer itself (the status line "⠋ Generating… 0.4 s · 9 tokens" has words too)
+    session.wait_for(r"(?m)^(?!.*Generating)(\S+ ){12}", timeout=60,
+                     after=session.wait_for(r"dragon\.").index("dragon.") + 8)
     session.keys("C-c")
     session.wait_for(r"\[interrupted\]\n>$", timeout=10)
     (_, question, _, _), (role, answer, _, finish) = turns(data_dir)
@@ -157,7 +159,7 @@ def test_history_survives_sigkill_during_a_reply(chat, smollm2, data_dir):
     session.wait_for(r"stopped at the token limit[\s\S]*>$")
     session.line("/set max_tokens 5000")
     session.line("Write a very long story about a dragon.")
-    session.wait_for(r"(\S+\s+){10}", after=session.wait_for(r"dragon\.").index("dragon.") + 8)
+    session.wait_for(r"(?m)^(?!.*Generating)(\S+ ){8}", after=session.wait_for(r"dragon\.").index("dragon.") + 8)
     os.kill(session.pid(), signal.SIGKILL)
     session.wait_for("EXIT=137")
     rows = turns(data_dir)

@@ -52,10 +52,6 @@ class MlxBackend:
         )
 
 
-def is_mlx_dir(path: Path) -> bool:
-    return path.is_dir() and (path / "config.json").is_file()
-
-
 def check_model_dir(path: Path) -> None:
     """Plain messages for the directories mlx-lm would reject with a traceback."""
     if not path.is_dir():

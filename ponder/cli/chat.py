@@ -130,7 +130,7 @@ class ChatRepl:
         from ponder.cli.stream import show_reply
         from ponder.cli.terminal import keys_not_echoed
         from ponder.errors import ContextOverflow
-        from ponder.history import Turn, stats_record
+        from ponder.history import Turn
         from ponder.session import generate_reply
 
         recorder = RecordingRenderer(make_renderer(self.run.term, self.run.mode, self.model.info))
@@ -148,7 +148,7 @@ class ChatRepl:
             self.note(f"{exc.message}. Your message is back in the input line; /clear starts a new conversation.",
                       "red")
             return
-        self.store(Turn("assistant", reply.answer, reply.reasoning, reply.finish_reason, stats_record(reply.stats)))
+        self.store(Turn.from_reply(reply))
         self.last_stats = reply.stats
         if reply.finish_reason == "length":
             self.note("[stopped at the token limit: /set max_tokens N raises it]")

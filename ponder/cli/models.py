@@ -76,19 +76,19 @@ def _mlx_facts(directory) -> dict:
     import json
 
     from ponder.errors import ModelError
+    from ponder.models import mlx_quantization
 
     try:
         config = json.loads((directory / "config.json").read_text())
     except (OSError, ValueError) as exc:
         raise ModelError(f"cannot read {directory}/config.json: {exc}") from exc
-    quantization = config.get("quantization") or {}
     template = (directory / "chat_template.jinja").is_file() or "chat_template" in _read_json(
         directory / "tokenizer_config.json")
     return {
         "architecture": config.get("model_type", ""),
         "context_length": config.get("max_position_embeddings"),
         "layers": config.get("num_hidden_layers"),
-        "quantization": f"{quantization['bits']}-bit" if "bits" in quantization else config.get("torch_dtype", ""),
+        "quantization": mlx_quantization(directory),
         "chat_template": template,
     }
 
@@ -117,9 +117,9 @@ def models_rm(name: str = typer.Argument(..., help="A hub-cache model from `pond
     repo_id = name.split("/")[0] + "/" + name.split("/")[1]
     revisions = [rev.commit_hash for repo in cache.repos if repo.repo_id == repo_id for rev in repo.revisions]
     if model.backend == "llama.cpp":  # one file of a GGUF repo: remove it and its blob
-        blob = model.path.resolve()
-        model.path.unlink()
-        blob.unlink(missing_ok=True)
+        from ponder.download import remove_cached_file
+
+        remove_cached_file(model.path)
         freed = model.size
     else:
         strategy = cache.delete_revisions(*revisions)

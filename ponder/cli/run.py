@@ -65,13 +65,12 @@ class Run:
         import sqlite3
 
         from ponder.errors import PonderError
-        from ponder.history import Conversation, History, Turn, stats_record
+        from ponder.history import Conversation, History, Turn
 
         try:
             store = History()
             conversation = Conversation(model=model.info.name)
-            for turn in (Turn("user", user_text),
-                         Turn("assistant", reply.answer, reply.reasoning, reply.finish_reason, stats_record(reply.stats))):
+            for turn in (Turn("user", user_text), Turn.from_reply(reply)):
                 store.add_turn(conversation, turn, "ask", model.info.backend)
             store.close()
         except (PonderError, OSError, sqlite3.Error) as exc:
