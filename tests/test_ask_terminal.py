@@ -6,6 +6,7 @@ import re
 import time
 
 import pexpect
+import pytest
 
 from tests.support.cli import final_screen, ponder_env, spawn_in_pty, strip_ansi
 
@@ -107,3 +108,23 @@ def test_long_answer_on_terminal_loses_and_repeats_nothing(smollm2):
     expected = words(plain)
     assert len(expected) > 60
     assert shown[-len(expected):] == expected
+
+
+@pytest.mark.parametrize("after_s", [0.5, 2.0])
+def test_ctrl_c_leaves_no_stale_line_on_screen(smollm2, after_s):
+    """The terminal's "^C" echo used to shift the cursor inside the live region, which then
+    left a copy of a line behind: what the screen shows must be exactly the start of the answer."""
+    from tests.support.cli import TmuxSession, run_ponder
+
+    args = ("ask", "--model", smollm2, "--seed", "4", "--max-tokens", "400", "Write a very long story.")
+    full = run_ponder(*args).stdout.decode().split()
+    session = TmuxSession(*args)
+    try:
+        session.wait_for(r"(\S+ ){10}")
+        time.sleep(after_s)
+        session.keys("C-c")
+        screen = session.wait_for(r"ponder: interrupted\nEXIT=130")
+    finally:
+        session.close()
+    shown = screen.split("ponder: interrupted")[0].split()
+    assert len(shown) >= 10 and shown == full[: len(shown)]

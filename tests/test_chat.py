@@ -78,7 +78,7 @@ def test_slash_commands_and_their_errors(chat, tiny_r1, tmp_path):
     for command, expected in [
         ("/help", r"/think show\|collapse\|hide"),
         ("/bogus", r"unknown command /bogus; the commands are /help"),
-        ("/stats", r"no reply yet"),
+        ("/stats", r"no finished reply yet"),
         ("/retry", r"nothing to retry yet"),
         ("/save", r"nothing to save yet"),
         ("/set temperature hot", r"temperature must be 0 \(greedy\) or more, not 'hot'"),
@@ -239,3 +239,18 @@ def test_bare_ponder_on_a_terminal_opens_the_chat(tiny_r1, data_dir):
         session.close()
     plain = run_ponder()  # not a terminal: the usage, as before
     assert plain.returncode == 2 and plain.stderr.startswith(b"Usage: ponder")
+
+
+def test_an_interrupted_reply_is_shown_exactly_once(chat, smollm2, data_dir):
+    """What the screen shows of an interrupted reply is exactly what the history keeps."""
+    import time
+
+    session = chat("--model", smollm2, "--seed", "4")
+    session.line("Write a very long story about a dragon.")
+    session.wait_for(r"(?m)^(?!.*Generating)(\S+ ){5}", after=session.wait_for(r"dragon\.").index("dragon.") + 8)
+    time.sleep(2)
+    session.keys("C-c")
+    screen = session.wait_for(r"\[interrupted\]\n>$", timeout=10)
+    shown = screen.split("Write a very long story about a dragon.\n", 1)[1].rsplit("[interrupted]", 1)[0]
+    stored = turns(data_dir)[1][1]
+    assert shown.split() == stored.split()

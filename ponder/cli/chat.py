@@ -128,7 +128,6 @@ class ChatRepl:
         """Reply to the conversation as it stands; Ctrl-C stops and keeps the partial reply."""
         from ponder.cli.render import make_renderer
         from ponder.cli.stream import show_reply
-        from ponder.cli.terminal import keys_not_echoed
         from ponder.errors import ContextOverflow
         from ponder.history import Turn
         from ponder.session import generate_reply
@@ -136,8 +135,7 @@ class ChatRepl:
         recorder = RecordingRenderer(make_renderer(self.run.term, self.run.mode, self.model.info))
         events = generate_reply(self.model, self.conversation.messages(), self.run.params)
         try:
-            with keys_not_echoed(self.run.term):
-                reply = show_reply(events, recorder)
+            reply = show_reply(events, recorder)
         except KeyboardInterrupt:
             self.store(Turn("assistant", recorder.answer_text.strip(), recorder.reasoning_text, "cancelled"))
             self.note("[interrupted]")

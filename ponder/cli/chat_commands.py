@@ -101,7 +101,7 @@ def _set(repl, args: str) -> None:
 def _stats(repl, _args: str) -> None:
     stats = repl.last_stats
     if stats is None:
-        raise CommandError("no reply yet")
+        raise CommandError("no finished reply yet (an interrupted reply has no figures)")
     from ponder.cli.stream import format_stats
 
     total = repl.model.info.context

@@ -8,7 +8,7 @@ from __future__ import annotations
 import time
 from typing import Literal, Protocol
 
-from ponder.cli.terminal import Terminal
+from ponder.cli.terminal import Terminal, disable_echo
 from ponder.events import Reply
 
 ReasoningMode = Literal["collapse", "show", "hide"]
@@ -103,6 +103,7 @@ class TerminalRenderer:
             redirect_stdout=False,
             redirect_stderr=False,
         )
+        self._restore_echo = disable_echo(term)
         self._live.start()
 
     # --- events -----------------------------------------------------------------
@@ -146,6 +147,7 @@ class TerminalRenderer:
             self._render_answer(final=True)
         finally:
             self._live.stop()
+            self._restore_echo()
 
     # --- drawing ----------------------------------------------------------------
 

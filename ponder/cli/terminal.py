@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import sys
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import BinaryIO, TextIO
 
@@ -40,25 +40,22 @@ class Terminal:
         )
 
 
-@contextmanager
-def keys_not_echoed(term: Terminal):
-    """While a reply streams, keys typed ahead are not echoed into the live view; they stay
-    queued and appear at the next prompt. Ctrl-C still interrupts (ISIG is untouched)."""
+def disable_echo(term: Terminal) -> Callable[[], None]:
+    """Stop the terminal echoing keys while a live view is drawn; returns the undo.
+
+    Echoed keys, and the "^C" of Ctrl-C above all, move the cursor inside rich's live region,
+    which then erases one line too few and leaves a stale copy of a line on screen. Keys typed
+    ahead stay queued for the next prompt; Ctrl-C still interrupts (ISIG is untouched)."""
     if not term.stdin_is_tty:
-        yield
-        return
+        return lambda: None
     import termios
 
-    fd = term.stdin.fileno()
     try:
+        fd = term.stdin.fileno()
         saved = termios.tcgetattr(fd)
-    except termios.error:
-        yield
-        return
-    quiet = list(saved)
-    quiet[3] &= ~termios.ECHO
-    termios.tcsetattr(fd, termios.TCSANOW, quiet)
-    try:
-        yield
-    finally:
-        termios.tcsetattr(fd, termios.TCSANOW, saved)
+        quiet = list(saved)
+        quiet[3] &= ~termios.ECHO
+        termios.tcsetattr(fd, termios.TCSANOW, quiet)
+    except (termios.error, OSError, ValueError):
+        return lambda: None
+    return lambda: termios.tcsetattr(fd, termios.TCSANOW, saved)
