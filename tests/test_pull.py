@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import errno
+import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -82,6 +85,82 @@ def test_checksum_mismatch_is_refused_and_removed(env, hub, tmp_path):
     assert b"does not match its sha256" in result.stderr and b"was removed" in result.stderr
     assert not [p for p in (tmp_path / "hub").rglob("*.gguf")]
     assert not [p for p in (tmp_path / "hub").rglob("blobs/*") if p.stat().st_size > 1000]
+
+
+def test_the_token_stays_with_the_hub_when_it_redirects_to_a_cdn(env, hub, tiny_r1):
+    cdn = LocalHub(host="localhost")  # another host than the hub's 127.0.0.1, as a CDN is
+    cdn.files = hub.files
+    hub.redirect_to = cdn
+    try:
+        result = pull(env)
+    finally:
+        cdn.close()
+    assert result.returncode == 0, result.stderr  # downloaded, and verified against the hub's sha256
+    assert Path(result.stdout.decode().strip()).read_bytes() == Path(tiny_r1).read_bytes()
+    assert cdn.ranges() == [""]  # the bytes came from the CDN
+    assert not [h for _, _, h in cdn.requests if "authorization" in h]
+    assert any(h.get("authorization") == f"Bearer {TOKEN}" for _, _, h in hub.requests)
+
+
+def wait_until(condition, timeout: float = 30) -> bool:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.05)
+    return True
+
+
+def test_concurrent_pulls_of_one_file_fetch_it_once(env, hub, tiny_r1, tmp_path):
+    hub.hold_at = Path(tiny_r1).stat().st_size // 2  # the first download waits halfway, while the second pull starts
+    with ThreadPoolExecutor(2) as pool:
+        first = pool.submit(pull, env)
+        assert wait_until(lambda: len(hub.ranges()) == 1)
+        second = pool.submit(pull, env)
+        assert wait_until(lambda: [m for m, _, _ in hub.requests].count("HEAD") == 2)  # the second asked for the file
+        wait_until(lambda: len(hub.ranges()) > 1, timeout=2)  # and would be fetching it now, had it not waited
+        hub.release.set()
+        results = [first.result(), second.result()]
+    for result in results:
+        assert result.returncode == 0, result.stderr
+        assert Path(result.stdout.decode().strip()).read_bytes() == Path(tiny_r1).read_bytes()
+    assert hub.ranges() == [""]  # the file was fetched once, by one pull
+    assert not list((tmp_path / "hub").rglob("*.partial"))
+
+
+@pytest.fixture
+def pull_fails_with(monkeypatch):
+    """Makes the download itself raise `exc`; returns what `ponder.download.pull` then raises."""
+    from huggingface_hub import constants
+
+    from ponder import download
+    from ponder.catalogue import lookup
+
+    def pull_failing_with(exc: BaseException) -> BaseException:
+        def fail(artifact):
+            raise exc
+
+        monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+        monkeypatch.setattr(download, "_pull_file", fail)
+        with pytest.raises(BaseException) as caught:
+            download.pull(lookup(f"{REPO}/{FILE}"))
+        return caught.value
+
+    return pull_failing_with
+
+
+def test_a_bug_is_not_reported_as_a_network_problem(pull_fails_with):
+    bug = TypeError("unsupported operand type(s)")
+    assert pull_fails_with(bug) is bug  # the CLI reports it as an unexpected error (the traceback under --debug)
+
+
+def test_a_full_disk_is_reported_as_a_disk_problem(pull_fails_with):
+    from ponder.errors import ModelError
+
+    error = pull_fails_with(OSError(errno.ENOSPC, "No space left on device"))
+    assert isinstance(error, ModelError)
+    assert error.message.startswith(f"cannot write {REPO}/{FILE} into ") and "No space left on device" in error.message
+    assert "disk" in error.hint and "network" not in error.hint
 
 
 def test_offline_fails_fast_and_clearly(env):
