@@ -23,7 +23,7 @@ from ponder.events import (
 )
 from ponder.prompt import render_prompt
 from ponder.reasoning import ThinkSplitter
-from ponder.threads import iterate_in_thread
+from ponder.threads import model_thread
 
 
 def generate_reply(model: Model, messages: Sequence[Message], params: GenerationParams) -> Iterator[ReplyEvent]:
@@ -40,7 +40,7 @@ def generate_reply(model: Model, messages: Sequence[Message], params: Generation
             parts[kind].append(text)
             yield ReasoningDelta(text, reasoning_tokens) if kind == "reasoning" else AnswerDelta(text)
 
-    for event in iterate_in_thread(lambda cancel: model.stream(prompt, params, cancel)):
+    for event in model_thread(model).iterate(lambda cancel: model.stream(prompt, params, cancel)):
         if isinstance(event, TextDelta):
             was_reasoning = splitter.in_reasoning
             if was_reasoning:

@@ -1,64 +1,114 @@
-"""Run a blocking generator on a worker thread so the caller stays responsive.
+"""Model work off the main thread, so the caller stays responsive.
 
 Inference calls block in C for a whole token or prompt chunk. Driving them from a worker
-lets the main thread take Ctrl-C at once and render without stalling the decoder.
+lets the main thread take Ctrl-C at once and render without stalling the decoder; each
+model has one such thread, so its generations never overlap.
 """
 
 from __future__ import annotations
 
 import queue
+import signal
 import threading
+import weakref
 from collections.abc import Callable, Iterator
 from typing import TypeVar
 
 T = TypeVar("T")
 
 _END = object()
-JOIN_TIMEOUT_S = 30.0  # a cancelled worker finishes its current token or prompt chunk first
 POLL_S = 1 / 30  # how often streamed text reaches the screen: smooth to the eye
 
 
-def iterate_in_thread(produce: Callable[[threading.Event], Iterator[T]]) -> Iterator[T]:
-    """Yield what `produce(cancel)` yields, computed on a worker thread.
+class ModelThread:
+    """The one thread that runs a model's generations, one after another.
 
-    The caller collects items every POLL_S instead of being woken for each one: on a
-    machine whose cores all decode, a consumer woken per token preempts the inference
-    threads mid-step and costs about a sixth of decode speed; batched wake-ups cost ~nil.
-    If the consumer stops early (break, exception, Ctrl-C), `cancel` is set and the worker
-    is waited for, so the model is idle again when this generator closes.
+    A model's context is not re-entrant: a request made while an interrupted generation is
+    still finishing its token waits in this thread's queue instead of running beside it.
+    One thread per model also keeps MLX happy (its streams are thread-local since 0.31.2).
     """
-    cancel = threading.Event()
-    finished = threading.Event()
-    items: queue.SimpleQueue = queue.SimpleQueue()
 
-    def work() -> None:
+    def __init__(self) -> None:
+        self._jobs: queue.SimpleQueue = queue.SimpleQueue()
+        threading.Thread(target=_run_jobs, args=(self._jobs,), name="ponder-model", daemon=True).start()
+        weakref.finalize(self, self._jobs.put, None)  # the thread ends with this object
+
+    def iterate(self, produce: Callable[[threading.Event], Iterator[T]]) -> Iterator[T]:
+        """Yield what `produce(cancel)` yields, computed on this thread.
+
+        The caller collects items every POLL_S instead of being woken for each one: on a
+        machine whose cores all decode, a consumer woken per token preempts the inference
+        threads mid-step and costs about a sixth of decode speed; batched wake-ups cost ~nil.
+        If the consumer stops early (break, exception, Ctrl-C), `cancel` is set and the
+        generation is waited for, so the model is idle again when this generator closes.
+        """
+        cancel = threading.Event()
+        finished = threading.Event()
+        items: queue.SimpleQueue = queue.SimpleQueue()
+
+        def job() -> None:
+            try:
+                for item in produce(cancel):
+                    items.put(item)
+            except BaseException as exc:  # handed to the consumer, which re-raises it
+                items.put(_Failure(exc))
+            finally:
+                items.put(_END)
+                finished.set()
+
+        self._jobs.put(job)
         try:
-            for item in produce(cancel):
-                items.put(item)
-        except BaseException as exc:  # handed to the consumer, which re-raises it
-            items.put(_Failure(exc))
-        finally:
-            items.put(_END)
-            finished.set()
-
-    worker = threading.Thread(target=work, name="ponder-generate", daemon=True)
-    worker.start()
-    try:
-        while True:
-            finished.wait(POLL_S)  # interruptible by Ctrl-C; returns early once the worker is done
             while True:
-                try:
-                    item = items.get_nowait()
-                except queue.Empty:
-                    break
-                if item is _END:
-                    return
-                if isinstance(item, _Failure):
-                    raise item.exc
-                yield item
+                finished.wait(POLL_S)  # interruptible by Ctrl-C; returns early once the job is done
+                while True:
+                    try:
+                        item = items.get_nowait()
+                    except queue.Empty:
+                        break
+                    if item is _END:
+                        return
+                    if isinstance(item, _Failure):
+                        raise item.exc
+                    yield item
+        finally:
+            cancel.set()
+            wait_through_interrupts(finished)
+
+
+def _run_jobs(jobs: queue.SimpleQueue) -> None:
+    while (job := jobs.get()) is not None:
+        job()
+
+
+_threads: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+_threads_lock = threading.Lock()
+
+
+def model_thread(model: object) -> ModelThread:
+    """`model`'s generation thread, started on first use and gone with the model."""
+    with _threads_lock:
+        if model not in _threads:
+            _threads[model] = ModelThread()
+        return _threads[model]
+
+
+def wait_through_interrupts(done: threading.Event) -> None:
+    """Wait for `done`; a Ctrl-C meanwhile is held until then, and raised after.
+
+    Used while a cancelled generation finishes its current token: a second Ctrl-C must
+    not leave the model's context mid-decode while the caller moves on.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        done.wait()
+        return
+    interrupted = []
+    previous = signal.signal(signal.SIGINT, lambda *_: interrupted.append(True))
+    try:
+        done.wait()
     finally:
-        cancel.set()
-        worker.join(JOIN_TIMEOUT_S)
+        signal.signal(signal.SIGINT, previous if previous is not None else signal.default_int_handler)
+    if interrupted:
+        raise KeyboardInterrupt
 
 
 class _Failure:

@@ -41,11 +41,13 @@ def show_reply(events: Iterator[ReplyEvent], renderer: Renderer) -> Reply | None
 
 
 def _stop(events, renderer: Renderer) -> None:
-    events.close()  # cancels the generation and waits for the backend to be idle
     try:
-        renderer.finish(None)
-    except (BrokenPipeError, KeyboardInterrupt):
-        pass
+        events.close()  # cancels the generation and waits for the model to be idle
+    finally:  # even when a second Ctrl-C came meanwhile: the live view must stop, echo come back
+        try:
+            renderer.finish(None)
+        except (BrokenPipeError, KeyboardInterrupt):
+            pass
 
 
 def collect_reply(events: Iterator[ReplyEvent]) -> Reply:

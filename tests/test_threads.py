@@ -1,0 +1,71 @@
+"""One generation at a time per model, and a stop that a second Ctrl-C cannot cut short."""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import time
+
+import pytest
+
+from ponder.threads import ModelThread, model_thread
+
+
+def slow_to_stop(log: list, name: str, stop_after_s: float):
+    """A generation that, once cancelled, takes `stop_after_s` to finish its current step
+    (as llama_decode finishes the token or prompt chunk it is in)."""
+
+    def produce(cancel: threading.Event):
+        log.append(f"{name} start")
+        try:
+            for i in range(1000):
+                if cancel.is_set():
+                    time.sleep(stop_after_s)
+                    return
+                yield i
+                time.sleep(0.005)
+        finally:
+            log.append(f"{name} end")
+
+    return produce
+
+
+def test_a_second_ctrl_c_while_stopping_waits_for_the_model_to_be_idle():
+    log: list[str] = []
+    events = ModelThread().iterate(slow_to_stop(log, "first", stop_after_s=0.5))
+    assert next(events) == 0
+    threading.Timer(0.1, os.kill, (os.getpid(), signal.SIGINT)).start()  # lands while close() waits
+    started = time.monotonic()
+    with pytest.raises(KeyboardInterrupt):
+        events.close()  # cancels, waits for the step to end, then raises the held Ctrl-C
+    assert log == ["first start", "first end"]  # the generation had stopped before close() returned
+    assert time.monotonic() - started >= 0.45
+
+
+def test_generations_of_one_model_never_overlap():
+    log: list[str] = []
+    worker = ModelThread()
+    first = worker.iterate(slow_to_stop(log, "first", stop_after_s=0.3))
+    assert next(first) == 0
+    second = worker.iterate(slow_to_stop(log, "second", stop_after_s=0.0))
+    # The first is abandoned without waiting (as a consumer that dies would): the second still
+    # starts only once the first has ended.
+    first_thread = threading.Thread(target=first.close)
+    first_thread.start()
+    assert next(second) == 0
+    first_thread.join()
+    second.close()
+    assert log == ["first start", "first end", "second start", "second end"]
+
+
+def test_each_model_has_its_own_thread_for_its_lifetime():
+    class Model:
+        pass
+
+    a, b = Model(), Model()
+    assert model_thread(a) is model_thread(a)
+    assert model_thread(a) is not model_thread(b)
+    names = [list(model_thread(m).iterate(lambda cancel: iter([threading.current_thread().ident])))[0]
+             for m in (a, a, b)]
+    assert names[0] == names[1] != names[2]  # the same thread every time for one model
