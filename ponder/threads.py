@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import queue
 import signal
+import sys
 import threading
 import weakref
 from collections.abc import Callable, Iterator
@@ -30,8 +31,9 @@ class ModelThread:
 
     def __init__(self) -> None:
         self._jobs: queue.SimpleQueue = queue.SimpleQueue()
-        threading.Thread(target=_run_jobs, args=(self._jobs,), name="ponder-model", daemon=True).start()
-        weakref.finalize(self, self._jobs.put, None)  # the thread ends with this object
+        thread = threading.Thread(target=_run_jobs, args=(self._jobs,), name="ponder-model", daemon=True)
+        thread.start()
+        weakref.finalize(self, _end_thread, self._jobs).atexit = False  # the thread ends with this object
 
     def iterate(self, produce: Callable[[threading.Event], Iterator[T]]) -> Iterator[T]:
         """Yield what `produce(cancel)` yields, computed on this thread.
@@ -78,6 +80,14 @@ class ModelThread:
 def _run_jobs(jobs: queue.SimpleQueue) -> None:
     while (job := jobs.get()) is not None:
         job()
+
+
+def _end_thread(jobs: queue.SimpleQueue) -> None:
+    # Not while the interpreter shuts down: a thread that used MLX runs MLX's thread-local
+    # destructors as it ends, and those call into Python; from then on that aborts the process
+    # ("terminate called without an active exception"). Left waiting, it ends with the process.
+    if not sys.is_finalizing():
+        jobs.put(None)
 
 
 _threads: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
