@@ -21,8 +21,9 @@ _ponder() {
                 --top-p) COMPREPLY=(); return ;;
                 --max-tokens) COMPREPLY=(); return ;;
                 --seed) COMPREPLY=(); return ;;
+                --reasoning) COMPREPLY=(); return ;;
             esac
-            COMPREPLY=($(compgen -W "--model -m --backend --ctx --threads -t --temperature --top-p --max-tokens --seed --show-reasoning --hide-reasoning --stats --json --jsonl --no-log --debug --help -h" -- "$cur")) ;;
+            COMPREPLY=($(compgen -W "--model -m --backend --ctx --threads -t --temperature --top-p --max-tokens --seed --reasoning --show-reasoning --hide-reasoning --stats --json --jsonl --no-log --debug --help -h" -- "$cur")) ;;
         "backends")
             case "$prev" in
             esac
@@ -51,9 +52,10 @@ _ponder() {
                 --top-p) COMPREPLY=(); return ;;
                 --max-tokens) COMPREPLY=(); return ;;
                 --seed) COMPREPLY=(); return ;;
+                --reasoning) COMPREPLY=(); return ;;
                 --resume) COMPREPLY=(); return ;;
             esac
-            COMPREPLY=($(compgen -W "--model -m --backend --ctx --threads -t --temperature --top-p --max-tokens --seed --show-reasoning --hide-reasoning --continue -c --resume --no-log --debug --help -h" -- "$cur")) ;;
+            COMPREPLY=($(compgen -W "--model -m --backend --ctx --threads -t --temperature --top-p --max-tokens --seed --reasoning --show-reasoning --hide-reasoning --continue -c --resume --no-log --debug --help -h" -- "$cur")) ;;
         "config")
             case "$prev" in
             esac
@@ -96,8 +98,9 @@ _ponder() {
                 --top-p) COMPREPLY=(); return ;;
                 --max-tokens) COMPREPLY=(); return ;;
                 --seed) COMPREPLY=(); return ;;
+                --reasoning) COMPREPLY=(); return ;;
             esac
-            COMPREPLY=($(compgen -W "--answer-only --samples -n --model -m --backend --ctx --threads -t --temperature --top-p --max-tokens --seed --show-reasoning --hide-reasoning --stats --json --jsonl --debug --help -h" -- "$cur")) ;;
+            COMPREPLY=($(compgen -W "--answer-only --samples -n --model -m --backend --ctx --threads -t --temperature --top-p --max-tokens --seed --reasoning --show-reasoning --hide-reasoning --stats --json --jsonl --debug --help -h" -- "$cur")) ;;
     esac
 }
 complete -F _ponder ponder

@@ -1,7 +1,9 @@
 """Conversations kept in SQLite, in the user data dir: one row per turn, written as it ends.
 
-WAL journaling and a commit per turn mean a killed process loses nothing already shown.
-The directory and database are created readable by the user alone.
+WAL journaling and a transaction per turn mean a killed process loses nothing already shown,
+and a failure half-way leaves nothing half-written. The schema has a version (PRAGMA
+user_version) and migrations, so a later release can change the tables and keep everyone's
+history. The directory and database are created readable by the user alone.
 """
 
 from __future__ import annotations
@@ -10,33 +12,50 @@ import json
 import os
 import sqlite3
 import time
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from ponder.config import DATA_DIR_ENV
+from ponder.errors import PonderError
 from ponder.events import Message, Reply
 
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS conversations (
-    id INTEGER PRIMARY KEY,
-    kind TEXT NOT NULL,              -- 'chat' or 'ask'
-    model TEXT NOT NULL,
-    backend TEXT NOT NULL,
-    created REAL NOT NULL,
-    updated REAL NOT NULL
-);
-CREATE TABLE IF NOT EXISTS turns (
-    id INTEGER PRIMARY KEY,
-    conversation_id INTEGER NOT NULL REFERENCES conversations(id) ON DELETE CASCADE,
-    role TEXT NOT NULL,              -- 'user' or 'assistant'
-    content TEXT NOT NULL,           -- the answer alone, for an assistant
-    reasoning TEXT NOT NULL DEFAULT '',
-    finish_reason TEXT,              -- 'stop', 'length', 'cancelled' (interrupted)
-    stats TEXT,                      -- JSON
-    created REAL NOT NULL
-);
-CREATE INDEX IF NOT EXISTS turns_by_conversation ON turns(conversation_id, id);
-"""
+
+def _v1_initial(db: sqlite3.Connection) -> None:
+    """The tables as ponder first made them. IF NOT EXISTS: a database from before the schema
+    had a version (user_version 0) already holds them, and is adopted as it is."""
+    db.execute("""
+        CREATE TABLE IF NOT EXISTS conversations (
+            id INTEGER PRIMARY KEY,
+            kind TEXT NOT NULL,              -- 'chat' or 'ask'
+            model TEXT NOT NULL,
+            backend TEXT NOT NULL,
+            created REAL NOT NULL,
+            updated REAL NOT NULL
+        )""")
+    db.execute("""
+        CREATE TABLE IF NOT EXISTS turns (
+            id INTEGER PRIMARY KEY,
+            conversation_id INTEGER NOT NULL REFERENCES conversations(id) ON DELETE CASCADE,
+            role TEXT NOT NULL,              -- 'user' or 'assistant'
+            content TEXT NOT NULL,           -- the answer alone, for an assistant
+            reasoning TEXT NOT NULL DEFAULT '',
+            finish_reason TEXT,              -- 'stop', 'length', 'cancelled' (interrupted)
+            stats TEXT,                      -- JSON
+            created REAL NOT NULL
+        )""")
+    db.execute("CREATE INDEX IF NOT EXISTS turns_by_conversation ON turns(conversation_id, id)")
+
+
+# MIGRATIONS[n] takes the schema from version n to n + 1 (PRAGMA user_version). Append only, never
+# edit one that has shipped: users' databases hold its result. Each runs in a transaction of its
+# own with the version bump, so a failed step changes nothing. (Statements one by one: sqlite3's
+# executescript would commit the open transaction first.)
+MIGRATIONS = [_v1_initial]
+
+
+def _version(db: sqlite3.Connection) -> int:
+    return db.execute("PRAGMA user_version").fetchone()[0]
 
 
 def data_dir() -> Path:
@@ -93,17 +112,45 @@ class History:
         old_umask = os.umask(0o077)  # the database, its WAL and shared-memory files: user only
         try:
             self._db = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False)
-            self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute("PRAGMA foreign_keys=ON")
-            self._db.executescript(SCHEMA)
+            version = _version(self._db)
+            if version <= len(MIGRATIONS):  # a newer ponder's database is left exactly as it is
+                self._db.execute("PRAGMA journal_mode=WAL")
+                self._db.execute("PRAGMA foreign_keys=ON")
+                version = self._migrate()
         except sqlite3.DatabaseError as exc:
-            from ponder.errors import PonderError
-
             raise PonderError(f"the history database {path} cannot be used: {exc}",
                               hint="move it aside, or run with --no-log") from exc
         finally:
             os.umask(old_umask)
+        if version > len(MIGRATIONS):
+            self._db.close()
+            raise PonderError(f"the history database {path} was written by a newer version of ponder"
+                              f" (schema {version}; this one knows up to {len(MIGRATIONS)})",
+                              hint="upgrade ponder to use it, or run with --no-log")
         self.path = path
+
+    def _migrate(self) -> int:
+        """Apply the migrations this database lacks, in order; its version after."""
+        while (version := _version(self._db)) < len(MIGRATIONS):
+            with self._transaction():
+                if _version(self._db) == version:  # else another ponder migrated it meanwhile: look again
+                    MIGRATIONS[version](self._db)
+                    self._db.execute(f"PRAGMA user_version = {version + 1}")
+        return version
+
+    @contextmanager
+    def _transaction(self):
+        """All the statements inside, or none. Explicit, because with isolation_level=None
+        `with connection:` opens no transaction: each statement would commit on its own.
+        IMMEDIATE takes the write lock up front, so a busy database fails before any change."""
+        self._db.execute("BEGIN IMMEDIATE")
+        try:
+            yield
+            self._db.execute("COMMIT")
+        except BaseException:  # Ctrl-C included
+            if self._db.in_transaction:  # SQLite may have rolled back already (a full disk, say)
+                self._db.execute("ROLLBACK")
+            raise
 
     def close(self) -> None:
         self._db.close()
@@ -113,27 +160,29 @@ class History:
     def add_turn(self, conversation: Conversation, turn: Turn, kind: str, backend: str) -> None:
         """Store `turn` (creating the conversation on its first turn) and commit at once."""
         now = time.time()
-        with self._db:
-            if conversation.id is None:
-                conversation.id = self._db.execute(
+        conversation_id = conversation.id
+        with self._transaction():
+            if conversation_id is None:
+                conversation_id = self._db.execute(
                     "INSERT INTO conversations(kind, model, backend, created, updated) VALUES (?, ?, ?, ?, ?)",
                     (kind, conversation.model, backend, now, now),
                 ).lastrowid
-            turn.id = self._db.execute(
+            turn_id = self._db.execute(
                 "INSERT INTO turns(conversation_id, role, content, reasoning, finish_reason, stats, created)"
                 " VALUES (?, ?, ?, ?, ?, ?, ?)",
-                (conversation.id, turn.role, turn.content, turn.reasoning, turn.finish_reason,
+                (conversation_id, turn.role, turn.content, turn.reasoning, turn.finish_reason,
                  json.dumps(turn.stats) if turn.stats else None, now),
             ).lastrowid
-            self._db.execute("UPDATE conversations SET updated = ? WHERE id = ?", (now, conversation.id))
+            self._db.execute("UPDATE conversations SET updated = ? WHERE id = ?", (now, conversation_id))
+        conversation.id, turn.id = conversation_id, turn_id  # only once committed: no ids of rolled-back rows
 
     def remove_turn(self, turn: Turn) -> None:
         if turn.id is not None:
-            with self._db:
+            with self._transaction():
                 self._db.execute("DELETE FROM turns WHERE id = ?", (turn.id,))
 
     def delete(self, conversation_id: int) -> bool:
-        with self._db:
+        with self._transaction():
             return self._db.execute("DELETE FROM conversations WHERE id = ?", (conversation_id,)).rowcount > 0
 
     # --- reading ------------------------------------------------------------------

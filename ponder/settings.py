@@ -1,31 +1,81 @@
-"""The user's config file: a flat TOML table of defaults for the commands that run a model.
+"""Settings: the one set of rules every value is checked by, and the user's config file.
 
+The rules serve the flags (cli/options.py), the config file and chat's `/set` alike.
+
+The config file is a flat TOML table of defaults for the commands that run a model.
 Precedence: built-in defaults < this file < environment variables < flags. The file's values
 reach the commands as click's `default_map`, which ranks exactly there.
 """
 
 from __future__ import annotations
 
-import json
+import math
 import os
 import sys
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal, get_args
 
 from ponder.errors import UsageError
 
 CONFIG_ENV = "PONDER_CONFIG"
-REASONING = ("show", "collapse", "hide")
+Reasoning = Literal["show", "collapse", "hide"]  # how reasoning is shown (--reasoning, /think)
+REASONING = get_args(Reasoning)
+MODEL_COMMANDS = ("ask", "chat", "solve", "batch")
 
-# key -> (type, check, what a valid value is)
-KEYS = {
-    "model": (str, lambda v: bool(v), "a model path, directory or repo id"),
-    "backend": (str, lambda v: bool(v), "auto, mlx, llama.cpp or a plug-in's name"),
+# name -> (type, check, what a valid value is). Floats must be finite as well: `inf >= 0` holds,
+# and no sampler can use inf or nan.
+RULES = {
+    "model": (str, bool, "a model path, directory or repo id"),
+    "backend": (str, bool, "auto, mlx, llama.cpp or a plug-in's name"),
     "temperature": (float, lambda v: v >= 0, "a number, 0 or more"),
     "top_p": (float, lambda v: 0 < v <= 1, "a number in (0, 1]"),
     "max_tokens": (int, lambda v: v > 0, "a whole number above 0"),
+    "seed": (int, lambda v: True, "a whole number"),
+    "ctx": (int, lambda v: v > 0, "a whole number above 0"),
+    "threads": (int, lambda v: v > 0, "a whole number above 0"),
     "reasoning": (str, lambda v: v in REASONING, "one of " + ", ".join(REASONING)),
 }
-MODEL_COMMANDS = ("ask", "chat", "solve", "batch")
+KEYS = ("model", "backend", "temperature", "top_p", "max_tokens", "reasoning")  # what the file may set
+FILE_HEADER = "# ponder settings: defaults for ask, chat, solve and batch (flags and PONDER_* variables win)\n"
+
+
+def _widened(name: str, value):
+    """An int where a float is wanted (`temperature = 1` in TOML) counts as that float."""
+    return float(value) if RULES[name][0] is float and type(value) is int else value
+
+
+def problem(name: str, value) -> str | None:
+    """What `value` must be for the setting `name` ("a finite number"), or None if it is valid."""
+    kind, valid, expected = RULES[name]
+    value = _widened(name, value)
+    if type(value) is not kind:  # `type`, not isinstance: True is not a whole number here
+        return expected
+    if kind is float and not math.isfinite(value):
+        return "a finite number"
+    return None if valid(value) else expected
+
+
+def check(name: str, value, written: str | None = None):
+    """`value` if it is valid for `name` (widened to float where one is wanted); else a UsageError
+    quoting the value as the user wrote it (`written`, when it was typed as text)."""
+    need = problem(name, value)
+    if need:
+        shown = value if written is None else written
+        raise UsageError(f"{name} must be {need}, not {shown!r}")
+    return _widened(name, value)
+
+
+def parse(name: str, text: str):
+    """A value typed by the user (`ponder config set`, chat's `/set`), checked."""
+    try:
+        value = RULES[name][0](text)
+    except ValueError:
+        value = text
+    return check(name, value, written=text)
+
+
+# --- the config file ------------------------------------------------------------------------
 
 
 def config_path() -> Path:
@@ -37,66 +87,81 @@ def config_path() -> Path:
     return Path(user_config_dir("ponder", appauthor=False)) / "config.toml"
 
 
+@dataclass
+class ConfigFile:
+    """A config file as it is, problems included, so that `ponder config` can show and repair it."""
+
+    path: Path
+    raw: dict = field(default_factory=dict)  # every key the file holds, as written
+    settings: dict = field(default_factory=dict)  # the valid ones
+    problems: dict = field(default_factory=dict)  # key -> what is wrong with it
+
+    def first_problem(self) -> UsageError | None:
+        if not self.problems:
+            return None
+        key, wrong = next(iter(self.problems.items()))
+        fix = (f"`ponder config set {key} VALUE` replaces it" if key in KEYS
+               else f"`ponder config unset {key}` removes it")
+        return UsageError(f"{key} in {self.path} {wrong}", hint=f"{fix}; `ponder config show` lists the file")
+
+
+def read(path: Path | None = None) -> ConfigFile:
+    """The file's settings and problems; an empty ConfigFile when there is none. A file that
+    cannot be read or parsed is a UsageError: ponder leaves alone what it cannot understand."""
+    config = ConfigFile(path or config_path())
+    try:
+        text = config.path.read_bytes().decode("utf-8")
+        config.raw = _toml().loads(text)
+    except FileNotFoundError:
+        return config
+    except OSError as exc:
+        raise UsageError(f"cannot read the config file {config.path}: {exc.strerror}") from None
+    except ValueError as exc:  # TOMLDecodeError and UnicodeDecodeError alike
+        raise UsageError(f"the config file {config.path} is not valid TOML: {exc}",
+                         hint="ponder will not rewrite a file it cannot read: fix it by hand, or move it aside"
+                              " to start a new one") from None
+    for key, value in config.raw.items():
+        if key not in KEYS:
+            config.problems[key] = "is not a setting (known: " + ", ".join(KEYS) + ")"
+        elif need := problem(key, value):
+            config.problems[key] = f"must be {need}, not {value!r}"
+        else:
+            config.settings[key] = _widened(key, value)
+    return config
+
+
+def load(path: Path | None = None) -> dict:
+    """The settings in the file, all valid; {} when there is none."""
+    config = read(path)
+    error = config.first_problem()
+    if error:
+        raise error
+    return config.settings
+
+
+def check_key(key: str) -> None:
+    if key not in KEYS:
+        raise UsageError(f"unknown key {key!r}", hint="known keys: " + ", ".join(KEYS))
+
+
+def save(settings: dict, path: Path | None = None) -> Path:
+    """Write `settings` as TOML (a TOML writer: JSON's `Infinity` or escapes are not TOML)."""
+    import tomli_w
+
+    path = path or config_path()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(FILE_HEADER + tomli_w.dumps(settings), encoding="utf-8")
+    return path
+
+
+def default_map(settings: dict) -> dict:
+    """click defaults for each model command's parameters (the keys are their names)."""
+    return {command: dict(settings) for command in MODEL_COMMANDS}
+
+
 def _toml():
     if sys.version_info >= (3, 11):
         import tomllib
     else:  # pragma: no cover - Python 3.10
         import tomli as tomllib
     return tomllib
-
-
-def load(path: Path | None = None) -> dict:
-    """The validated settings in the file; {} when there is none."""
-    path = path or config_path()
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        return {}
-    except OSError as exc:
-        raise UsageError(f"cannot read the config file {path}: {exc.strerror}") from exc
-    toml = _toml()
-    try:
-        raw = toml.loads(text)
-    except toml.TOMLDecodeError as exc:
-        raise UsageError(f"the config file {path} is not valid TOML: {exc}", hint="`ponder config path` shows where it is")
-    return {key: check(key, value, path) for key, value in raw.items()}
-
-
-def check(key: str, value, path: Path | None = None) -> object:
-    where = f" in {path}" if path else ""
-    if key not in KEYS:
-        raise UsageError(f"unknown key {key!r}{where}", hint="known keys: " + ", ".join(KEYS))
-    kind, valid, expected = KEYS[key]
-    if kind is float and isinstance(value, int) and not isinstance(value, bool):
-        value = float(value)
-    if not isinstance(value, kind) or isinstance(value, bool) or not valid(value):
-        raise UsageError(f"{key}{where} must be {expected}, not {value!r}")
-    return value
-
-
-def parse(key: str, text: str) -> object:
-    """A value typed on the command line (`ponder config set KEY VALUE`)."""
-    kind = KEYS[key][0] if key in KEYS else str
-    try:
-        value = kind(text)
-    except ValueError:
-        value = text
-    return check(key, value)
-
-
-def save(settings: dict, path: Path | None = None) -> Path:
-    path = path or config_path()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    lines = ["# ponder settings: defaults for ask, chat, solve and batch (flags and PONDER_* variables win)"]
-    lines += [f"{key} = {json.dumps(value)}" for key, value in settings.items()]  # JSON scalars are TOML scalars
-    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
-    return path
-
-
-def default_map(settings: dict) -> dict:
-    """click defaults for each model command's parameters."""
-    defaults = {k: v for k, v in settings.items() if k != "reasoning"}
-    if "reasoning" in settings:
-        defaults["show_reasoning"] = settings["reasoning"] == "show"
-        defaults["hide_reasoning"] = settings["reasoning"] == "hide"
-    return {command: dict(defaults) for command in MODEL_COMMANDS}

@@ -13,7 +13,7 @@ import typer
 
 from ponder import __version__
 from ponder.config import DEBUG_ENV
-from ponder.errors import PonderError
+from ponder.errors import PonderError, debugging
 
 EXIT_INTERRUPTED = 130
 
@@ -47,10 +47,6 @@ def enable_debug() -> None:
     os.environ[DEBUG_ENV] = "1"  # read by backends as they are imported
 
 
-def _debugging() -> bool:
-    return os.environ.get(DEBUG_ENV, "") not in ("", "0")
-
-
 def _register_commands() -> None:
     from ponder.cli import ask, backends, batch, chat, config, doctor, history, models, plan, pull, solve
 
@@ -82,19 +78,18 @@ def main(argv: list[str] | None = None) -> None:
 
 
 def _config_defaults(args: list[str]) -> dict | None:
-    """The config file's settings as click defaults (below env and flags). `ponder config`
-    itself skips them, so that a broken file can still be inspected and fixed."""
-    if args[:1] == ["config"] or any(a in ("-h", "--help", "--version") for a in args):
-        return None  # help shows the built-in defaults, and stays fast
-    from ponder.settings import config_path, default_map, load
+    """The config file's settings as click defaults (below env and flags), for the commands that
+    run a model alone: a broken file must stop neither `ponder config` repairing it, nor the rest."""
+    from ponder.settings import MODEL_COMMANDS, default_map, load
 
-    if not config_path().exists():
-        return None
+    command = next((arg for arg in args if not arg.startswith("-")), None)  # global options take no value
+    if command not in MODEL_COMMANDS or any(a in ("-h", "--help", "--version") for a in args):
+        return None  # help shows the built-in defaults, and stays fast
     return default_map(load())
 
 
 def _fail(message: str, exc: BaseException, code: int) -> None:
-    if _debugging():
+    if debugging():
         import traceback
 
         traceback.print_exception(exc, file=sys.stderr)

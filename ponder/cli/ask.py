@@ -7,9 +7,11 @@ from typing import Optional
 import typer
 
 from ponder.cli.options import ModelOptions, OutputOptions, SamplingOptions
+from ponder.settings import Reasoning
 
 
 def ask(
+    invocation: typer.Context,  # tells where --reasoning came from
     prompt: Optional[str] = typer.Argument(None, help="The question. Piped stdin is put before it.", show_default=False),
     model: Optional[str] = ModelOptions.model,
     backend: str = ModelOptions.backend,
@@ -19,6 +21,7 @@ def ask(
     top_p: float = SamplingOptions.top_p,
     max_tokens: int = SamplingOptions.max_tokens,
     seed: Optional[int] = SamplingOptions.seed,
+    reasoning: Reasoning = OutputOptions.reasoning,
     show_reasoning: bool = OutputOptions.show_reasoning,
     hide_reasoning: bool = OutputOptions.hide_reasoning,
     stats: bool = OutputOptions.stats,
@@ -34,7 +37,7 @@ def ask(
     """
     from ponder.cli.run import Run
 
-    run = Run.start(debug, show_reasoning, hide_reasoning, json, jsonl,
+    run = Run.start(debug, reasoning, show_reasoning, hide_reasoning, json, jsonl, invocation=invocation,
                     temperature=temperature, top_p=top_p, max_tokens=max_tokens, seed=seed)
     text = run.prompt(prompt)
     loaded = run.load(model, backend, ctx, threads)

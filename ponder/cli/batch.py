@@ -76,8 +76,7 @@ def batch(
     """
     from ponder.cli.run import Run
 
-    run = Run.start(False, False, False, False, False,
-                    temperature=temperature, top_p=top_p, max_tokens=max_tokens, seed=seed)
+    run = Run.start(temperature=temperature, top_p=top_p, max_tokens=max_tokens, seed=seed)
     tasks = read_tasks(_read_input(input, run.term))
     done = finished_results(output) if output else []
     done_ids = {result.get("id") for result in done}

@@ -6,6 +6,8 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
+from ponder.settings import REASONING
+
 HELP = """\
 /help                      this list
 /clear                     start a new conversation
@@ -19,9 +21,6 @@ HELP = """\
 /exit                      quit (Ctrl-D too)
 Enter sends; Esc-Enter or Alt-Enter adds a line; \"\"\" opens and closes a multi-line block;
 Ctrl-C stops a reply (the partial answer is kept) or clears the line."""
-
-THINK_MODES = ("show", "collapse", "hide")
-
 
 class CommandError(Exception):
     """A bad command or value: shown, and the REPL goes on."""
@@ -64,36 +63,28 @@ def _retry(repl, _args: str) -> None:
 
 
 def _think(repl, args: str) -> None:
-    if args not in THINK_MODES:
-        raise CommandError(f"/think takes one of {', '.join(THINK_MODES)} (now: {repl.run.mode})")
+    if args not in REASONING:
+        raise CommandError(f"/think takes one of {', '.join(REASONING)} (now: {repl.run.mode})")
     repl.run.mode = args
     repl.note(f"reasoning: {args}")
 
 
-SETTINGS = {
-    "temperature": (float, lambda v: v >= 0, "0 (greedy) or more"),
-    "top_p": (float, lambda v: 0 < v <= 1, "in (0, 1]"),
-    "max_tokens": (int, lambda v: v > 0, "a whole number above 0"),
-    "seed": (int, lambda v: True, "a whole number, or none"),
-}
+SETTABLE = ("temperature", "top_p", "max_tokens", "seed")
 
 
 def _set(repl, args: str) -> None:
+    from ponder.errors import UsageError
+    from ponder.settings import parse
+
     name, _, value = args.partition(" ")
     name, value = name.replace("-", "_"), value.strip()
-    if name not in SETTINGS or not value:
-        current = ", ".join(f"{key} {getattr(repl.run.params, key)}" for key in SETTINGS)
-        raise CommandError(f"usage: /set NAME VALUE, NAME one of {', '.join(SETTINGS)} (now: {current})")
-    kind, valid, expected = SETTINGS[name]
-    if name == "seed" and value.lower() == "none":
-        parsed = None
-    else:
-        try:
-            parsed = kind(value)
-        except ValueError:
-            parsed = None
-        if parsed is None or not valid(parsed):
-            raise CommandError(f"{name} must be {expected}, not {value!r}")
+    if name not in SETTABLE or not value:
+        current = ", ".join(f"{key} {getattr(repl.run.params, key)}" for key in SETTABLE)
+        raise CommandError(f"usage: /set NAME VALUE, NAME one of {', '.join(SETTABLE)} (now: {current})")
+    try:
+        parsed = None if name == "seed" and value.lower() == "none" else parse(name, value)
+    except UsageError as exc:  # the rules flags and the config file follow too
+        raise CommandError(exc.message) from None
     repl.run.params = replace(repl.run.params, **{name: parsed})
     repl.note(f"{name} = {parsed}")
 

@@ -1,6 +1,12 @@
-"""`ponder config`: show, set and locate the config file."""
+"""`ponder config`: show, set and locate the config file.
+
+These read the file as it is, problems included (not through `settings.load`, which refuses a
+bad value), so that a broken file can be shown and repaired with the command that broke it.
+"""
 
 from __future__ import annotations
+
+import sys
 
 import typer
 
@@ -18,14 +24,19 @@ def config_path_command() -> None:
 
 @config_app.command("show")
 def config_show() -> None:
-    """Print the settings in the config file."""
-    from ponder.settings import config_path, load
+    """Print the settings in the config file, each invalid one marked (exit 2 if there are any)."""
+    from ponder.errors import UsageError
+    from ponder.settings import read
 
-    settings = load()
-    if not settings:
-        print(f"no settings ({config_path()} does not exist or is empty)")
-    for key, value in settings.items():
-        print(f"{key} = {value}")
+    config = read()
+    if not config.raw:
+        print(f"no settings ({config.path} does not exist or is empty)")
+    for key, value in config.raw.items():
+        wrong = config.problems.get(key)
+        print(f"{key} = {value}" + (f"  # {wrong}" if wrong else ""))
+    if config.problems:
+        raise UsageError(f"the config file {config.path} has settings that ponder cannot use (marked above)",
+                         hint="`ponder config set KEY VALUE` replaces one; `ponder config unset KEY` removes one")
 
 
 @config_app.command("set")
@@ -33,12 +44,38 @@ def config_set(
     key: str = typer.Argument(..., help="model, backend, temperature, top_p, max_tokens or reasoning."),
     value: str = typer.Argument(..., help="The value; checked before it is written."),
 ) -> None:
-    """Set one setting (the file is created if needed)."""
-    from ponder.settings import load, parse, save
+    """Set one setting (the file is created if needed; everything else in it is kept)."""
+    from ponder.settings import check_key, parse, read
 
-    settings = load()
-    settings[key] = parse(key, value)
-    print(f"{key} = {settings[key]}  ({save(settings)})")
+    check_key(key)
+    checked = parse(key, value)  # before the file is touched
+    config = read()
+    config.raw[key] = checked
+    _write(config, f"{key} = {checked}")
+
+
+@config_app.command("unset")
+def config_unset(
+    key: str = typer.Argument(..., help="The setting to remove: its built-in default applies again."),
+) -> None:
+    """Remove one setting from the config file (an unknown key too)."""
+    from ponder.settings import read
+
+    config = read()
+    if key not in config.raw:
+        print(f"{key} is not set ({config.path})")
+        return
+    del config.raw[key]
+    _write(config, f"removed {key}")
+
+
+def _write(config, done: str) -> None:
+    """Save the edited file; settings that are still wrong are kept as written, and named."""
+    from ponder.settings import read, save
+
+    print(f"{done}  ({save(config.raw, config.path)})")
+    for key, wrong in read(config.path).problems.items():
+        print(f"ponder: warning: {key} in {config.path} {wrong}", file=sys.stderr)
 
 
 def register(app: typer.Typer) -> None:

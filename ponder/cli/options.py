@@ -6,27 +6,21 @@ import typer
 
 from ponder import config
 from ponder.errors import UsageError
+from ponder.settings import Reasoning, check
 
 
-def _positive(name: str):
-    def check(value):
-        if value is not None and value <= 0:
-            raise typer.BadParameter(f"{name} must be greater than 0")
-        return value
+def _checked(name: str):
+    """A callback that checks an option by the rule every setting follows (settings.RULES)."""
 
-    return check
+    def callback(value):
+        if value is None:
+            return value
+        try:
+            return check(name, value)
+        except UsageError as exc:
+            raise typer.BadParameter(exc.message) from None
 
-
-def _probability(value: float) -> float:
-    if not 0.0 < value <= 1.0:
-        raise typer.BadParameter("top-p must be in (0, 1]")
-    return value
-
-
-def _temperature(value: float) -> float:
-    if value < 0:
-        raise typer.BadParameter("temperature must be 0 (greedy) or more")
-    return value
+    return callback
 
 
 class ModelOptions:
@@ -40,36 +34,51 @@ class ModelOptions:
     )
     ctx = typer.Option(
         None, "--ctx", help=f"Context size in tokens [default: {config.DEFAULT_CONTEXT}, capped by the model].",
-        callback=_positive("--ctx"), show_default=False,
+        callback=_checked("ctx"), show_default=False,
     )
     threads = typer.Option(
-        None, "--threads", "-t", help="CPU threads [default: physical cores].", callback=_positive("--threads"),
+        None, "--threads", "-t", help="CPU threads [default: physical cores].", callback=_checked("threads"),
         show_default=False,
     )
 
 
 class SamplingOptions:
     temperature = typer.Option(config.DEFAULT_TEMPERATURE, "--temperature", help="Sampling temperature (0: greedy).",
-                               callback=_temperature)
-    top_p = typer.Option(config.DEFAULT_TOP_P, "--top-p", help="Nucleus sampling threshold.", callback=_probability)
+                               callback=_checked("temperature"))
+    top_p = typer.Option(config.DEFAULT_TOP_P, "--top-p", help="Nucleus sampling threshold.", callback=_checked("top_p"))
     max_tokens = typer.Option(config.DEFAULT_MAX_TOKENS, "--max-tokens", help="Most tokens to generate, reasoning included.",
-                              callback=_positive("--max-tokens"))
-    seed = typer.Option(None, "--seed", help="Random seed, for repeatable samples.", show_default=False)
+                              callback=_checked("max_tokens"))
+    seed = typer.Option(None, "--seed", help="Random seed, for repeatable samples.", show_default=False,
+                        callback=_checked("seed"))
 
 
 class OutputOptions:
-    show_reasoning = typer.Option(False, "--show-reasoning", help="Keep the full reasoning on screen.")
-    hide_reasoning = typer.Option(False, "--hide-reasoning", help="Show no reasoning at all.")
+    reasoning = typer.Option(
+        "collapse", "--reasoning",
+        help="How reasoning is shown: kept on screen, collapsed to a summary line, or not at all"
+             " (in a pipe: show and collapse send it to stderr).",
+    )
+    show_reasoning = typer.Option(False, "--show-reasoning", help="Short for --reasoning show.")
+    hide_reasoning = typer.Option(False, "--hide-reasoning", help="Short for --reasoning hide.")
     stats = typer.Option(False, "--stats", help="Print token counts and speed to stderr.")
     json = typer.Option(False, "--json", help="Print one JSON object: reasoning, answer, boxed, stats.")
     jsonl = typer.Option(False, "--jsonl", help="Stream JSON lines: reasoning and answer deltas, then done.")
     debug = typer.Option(False, "--debug", envvar=config.DEBUG_ENV, help="Show tracebacks and llama.cpp's log.")
 
 
-def reasoning_mode(show: bool, hide: bool):
+def reasoning_mode(reasoning: Reasoning, show: bool, hide: bool,
+                   invocation: typer.Context | None = None) -> Reasoning:
+    """--reasoning, or a shortcut for it. A shortcut beats a --reasoning that came from the config
+    file; contradicting one given beside it on the command line (`invocation` tells) is a usage error."""
     if show and hide:
         raise UsageError("--show-reasoning and --hide-reasoning cannot be used together")
-    return "show" if show else "hide" if hide else "collapse"
+    shortcut = "show" if show else "hide" if hide else None
+    if shortcut is None or shortcut == reasoning:
+        return reasoning
+    source = invocation.get_parameter_source("reasoning") if invocation else None
+    if source is not None and source.name == "COMMANDLINE":
+        raise UsageError(f"--{shortcut}-reasoning contradicts --reasoning {reasoning}")
+    return shortcut
 
 
 def output_format(json: bool, jsonl: bool):

@@ -19,14 +19,17 @@ class Run:
     params: GenerationParams
 
     @classmethod
-    def start(cls, debug: bool, show_reasoning: bool, hide_reasoning: bool, json: bool, jsonl: bool, **sampling) -> Run:
+    def start(cls, debug: bool = False, reasoning: ReasoningMode = "collapse", show_reasoning: bool = False,
+              hide_reasoning: bool = False, json: bool = False, jsonl: bool = False, invocation=None,
+              **sampling) -> Run:
+        """`invocation`: the command's typer context (whether --reasoning was given as a flag)."""
         if debug:
             from ponder.cli.app import enable_debug
 
             enable_debug()
         return cls(
             term=Terminal.from_system(),
-            mode=reasoning_mode(show_reasoning, hide_reasoning),
+            mode=reasoning_mode(reasoning, show_reasoning, hide_reasoning, invocation),
             output=output_format(json, jsonl),
             params=GenerationParams(**sampling),
         )

@@ -8,11 +8,13 @@ from typing import Optional
 import typer
 
 from ponder.cli.options import ModelOptions, OutputOptions, SamplingOptions
+from ponder.settings import Reasoning
 
 EXIT_NO_ANSWER = 1
 
 
 def solve(
+    invocation: typer.Context,  # tells where --reasoning came from
     problem: Optional[str] = typer.Argument(None, help="The problem. Piped stdin is put before it.", show_default=False),
     answer_only: bool = typer.Option(False, "--answer-only", help="Print only the final \\boxed{} answer; exit 1 if none."),
     samples: int = typer.Option(1, "--samples", "-n", min=1, help="Independent samples; the answer is their majority vote."),
@@ -24,6 +26,7 @@ def solve(
     top_p: float = SamplingOptions.top_p,
     max_tokens: int = SamplingOptions.max_tokens,
     seed: Optional[int] = SamplingOptions.seed,
+    reasoning: Reasoning = OutputOptions.reasoning,
     show_reasoning: bool = OutputOptions.show_reasoning,
     hide_reasoning: bool = OutputOptions.hide_reasoning,
     stats: bool = OutputOptions.stats,
@@ -40,7 +43,7 @@ def solve(
     from ponder.errors import PonderError
     from ponder.solve import math_prompt
 
-    run = Run.start(debug, show_reasoning, hide_reasoning, json, jsonl,
+    run = Run.start(debug, reasoning, show_reasoning, hide_reasoning, json, jsonl, invocation=invocation,
                     temperature=temperature, top_p=top_p, max_tokens=max_tokens, seed=seed)
     text = math_prompt(run.prompt(problem))
     loaded = run.load(model, backend, ctx, threads)
