@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import os
+
+from ponder.config import DEBUG_ENV
+
 
 class PonderError(Exception):
     """An error the user can act on. Shown as one line, never as a traceback."""
@@ -30,3 +34,8 @@ class BackendError(PonderError):
 
 class ContextOverflow(UsageError):
     """The prompt does not fit in the context window."""
+
+
+def debugging() -> bool:
+    """--debug or PONDER_DEBUG: show tracebacks (and llama.cpp's log)."""
+    return os.environ.get(DEBUG_ENV, "") not in ("", "0")

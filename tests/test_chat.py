@@ -81,8 +81,8 @@ def test_slash_commands_and_their_errors(chat, tiny_r1, tmp_path):
         ("/stats", r"no finished reply yet"),
         ("/retry", r"nothing to retry yet"),
         ("/save", r"nothing to save yet"),
-        ("/set temperature hot", r"temperature must be 0 \(greedy\) or more, not 'hot'"),
-        ("/set top_p 2", r"top_p must be in \(0, 1\], not '2'"),
+        ("/set temperature hot", r"temperature must be a number, 0 or more, not 'hot'"),
+        ("/set top_p 2", r"top_p must be a number in \(0, 1\], not '2'"),
         ("/set colour blue", r"usage: /set NAME VALUE"),
         ("/think loud", r"/think takes one of show, collapse, hide"),
         ("/set temperature 0", r"temperature = 0\.0"),
@@ -254,3 +254,62 @@ def test_an_interrupted_reply_is_shown_exactly_once(chat, smollm2, data_dir):
     shown = screen.split("Write a very long story about a dragon.\n", 1)[1].rsplit("[interrupted]", 1)[0]
     stored = turns(data_dir)[1][1]
     assert shown.split() == stored.split()
+
+
+def test_two_quick_ctrl_c_then_a_new_turn_answers_as_a_fresh_run(chat, smollm2, data_dir):
+    """The second Ctrl-C lands while the first is still stopping the model (a long prompt is being
+    processed, 512 tokens at a time): the REPL must wait for the model to be idle, leave no live
+    view drawing, and the next turn must run alone on a consistent cache."""
+    import time
+
+    session = chat("--model", smollm2, "--temperature", "0")
+    session.line("Summarise this. " + "The quick brown fox jumps over the lazy dog, again and again. " * 150)
+    session.wait_for(r"Generating…")  # the prompt is being processed
+    session.keys("C-c")
+    time.sleep(0.05)
+    session.keys("C-c")
+    session.wait_for(r"\[interrupted\]\n>$", timeout=30)
+    time.sleep(1)  # a live view left running would repaint its status line meanwhile
+    after_stop = session.screen().rsplit("[interrupted]", 1)[1]
+    assert after_stop == "\n>", after_stop
+    assert turns(data_dir)[-1][3] == "cancelled"
+
+    session.line("/clear")
+    session.line("What is 2+2?")
+    session.wait_for(r"What is 2\+2\?\n[\s\S]+\n>$")
+    fresh = run_ponder("ask", "--model", smollm2, "--temperature", "0", "--no-log", "What is 2+2?")
+    assert fresh.returncode == 0, fresh.stderr
+    assert turns(data_dir)[-1][1].strip() == fresh.stdout.decode().strip()
+
+
+def test_a_failed_turn_is_reported_and_the_chat_goes_on(tiny_r1):
+    """A runtime failure in one turn (here the backend raising mid-reply) ends that turn only."""
+    from ponder.backends.base import LoadOptions
+    from ponder.backends.llamacpp import LlamaCppModel
+    from ponder.cli.chat import ChatRepl
+    from ponder.cli.run import Run
+    from ponder.cli.terminal import Terminal
+    from ponder.errors import BackendError
+    from ponder.events import GenerationParams
+
+    model = LlamaCppModel(tiny_r1, LoadOptions(context=2048))
+    real_stream = model.stream
+    calls = []
+
+    def failing_once(prompt, params, cancel=None):
+        calls.append(prompt)
+        if len(calls) == 1:
+            raise BackendError("llama_decode failed (-3)")
+        return real_stream(prompt, params, cancel)
+
+    model.stream = failing_once
+    term = Terminal(io.BytesIO(b"What is 2+2?\nWhat is 12*7?\n"), io.StringIO(), io.StringIO(), False, False, False, False)
+    repl = ChatRepl(Run(term, "collapse", "text", GenerationParams()), log=False)
+    repl.model = model
+    repl.loop()
+    model.close()
+    output = term.stdout.getvalue()
+    assert "error: llama_decode failed (-3). Your message is back in the input line." in output
+    assert output.rstrip().endswith("12 × 7 = 84, so the answer is \\boxed{84}.")
+    assert [t.role for t in repl.conversation.turns] == ["user", "assistant"]  # the failed turn is not kept
+    assert repl.conversation.turns[0].content == "What is 12*7?"

@@ -25,7 +25,7 @@ import numpy as np
 
 from ponder.backends.base import BackendProbe, LoadOptions, ModelInfo, backend_stats, generation_budget, shared_prefix
 from ponder.config import DEFAULT_CONTEXT
-from ponder.errors import BackendError, ModelError
+from ponder.errors import BackendError, ModelError, debugging
 from ponder.events import BackendEvent, Finished, GenerationParams, TextDelta
 from ponder.prompt import ChatFormat, is_reasoning_model
 from ponder.reasoning import OPEN_TAG
@@ -38,7 +38,7 @@ GGUF_MAGIC = b"GGUF"
 # llama.cpp logs through one process-wide callback. Keep recent lines for error messages;
 # echo them only when debugging. The callback object must stay referenced for C's sake.
 _log_lines: collections.deque[str] = collections.deque(maxlen=200)
-_log_echo = os.environ.get("PONDER_DEBUG", "") not in ("", "0")
+_log_echo = debugging()
 
 
 @lib.llama_log_callback

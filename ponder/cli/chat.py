@@ -7,11 +7,13 @@ from typing import Optional
 import typer
 
 from ponder.cli.options import ModelOptions, OutputOptions, SamplingOptions
+from ponder.settings import Reasoning
 
 CONTEXT_WARNING = 0.8  # warn once the conversation fills this share of the context
 
 
 def chat(
+    invocation: typer.Context,  # tells where --reasoning came from
     model: Optional[str] = ModelOptions.model,
     backend: str = ModelOptions.backend,
     ctx: Optional[int] = ModelOptions.ctx,
@@ -20,6 +22,7 @@ def chat(
     top_p: float = SamplingOptions.top_p,
     max_tokens: int = SamplingOptions.max_tokens,
     seed: Optional[int] = SamplingOptions.seed,
+    reasoning: Reasoning = OutputOptions.reasoning,
     show_reasoning: bool = OutputOptions.show_reasoning,
     hide_reasoning: bool = OutputOptions.hide_reasoning,
     resume_last: bool = typer.Option(False, "--continue", "-c", help="Resume the last conversation."),
@@ -31,7 +34,7 @@ def chat(
     """Chat with the model in an interactive session (type /help inside)."""
     from ponder.cli.run import Run
 
-    run = Run.start(debug, show_reasoning, hide_reasoning, False, False,
+    run = Run.start(debug, reasoning, show_reasoning, hide_reasoning, invocation=invocation,
                     temperature=temperature, top_p=top_p, max_tokens=max_tokens, seed=seed)
     repl = ChatRepl(run, log=not no_log)
     repl.open_conversation(resume, resume_last)  # before loading: a bad ID fails fast
@@ -73,9 +76,17 @@ class ChatRepl:
         self.conversation = loaded
 
     def store(self, turn) -> None:
+        """Keep `turn` in the conversation and the history; a failing history only warns."""
+        import sqlite3
+
         self.conversation.turns.append(turn)
-        if self.history is not None:
+        if self.history is None:
+            return
+        try:
             self.history.add_turn(self.conversation, turn, "chat", self.model.info.backend)
+        except (sqlite3.Error, OSError) as exc:
+            self.history = None
+            self.note(f"warning: history is off from here on: {exc}", "yellow")
 
     def drop_last(self) -> None:
         turn = self.conversation.turns.pop()
@@ -141,16 +152,25 @@ class ChatRepl:
             self.note("[interrupted]")
             return
         except ContextOverflow as exc:
-            self.pending = self.conversation.turns[-1].content if self.conversation.turns[-1].role == "user" else ""
-            self.drop_last()
+            self.take_back_message()
             self.note(f"{exc.message}. Your message is back in the input line; /clear starts a new conversation.",
                       "red")
+            return
+        except Exception as exc:  # the turn failed, not the session: report it and keep what was typed
+            self.take_back_message()
+            self.note(f"error: {describe_error(exc)}. Your message is back in the input line.", "red")
             return
         self.store(Turn.from_reply(reply))
         self.last_stats = reply.stats
         if reply.finish_reason == "length":
             self.note("[stopped at the token limit: /set max_tokens N raises it]")
         self.warn_if_context_nearly_full()
+
+    def take_back_message(self) -> None:
+        """Drop the unanswered user turn and offer its text again at the next prompt."""
+        if self.conversation.turns and self.conversation.turns[-1].role == "user":
+            self.pending = self.conversation.turns[-1].content
+            self.drop_last()
 
     def context_used(self) -> int:
         stats = self.last_stats
@@ -188,6 +208,19 @@ class RecordingRenderer:
 
     def finish(self, reply) -> None:
         self.inner.finish(reply)
+
+
+def describe_error(exc: Exception) -> str:
+    """One line for a failed turn (a bug's traceback too, under --debug)."""
+    from ponder.errors import PonderError, debugging
+
+    if isinstance(exc, PonderError):
+        return exc.message + (f" ({exc.hint})" if exc.hint else "")
+    if debugging():
+        import traceback
+
+        traceback.print_exception(exc)
+    return f"unexpected {type(exc).__name__}: {exc}"
 
 
 def _open_history(console):
