@@ -21,7 +21,7 @@ _ponder() {
                 --top-p) COMPREPLY=(); return ;;
                 --max-tokens) COMPREPLY=(); return ;;
                 --seed) COMPREPLY=(); return ;;
-                --reasoning) COMPREPLY=(); return ;;
+                --reasoning) COMPREPLY=($(compgen -W "show collapse hide" -- "$cur")); return ;;
             esac
             COMPREPLY=($(compgen -W "--model -m --backend --ctx --threads -t --temperature --top-p --max-tokens --seed --reasoning --show-reasoning --hide-reasoning --stats --json --jsonl --no-log --debug --help -h" -- "$cur")) ;;
         "backends")
@@ -52,7 +52,7 @@ _ponder() {
                 --top-p) COMPREPLY=(); return ;;
                 --max-tokens) COMPREPLY=(); return ;;
                 --seed) COMPREPLY=(); return ;;
-                --reasoning) COMPREPLY=(); return ;;
+                --reasoning) COMPREPLY=($(compgen -W "show collapse hide" -- "$cur")); return ;;
                 --resume) COMPREPLY=(); return ;;
             esac
             COMPREPLY=($(compgen -W "--model -m --backend --ctx --threads -t --temperature --top-p --max-tokens --seed --reasoning --show-reasoning --hide-reasoning --continue -c --resume --no-log --debug --help -h" -- "$cur")) ;;
@@ -98,7 +98,7 @@ _ponder() {
                 --top-p) COMPREPLY=(); return ;;
                 --max-tokens) COMPREPLY=(); return ;;
                 --seed) COMPREPLY=(); return ;;
-                --reasoning) COMPREPLY=(); return ;;
+                --reasoning) COMPREPLY=($(compgen -W "show collapse hide" -- "$cur")); return ;;
             esac
             COMPREPLY=($(compgen -W "--answer-only --samples -n --model -m --backend --ctx --threads -t --temperature --top-p --max-tokens --seed --reasoning --show-reasoning --hide-reasoning --stats --json --jsonl --debug --help -h" -- "$cur")) ;;
     esac

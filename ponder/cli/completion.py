@@ -22,8 +22,10 @@ def _values(param) -> str | list[str] | None:
         return "file"
     if param.name == "backend":
         return ["auto", *BUILTIN]
-    choices = getattr(getattr(param, "type", None), "choices", None)
-    return list(choices) if choices else None
+    from typing import Literal, get_args, get_origin
+
+    annotation = getattr(getattr(param, "type_descriptor", None), "annotation", None)  # typer >= 0.29
+    return list(get_args(annotation)) if get_origin(annotation) is Literal else None
 
 
 def _spec():
