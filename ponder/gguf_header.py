@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import struct
 from pathlib import Path
 from typing import BinaryIO
@@ -10,6 +11,7 @@ MAGIC = b"GGUF"
 # Scalar value types: struct format by GGUF type id.
 SCALARS = {0: "<B", 1: "<b", 2: "<H", 3: "<h", 4: "<I", 5: "<i", 6: "<f", 7: "<?", 10: "<Q", 11: "<q", 12: "<d"}
 STRING, ARRAY = 8, 9
+TRUNCATED = "the GGUF header is truncated (the file is cut short; download it again)"
 
 # llama.cpp's LLAMA_FTYPE values, as general.file_type stores them.
 FILE_TYPES = {
@@ -24,57 +26,96 @@ class NotGguf(ValueError):
     pass
 
 
+def is_gguf(path: Path) -> bool:
+    """Whether `path` is a regular file that starts with the GGUF magic. Anything else (a FIFO,
+    a device) is never opened: reading it could block for ever."""
+    try:
+        if not Path(path).is_file():
+            return False
+        with open(path, "rb") as f:
+            return f.read(len(MAGIC)) == MAGIC
+    except OSError:
+        return False
+
+
 def read_metadata(path: Path, skip_arrays: bool = True, stop_at: str | None = None) -> dict:
     """The key/value metadata of a GGUF file. Arrays (the vocabulary…) are skipped, their
     length kept, unless `skip_arrays` is False. With `stop_at`, reading ends at the first
     key with that prefix (the architecture keys come before "tokenizer.": a 7B model's
-    vocabulary and merges then need not be walked)."""
+    vocabulary and merges then need not be walked). A file cut short raises NotGguf."""
+    if not Path(path).is_file():  # a FIFO would block open() for ever
+        raise NotGguf(f"{path} is not a regular file")
     with open(path, "rb") as f:
-        if f.read(4) != MAGIC:
+        if f.read(len(MAGIC)) != MAGIC:
             raise NotGguf(f"{path} is not a GGUF file")
-        version, _tensors, count = struct.unpack("<IQQ", f.read(20))
-        if version < 2:
-            raise NotGguf(f"{path}: GGUF version {version} is too old")
-        metadata = {}
-        for _ in range(count):
-            key = _string(f)
-            if stop_at and key.startswith(stop_at):
-                break
-            (kind,) = struct.unpack("<I", f.read(4))
-            metadata[key] = _value(f, kind, skip_arrays)
-        return metadata
+        try:
+            return _read_kv(_Reader(f), stop_at, skip_arrays)
+        except NotGguf as exc:
+            raise NotGguf(f"{path}: {exc}") from None
 
 
-def _string(f: BinaryIO) -> str:
-    (length,) = struct.unpack("<Q", f.read(8))
-    data = f.read(length)
-    if len(data) != length:
-        raise NotGguf("the GGUF header is truncated")
-    return data.decode("utf-8", "replace")
+class _Reader:
+    """Reads a GGUF header from an open file; a read or skip past its end raises NotGguf."""
+
+    def __init__(self, f: BinaryIO):
+        self.f = f
+        self.size = os.fstat(f.fileno()).st_size
+
+    def unpack(self, fmt: str) -> tuple:
+        size = struct.calcsize(fmt)
+        data = self.f.read(size)
+        if len(data) != size:
+            raise NotGguf(TRUNCATED)
+        return struct.unpack(fmt, data)
+
+    def need(self, size: int) -> None:
+        """Fail unless `size` more bytes are there: checked before a seek (which succeeds past
+        the end) or a read (which a corrupt length would make huge)."""
+        if size > self.size - self.f.tell():
+            raise NotGguf(TRUNCATED)
+
+    def skip(self, size: int) -> None:
+        self.need(size)
+        self.f.seek(size, 1)
+
+    def string(self) -> str:
+        (length,) = self.unpack("<Q")
+        self.need(length)
+        return self.f.read(length).decode("utf-8", "replace")
 
 
-def _value(f: BinaryIO, kind: int, skip_arrays: bool):
+def _read_kv(r: _Reader, stop_at: str | None, skip_arrays: bool) -> dict:
+    version, _tensors, count = r.unpack("<IQQ")
+    if version < 2:
+        raise NotGguf(f"GGUF version {version} is too old")
+    metadata = {}
+    for _ in range(count):
+        key = r.string()
+        if stop_at and key.startswith(stop_at):
+            break
+        (kind,) = r.unpack("<I")
+        metadata[key] = _value(r, kind, skip_arrays)
+    return metadata
+
+
+def _value(r: _Reader, kind: int, skip_arrays: bool):
     if kind == STRING:
-        return _string(f)
+        return r.string()
     if kind == ARRAY:
-        item_kind, length = struct.unpack("<IQ", f.read(12))
+        item_kind, length = r.unpack("<IQ")
         if skip_arrays and item_kind in SCALARS:
-            f.seek(length * struct.calcsize(SCALARS[item_kind]), 1)
+            r.skip(length * struct.calcsize(SCALARS[item_kind]))
             return length
         if skip_arrays and item_kind == STRING:  # the vocabulary: hop over each string
             for _ in range(length):
-                (size,) = struct.unpack("<Q", f.read(8))
-                f.seek(size, 1)
+                (size,) = r.unpack("<Q")
+                r.skip(size)
             return length
-        items = [_value(f, item_kind, skip_arrays) for _ in range(length)]
+        items = [_value(r, item_kind, skip_arrays) for _ in range(length)]
         return length if skip_arrays else items
     if kind not in SCALARS:
         raise NotGguf(f"unknown GGUF value type {kind}")
-    fmt = SCALARS[kind]
-    data = f.read(struct.calcsize(fmt))
-    if len(data) != struct.calcsize(fmt):
-        raise NotGguf("the GGUF header is truncated")
-    return struct.unpack(fmt, data)[0]
+    return r.unpack(SCALARS[kind])[0]
 
 
 def summary(metadata: dict) -> dict:

@@ -49,8 +49,12 @@ def nvidia_gpus() -> list[Gpu]:
         return []
     gpus = []
     for line in out.strip().splitlines():
-        name, total, free = (part.strip() for part in line.rsplit(",", 2))
-        gpus.append(Gpu(name, int(total) * 2**20, int(free) * 2**20))
+        name, *sizes = (part.strip() for part in line.rsplit(",", 2))
+        try:
+            total, free = (int(size) * 2**20 for size in sizes)
+        except ValueError:  # "[N/A]" or "[Not Supported]" (some GPUs and drivers): no figure to plan with
+            continue
+        gpus.append(Gpu(name, total, free))
     return gpus
 
 

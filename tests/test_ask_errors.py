@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 
 from tests.support.cli import ponder_env, run_ponder
@@ -21,8 +23,13 @@ def test_missing_model_path(tmp_path):
     assert_clean_failure(result, 1, "model not found")
 
 
-def test_no_model_at_all():
-    assert_clean_failure(run_ponder("ask", "hi"), 1, "no model given, and the default model r1-7b is not downloaded")
+def test_no_model_at_all(tmp_path):
+    # Nothing of the user's: an empty hub cache, home and config, so that a downloaded r1-7b cannot answer.
+    env = ponder_env(HOME=str(tmp_path), HF_HOME=str(tmp_path / "hf"), HF_HUB_CACHE=str(tmp_path / "hf" / "hub"),
+                     XDG_CACHE_HOME=str(tmp_path / "cache"), XDG_CONFIG_HOME=str(tmp_path / "config"),
+                     PONDER_CONFIG=str(tmp_path / "config.toml"))
+    result = run_ponder("ask", "hi", env=env)
+    assert_clean_failure(result, 1, "no model given, and the default model r1-7b is not downloaded")
 
 
 def test_file_that_is_not_gguf(tmp_path):
@@ -41,6 +48,24 @@ def test_truncated_gguf(tmp_path, tiny_r1_random):
     cut.write_bytes(data[: len(data) // 2])
     err = assert_clean_failure(run_ponder("ask", "--model", str(cut), "hi"), 1, "could not load")
     assert "truncated or corrupt" in err
+
+
+@pytest.mark.parametrize("length", [10, 24, 100, 200])
+def test_gguf_cut_inside_its_header(tmp_path, tiny_r1_random, length):
+    cut = tmp_path / "cut.gguf"
+    with open(tiny_r1_random, "rb") as f:
+        cut.write_bytes(f.read(length))
+    err = assert_clean_failure(run_ponder("ask", "--model", str(cut), "hi"), 1, "truncated")
+    assert "unexpected error" not in err and len(err.splitlines()) <= 2  # the error and its hint
+
+
+@pytest.mark.parametrize("name", ["model.gguf", "model"])
+def test_a_fifo_as_model_is_refused_not_opened(tmp_path, name):
+    fifo = tmp_path / name
+    os.mkfifo(fifo)
+    # exit 1, as for any other path that holds no model; the timeout turns a hang into a failure
+    result = run_ponder("ask", "--model", str(fifo), "hi", timeout=30)
+    assert_clean_failure(result, 1, "is not a regular file or a directory")
 
 
 def test_no_prompt_and_no_stdin(tiny_r1_random):

@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 from pathlib import Path
 
 import pytest
@@ -13,8 +14,28 @@ import pytest
 from tests.support.cli import ponder_env, run_ponder
 
 
+REVISION = "0123456789abcdef0123456789abcdef01234567"
+
+
 def _blob_name(path: str) -> str:
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def hub_repo(hub: Path, repo_id: str, files: dict, revision: str = REVISION) -> Path:
+    """A model repo as huggingface_hub caches it: blobs named by content, a snapshot of links
+    to them, refs/main. `files` maps each file name in the snapshot to a file to copy."""
+    repo = hub / ("models--" + repo_id.replace("/", "--"))
+    snapshot = repo / "snapshots" / revision
+    snapshot.mkdir(parents=True)
+    (repo / "blobs").mkdir(exist_ok=True)
+    (repo / "refs").mkdir(exist_ok=True)
+    (repo / "refs" / "main").write_text(revision)
+    for name, source in files.items():
+        blob = repo / "blobs" / _blob_name(source)
+        if not blob.exists():
+            shutil.copyfile(source, blob)
+        os.symlink(os.path.relpath(blob, snapshot), snapshot / name)
+    return snapshot
 
 
 @pytest.fixture
@@ -40,15 +61,7 @@ def stores(tmp_path, tiny_r1, smollm2, tiny_r1_mlx):
     os.symlink(tiny_r1_mlx, home / ".lmstudio" / "models" / "HuggingFaceTB" / "tiny-mlx")
 
     hub = tmp_path / "hub"
-    repo = hub / "models--someone--Tiny-R1-GGUF"
-    (repo / "blobs").mkdir(parents=True)
-    (repo / "refs").mkdir()
-    (repo / "refs" / "main").write_text("0123456789abcdef0123456789abcdef01234567")
-    snapshot = repo / "snapshots" / "0123456789abcdef0123456789abcdef01234567"
-    snapshot.mkdir(parents=True)
-    blob = repo / "blobs" / _blob_name(tiny_r1)
-    blob.write_bytes(Path(tiny_r1).read_bytes())
-    os.symlink(os.path.relpath(blob, snapshot), snapshot / "Tiny-R1-F16.gguf")
+    hub_repo(hub, "someone/Tiny-R1-GGUF", {"Tiny-R1-F16.gguf": tiny_r1})
     return ponder_env(OLLAMA_MODELS=str(ollama), HOME=str(home), HF_HUB_CACHE=str(hub),
                       PONDER_CONFIG=str(tmp_path / "config.toml"))
 
@@ -98,6 +111,83 @@ def test_models_rm_removes_hub_downloads_only(stores):
     assert removed.returncode == 0, removed.stderr
     assert "someone/Tiny-R1-GGUF/Tiny-R1-F16.gguf" not in models(stores)
     assert "deepseek-r1:7b" in models(stores)
+
+
+def test_every_listed_name_runs_with_model(stores):
+    for name in models(stores):  # hub owner/repo/file.gguf, Ollama names, LM Studio paths (GGUF and MLX)
+        result = run_ponder("ask", "--model", name, "--max-tokens", "2", "What is 12*7?", env=stores)
+        assert result.returncode == 0, (name, result.stderr)
+    result = run_ponder("ask", "--model", "someone/Tiny-R1-GGUF/Tiny-R1-F16.gguf", "What is 12*7?", env=stores)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.decode().endswith("12 × 7 = 84, so the answer is \\boxed{84}.\n")
+
+
+def test_hub_mlx_names_run_with_model(hub_cache, tiny_r1_mlx):
+    hub, env = hub_cache
+    files = {p.name: p for p in Path(tiny_r1_mlx).iterdir() if p.is_file()}
+    hub_repo(hub, "mlx-community/Tiny-R1", files)
+    hub_repo(hub, "tiny", files)  # an id without an owner, as the hub's oldest repos have
+    for name in ("mlx-community/Tiny-R1", "tiny"):
+        result = run_ponder("ask", "--model", name, "--max-tokens", "2", "What is 12*7?", env=env)
+        assert result.returncode == 0, (name, result.stderr)
+
+
+@pytest.fixture
+def hub_cache(tmp_path):
+    """An empty hub cache, and no other store; with the environment that points ponder at it."""
+    hub = tmp_path / "hub"
+    hub.mkdir()
+    return hub, ponder_env(HF_HUB_CACHE=str(hub), HOME=str(tmp_path / "home"), OLLAMA_MODELS=str(tmp_path / "ollama"),
+                           PONDER_CONFIG=str(tmp_path / "config.toml"))
+
+
+def test_models_rm_never_follows_a_link_out_of_the_cache(hub_cache, tmp_path, tiny_r1):
+    hub, env = hub_cache
+    precious = tmp_path / "precious.gguf"
+    shutil.copyfile(tiny_r1, precious)
+    snapshot = hub_repo(hub, "someone/Odd-GGUF", {"Tiny-R1-F16.gguf": tiny_r1})
+    os.symlink(precious, snapshot / "odd.gguf")  # a snapshot entry that leads out of the cache
+    for name in ("someone/Odd-GGUF/odd.gguf", str(snapshot / "odd.gguf")):
+        result = run_ponder("models", "rm", name, env=env)
+        err = result.stderr.decode()
+        assert result.returncode == 1 and "outside its repo's blobs/" in err and "Traceback" not in err
+        assert precious.read_bytes() == Path(tiny_r1).read_bytes()
+    assert set(models(env)) == {"someone/Odd-GGUF/odd.gguf", "someone/Odd-GGUF/Tiny-R1-F16.gguf"}
+
+
+def test_models_rm_of_an_mlx_download_removes_it(hub_cache, tiny_r1_mlx):
+    hub, env = hub_cache
+    files = {p.name: p for p in Path(tiny_r1_mlx).iterdir() if p.is_file()}
+    hub_repo(hub, "mlx-community/Tiny-R1", files)
+    hub_repo(hub, "tiny", files)  # an id without an owner, as the hub's oldest repos have
+    size = sum(p.stat().st_size for p in (hub / "models--tiny" / "blobs").iterdir())
+    listed = models(env)
+    assert listed["mlx-community/Tiny-R1"]["backend"] == "mlx" and listed["tiny"]["backend"] == "mlx"
+    remaining = set(listed)
+    for name, arg in (("mlx-community/Tiny-R1", listed["mlx-community/Tiny-R1"]["path"]), ("tiny", "tiny")):
+        result = run_ponder("models", "rm", arg, env=env)  # by the path `ponder models` shows, or by name
+        assert result.returncode == 0, result.stderr
+        assert result.stdout.decode() == f"removed {name} ({size / 2**20:.1f} MiB)\n"
+        remaining.remove(name)
+        assert set(models(env)) == remaining  # the other repo stays, though its snapshot has the same commit hash
+    assert list(hub.iterdir()) == []
+    missing = run_ponder("models", "rm", "nameonly", env=env)
+    err = missing.stderr.decode()
+    assert missing.returncode == 2 and "no local model 'nameonly'" in err and "Traceback" not in err
+
+
+def test_models_rm_keeps_a_blob_another_file_links_to(hub_cache, tiny_r1):
+    hub, env = hub_cache
+    hub_repo(hub, "someone/Twins-GGUF", {"A.gguf": tiny_r1, "B.gguf": tiny_r1})  # one blob, two names
+    first = run_ponder("models", "rm", "someone/Twins-GGUF/A.gguf", env=env)
+    assert first.returncode == 0 and first.stdout.decode() == "removed someone/Twins-GGUF/A.gguf (0.0 MiB)\n"
+    assert set(models(env)) == {"someone/Twins-GGUF/B.gguf"}
+    answer = run_ponder("ask", "--model", "someone/Twins-GGUF/B.gguf", "What is 12*7?", env=env)
+    assert answer.returncode == 0 and answer.stdout.decode().endswith("\\boxed{84}.\n"), answer.stderr
+    second = run_ponder("models", "rm", "someone/Twins-GGUF/B.gguf", env=env)
+    size = Path(tiny_r1).stat().st_size
+    assert second.returncode == 0 and second.stdout.decode() == f"removed someone/Twins-GGUF/B.gguf ({size / 2**20:.1f} MiB)\n"
+    assert list((hub / "models--someone--Twins-GGUF" / "blobs").iterdir()) == []
 
 
 def test_doctor(stores):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 from ponder.plan import GIB, KNOWN_MODELS, OVERHEAD_BYTES, kv_bytes_per_token, largest_context, plan
 from tests.support.cli import run_ponder
 
@@ -74,3 +76,14 @@ def test_plan_options_name_every_model_and_cache_type():
     from ponder.plan import KV_BYTES
 
     assert set(MODELS) == set(KNOWN_MODELS) and set(KV_TYPES) == set(KV_BYTES)
+
+
+@pytest.mark.parametrize("value", ["abc", "-1", "0", "nan", "inf"])
+def test_a_bad_memory_cap_is_a_usage_error(smollm2, value):
+    from tests.support.cli import ponder_env
+
+    result = run_ponder("ask", "--model", smollm2, "--max-tokens", "3", "hi", env=ponder_env(PONDER_MEMORY_GIB=value))
+    err = result.stderr.decode()
+    assert result.returncode == 2, err
+    assert f"PONDER_MEMORY_GIB must be a number of GiB above 0, not {value!r}" in err and "Traceback" not in err
+    assert result.stdout == b""

@@ -13,6 +13,7 @@ from pathlib import Path
 
 from ponder.backends.base import Backend, BackendProbe, LoadOptions, Model, ModelInfo
 from ponder.errors import BackendError, ModelError, UsageError
+from ponder.gguf_header import is_gguf
 from ponder.machine import apple_silicon
 
 __all__ = [
@@ -79,21 +80,13 @@ def model_kind(model: str) -> str | None:
     """Which backend a model reference implies: a GGUF file llama.cpp, an MLX directory
     (config.json) or a hub repo id MLX; None when it implies nothing."""
     path = Path(model)
-    if path.suffix.lower() == ".gguf" or (path.is_file() and _starts_with(path, b"GGUF")):
+    if path.suffix.lower() == ".gguf" or is_gguf(path):
         return LLAMA_CPP
     if path.is_dir():
         return MLX if (path / "config.json").is_file() else None
     if _looks_like_repo_id(model):
         return MLX
     return None
-
-
-def _starts_with(path: Path, magic: bytes) -> bool:
-    try:
-        with path.open("rb") as f:
-            return f.read(len(magic)) == magic
-    except OSError:
-        return False
 
 
 def _looks_like_repo_id(model: str) -> bool:

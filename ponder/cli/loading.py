@@ -2,35 +2,43 @@
 
 from __future__ import annotations
 
+import math
 import os
 
-from ponder.backends import LoadOptions, Model, get_backend, select_backend
+from ponder.backends import LLAMA_CPP, LoadOptions, Model, get_backend, select_backend
 from ponder.cli.terminal import Terminal
-from ponder.config import MODEL_ENV
-from ponder.errors import ModelError
+from ponder.config import MEMORY_ENV, MODEL_ENV
+from ponder.errors import ModelError, UsageError
 from ponder.threads import call_in_thread
 
 
 def resolve_model_path(term: Terminal, model: str | None, backend: str) -> str:
-    """A path for the model a user named: a file or directory, an Ollama name, a catalogue
-    alias, or (none given) the default model of the backend, downloaded on first use."""
+    """A path for the model a user named: a file or directory, a name `ponder models` lists, a
+    catalogue alias, or (none given) the default model of the backend, downloaded on first use."""
     from ponder.catalogue import CATALOGUE, DEFAULTS
 
     name = model or os.environ.get(MODEL_ENV)
-    if name and os.path.exists(os.path.expanduser(name)):
-        return os.path.expanduser(name)
-    if name and ":" in name and name.lower() not in CATALOGUE:  # an Ollama name, such as deepseek-r1:7b
-        from ponder.models import ollama_models
+    path = os.path.expanduser(name) if name else None
+    if path and os.path.exists(path):
+        if not (os.path.isfile(path) or os.path.isdir(path)):  # a FIFO or a device: reading it could block
+            raise ModelError(f"{path} is not a regular file or a directory",
+                             hint="pass a .gguf file or an MLX model directory")
+        return path
+    if name and name.lower() not in CATALOGUE:
+        from ponder.backends import MLX, model_kind
+        from ponder.models import find_local
 
-        pulled = next((m for m in ollama_models() if m.name == name), None)
-        if pulled is not None:
-            return str(pulled.path)
+        # Any name `ponder models` prints (owner/repo/file.gguf, deepseek-r1:7b…) runs from its path;
+        # but an MLX repo id goes to mlx-lm as it is: mlx-lm reads the same cache, and names the model by it.
+        listed = find_local(name)
+        if listed is not None and not (listed.backend == MLX and model_kind(name) == MLX):
+            return str(listed.path)
     if name is None or name.lower() in CATALOGUE:
         from ponder.backends import AUTO, default_backend
 
         alias = name.lower() if name else DEFAULTS[default_backend() if backend == AUTO else backend]
         return str(_downloaded(term, CATALOGUE[alias], given=name is not None))
-    return os.path.expanduser(name)
+    return path
 
 
 def _downloaded(term: Terminal, artifact, given: bool):
@@ -61,11 +69,11 @@ def fit_context(term: Terminal, path: str, backend: str, options: LoadOptions) -
     from ponder.config import DEFAULT_CONTEXT
     from ponder.plan import GIB, largest_context, model_footprint, plan
 
+    budget, where = memory_budget(backend)  # first: a bad PONDER_MEMORY_GIB is an error for any model
     footprint = model_footprint(path)
     if footprint is None:
         return options
     shape, weights = footprint
-    budget, where = memory_budget(backend)
     ceiling = min(DEFAULT_CONTEXT, shape.trained_context or DEFAULT_CONTEXT)
     context = options.context or ceiling
     needed = plan(weights, shape, context).total
@@ -83,24 +91,40 @@ def fit_context(term: Terminal, path: str, backend: str, options: LoadOptions) -
 
 
 def memory_budget(backend: str) -> tuple[int, str]:
-    """Memory a model can use: free VRAM where llama.cpp offloads to NVIDIA GPUs, Metal's share
-    of unified memory on Apple Silicon, available RAM otherwise; PONDER_MEMORY_GIB caps it."""
+    """Memory a model can use: free VRAM where this llama.cpp build offloads to NVIDIA GPUs,
+    Metal's share of unified memory on Apple Silicon, available RAM otherwise;
+    PONDER_MEMORY_GIB caps it."""
     from ponder import machine
-    from ponder.config import MEMORY_ENV
 
+    cap = memory_cap()
     ram = machine.ram()
-    gpus = machine.nvidia_gpus() if backend == "llama.cpp" else []
+    gpus = []
+    if backend == LLAMA_CPP:
+        from ponder.backends.llamacpp import gpu_offload_supported
+
+        gpus = machine.nvidia_gpus() if gpu_offload_supported() else []  # a CPU build cannot use VRAM
     budget, where = (sum(g.free for g in gpus), "GPU memory") if gpus else (ram.available, "available RAM")
     unified = machine.unified_gpu_budget(ram)
     if unified:
         budget, where = unified, "Metal's share of memory"
-    cap = os.environ.get(MEMORY_ENV)
-    if cap:
-        try:
-            budget, where = min(budget, int(float(cap) * 2**30)), f"{MEMORY_ENV}"
-        except ValueError:
-            pass
+    if cap is not None:
+        budget, where = min(budget, cap), MEMORY_ENV
     return budget, where
+
+
+def memory_cap() -> int | None:
+    """PONDER_MEMORY_GIB in bytes, None if unset; anything but a positive number is an error."""
+    value = os.environ.get(MEMORY_ENV, "")
+    if not value:
+        return None
+    try:
+        gib = float(value)
+    except ValueError:
+        gib = math.nan
+    if not 0 < gib < math.inf:  # also false for nan
+        raise UsageError(f"{MEMORY_ENV} must be a number of GiB above 0, not {value!r}",
+                         hint=f"for example {MEMORY_ENV}=6, or unset it")
+    return int(gib * 2**30)
 
 
 def load_model(term: Terminal, model: str | None, backend: str, options: LoadOptions) -> Model:

@@ -13,11 +13,11 @@ def _find(name: str):
     from pathlib import Path
 
     from ponder.errors import UsageError
-    from ponder.models import LocalModel, find_all
+    from ponder.models import LocalModel, find_local
 
-    for model in find_all():
-        if name in (model.name, str(model.path)):
-            return model
+    model = find_local(name)
+    if model is not None:
+        return model
     path = Path(name).expanduser()
     if path.exists():  # any file or directory, listed or not
         backend = "mlx" if path.is_dir() else "llama.cpp"
@@ -111,21 +111,14 @@ def models_rm(name: str = typer.Argument(..., help="A hub-cache model from `pond
     if model.source != "hub":
         owner = {"ollama": "ollama rm", "lmstudio": "LM Studio"}.get(model.source, "your file manager")
         raise UsageError(f"{name} is not a download in the Hugging Face cache; remove it with {owner}")
-    from huggingface_hub import scan_cache_dir
+    from ponder.models import remove_from_hub
 
-    cache = scan_cache_dir()
-    repo_id = name.split("/")[0] + "/" + name.split("/")[1]
-    revisions = [rev.commit_hash for repo in cache.repos if repo.repo_id == repo_id for rev in repo.revisions]
-    if model.backend == "llama.cpp":  # one file of a GGUF repo: remove it and its blob
-        from ponder.download import remove_cached_file
+    freed = remove_from_hub(model.name)  # the name the cache scan gave, never a path built from `name`
+    print(f"removed {model.name} ({_size(freed)})")
 
-        remove_cached_file(model.path)
-        freed = model.size
-    else:
-        strategy = cache.delete_revisions(*revisions)
-        freed = strategy.expected_freed_size
-        strategy.execute()
-    print(f"removed {name} ({freed / GIB:.2f} GiB)")
+
+def _size(n: int) -> str:
+    return f"{n / GIB:.2f} GiB" if n >= GIB else f"{n / 2**20:.1f} MiB"
 
 
 def register(app: typer.Typer) -> None:
