@@ -139,10 +139,14 @@ def sha256_of(path: Path) -> str:
 
 
 def remove_cached_file(path: Path) -> None:
-    """A cache entry is a snapshot symlink to a blob: remove both."""
+    """A cache entry is a snapshot symlink to a blob: remove both (a link that leads out of
+    the cache loses only itself)."""
+    from huggingface_hub import constants
+
     blob = path.resolve()
     path.unlink(missing_ok=True)
-    blob.unlink(missing_ok=True)
+    if blob.is_relative_to(Path(constants.HF_HUB_CACHE).resolve()):
+        blob.unlink(missing_ok=True)
 
 
 def _describe(exc: BaseException) -> str:

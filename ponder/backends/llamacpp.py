@@ -32,9 +32,6 @@ from ponder.reasoning import OPEN_TAG
 from ponder.sampling import Sampler
 
 PROMPT_CHUNK = 512  # prompt tokens per decode call; cancellation is checked between chunks
-GGUF_MAGIC = b"GGUF"
-
-
 # llama.cpp logs through one process-wide callback. Keep recent lines for error messages;
 # echo them only when debugging. The callback object must stay referenced for C's sake.
 _log_lines: collections.deque[str] = collections.deque(maxlen=200)
@@ -78,17 +75,14 @@ def physical_cores() -> int:
 
 def check_gguf(path: str) -> None:
     """Fail early, with a plain message, on paths llama.cpp would reject with a log dump."""
+    from ponder.gguf_header import is_gguf
+
     p = Path(path)
     if not p.exists():
         raise ModelError(f"model not found: {path}")
     if p.is_dir():
         raise ModelError(f"{path} is a directory, not a GGUF file")
-    try:
-        with p.open("rb") as f:
-            magic = f.read(4)
-    except OSError as exc:
-        raise ModelError(f"cannot read {path}: {exc.strerror}") from exc
-    if magic != GGUF_MAGIC:
+    if not is_gguf(p):
         raise ModelError(f"{path} is not a GGUF file")
 
 
