@@ -30,6 +30,12 @@ def test_smollm2_on_mlx_answers_real_text(smollm2_mlx):
     assert result.stderr == b""  # nothing from transformers or mlx-lm leaks onto the terminal
 
 
+def test_options_mlx_cannot_honour_are_named(smollm2_mlx):
+    result = run_ponder("ask", "--model", smollm2_mlx, "--threads", "2", "--max-tokens", "2", "--no-log", "Hi")
+    assert result.returncode == 0, result.stderr
+    assert result.stderr.decode().startswith("ponder: note: the mlx backend ignores --threads here\n")
+
+
 def test_mlx_directory_selects_mlx_and_separates_reasoning(tiny_r1_mlx):
     result = run_ponder("ask", "--model", tiny_r1_mlx, "What is 12*7?")
     assert result.returncode == 0, result.stderr

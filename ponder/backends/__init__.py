@@ -35,6 +35,7 @@ INSTALL_HINTS = {
     MLX: "pip install 'ponder[mlx]'  (mlx-lm; on Linux it brings mlx[cpu])",
     LLAMA_CPP: "pip install 'ponder[llama]'  (llama-cpp-python)",
 }
+UPGRADE_HINTS = {MLX: "pip install -U mlx-lm", LLAMA_CPP: "pip install -U llama-cpp-python (or run scripts/install again)"}
 
 
 @lru_cache(maxsize=1)
@@ -53,11 +54,14 @@ def get_backend(name: str) -> Backend:
     module_name, _, class_name = target.partition(":")
     try:
         module = importlib.import_module(module_name)
-    except ImportError as exc:
+    except ModuleNotFoundError as exc:
         raise BackendError(
             f"the {name} backend is not installed here (no module {exc.name!r})",
             hint=INSTALL_HINTS.get(name),
         ) from exc
+    except ImportError as exc:  # installed, but without a name ponder uses: too old
+        raise BackendError(f"the installed {name} engine is too old for ponder ({exc})",
+                           hint=UPGRADE_HINTS.get(name)) from exc
     return getattr(module, class_name)()
 
 

@@ -25,9 +25,16 @@ class ModelInfo:
     name: str
     path: str
     backend: str
-    context: int  # the context window actually allocated
+    # The most tokens one call takes, prompt and generation together, as `stream` enforces it:
+    # a prompt of `context` tokens is refused, and generation stops when the two reach it.
+    # llama.cpp rounds the request up (to a multiple of 256) and this is what it allocated;
+    # MLX's cache grows as needed, so there it is the request itself.
+    context: int
     trained_context: int
     chat: ChatFormat
+    # LoadOptions fields the user set that this backend cannot honour, e.g. ("threads",) on MLX.
+    # Backends never print, so the front end tells the user.
+    ignored: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -52,7 +59,8 @@ class Model(Protocol):
         """Complete `prompt`: TextDelta events, then exactly one Finished.
 
         Checks `cancel` between tokens (and between prompt chunks) and then finishes
-        with reason "cancelled". Raises ContextOverflow if the prompt does not fit.
+        with reason "cancelled". Raises ContextOverflow if the prompt does not fit (see
+        ModelInfo.context), and BackendError, one line, if the engine fails.
         """
 
     def close(self) -> None: ...
@@ -71,7 +79,8 @@ class Backend(Protocol):
 
 
 def generation_budget(prompt_tokens: int, context: int, max_tokens: int) -> int:
-    """How many tokens may be generated after the prompt; refuses a prompt that does not fit."""
+    """How many tokens may be generated after the prompt; refuses a prompt that leaves no room
+    in `context` (ModelInfo.context) for one generated token."""
     if prompt_tokens >= context:
         raise ContextOverflow(
             f"the prompt is {prompt_tokens} tokens, but the context holds {context}",

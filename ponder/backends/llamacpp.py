@@ -171,6 +171,7 @@ class LlamaCppModel:
             context=lib.llama_n_ctx(self._ctx),
             trained_context=trained,
             chat=chat,
+            ignored=("gpu_layers",) if options.gpu_layers and not gpu_offload_supported() else (),  # a CPU build
         )
 
     # --- metadata -------------------------------------------------------------

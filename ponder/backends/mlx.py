@@ -16,6 +16,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import mlx.core as mx
+import mlx_lm
 from mlx_lm.generate import stream_generate
 from mlx_lm.models.cache import can_trim_prompt_cache, make_prompt_cache, trim_prompt_cache
 from mlx_lm.sample_utils import apply_top_p
@@ -23,7 +24,7 @@ from mlx_lm.utils import load as mlx_load
 
 from ponder.backends.base import BackendProbe, LoadOptions, ModelInfo, backend_stats, generation_budget, shared_prefix
 from ponder.config import DEFAULT_CONTEXT
-from ponder.errors import ModelError
+from ponder.errors import BackendError, ModelError
 from ponder.events import BackendEvent, Finished, GenerationParams, TextDelta
 from ponder.prompt import ChatFormat, is_reasoning_model
 from ponder.reasoning import OPEN_TAG
@@ -42,8 +43,6 @@ class MlxBackend:
 
     @staticmethod
     def probe() -> BackendProbe:
-        import mlx_lm
-
         metal = mx.metal.is_available()
         return BackendProbe(
             usable=True,
@@ -71,19 +70,42 @@ def check_model_dir(path: Path) -> None:
         raise ModelError(f"{path} has no tokenizer (tokenizer.json)", hint="the download may be incomplete")
 
 
-def _sampler(temperature: float, top_p: float):
+def _sampler(temperature: float, top_p: float, seed: int | None):
     """Temperature, then top-p, then a draw: the order Hugging Face, vLLM and ponder's
-    llama.cpp backend use (mlx-lm's make_sampler filters top-p before the temperature)."""
+    llama.cpp backend use (mlx-lm's make_sampler filters top-p before the temperature).
+
+    The draws take this call's own key, split at each step, not MLX's global random state:
+    so nothing else drawing or seeding meanwhile changes them, and they change nothing else."""
     if temperature <= 0:
         return lambda logprobs: mx.argmax(logprobs, axis=-1)
+    key = mx.random.key(seed if seed is not None else int.from_bytes(os.urandom(4), "little"))
 
     def sample(logprobs: mx.array) -> mx.array:
+        nonlocal key
+        key, draw = mx.random.split(key)
         scaled = logprobs * (1.0 / temperature)
         if top_p < 1.0:
             scaled = apply_top_p(scaled, top_p)
-        return mx.random.categorical(scaled)
+        return mx.random.categorical(scaled, key=draw)
 
     return sample
+
+
+def _ignored(options: LoadOptions) -> tuple[str, ...]:
+    """The options set that MLX has no counterpart for: it picks its own threads, has no
+    per-layer placement, and always uses its fused attention (so only turning that off is unmet)."""
+    unmet = {
+        "threads": options.threads is not None,
+        "gpu_layers": options.gpu_layers is not None,
+        "flash_attention": not options.flash_attention,
+    }
+    return tuple(name for name, missed in unmet.items() if missed)
+
+
+def _installed_mlx_lm_at_fault(exc: BaseException) -> bool:
+    """Whether a load failed in mlx-lm's own code rather than over the files: a call or name
+    this mlx-lm lacks, or an architecture it has no module for (a ValueError from an ImportError)."""
+    return isinstance(exc, (TypeError, AttributeError, ImportError)) or isinstance(exc.__cause__, ImportError)
 
 
 class _Cancelled(Exception):
@@ -98,6 +120,11 @@ class MlxModel:
         try:
             self._model, self._tokenizer, config = mlx_load(path, return_config=True)
         except Exception as exc:  # mlx-lm and the hub raise many kinds; each becomes one line
+            if _installed_mlx_lm_at_fault(exc):
+                raise BackendError(
+                    f"mlx-lm {mlx_lm.__version__} cannot load {path}: {_one_line(exc)}",
+                    hint="pip install -U mlx-lm",
+                ) from exc
             if not local.exists():
                 raise ModelError(
                     f"cannot fetch {path} from the Hugging Face hub: {_one_line(exc)}",
@@ -124,6 +151,7 @@ class MlxModel:
             context=options.context or min(DEFAULT_CONTEXT, trained),
             trained_context=trained,
             chat=chat,
+            ignored=_ignored(options),
         )
         self._cache = make_prompt_cache(self._model)
         self._cached: list[int] = []  # tokens whose keys and values are in the cache
@@ -140,9 +168,7 @@ class MlxModel:
         tokens = self.tokenize(prompt)
         budget = generation_budget(len(tokens), self.info.context, params.max_tokens)
         cancel = cancel or threading.Event()
-        mx.random.seed(params.seed if params.seed is not None else int.from_bytes(os.urandom(4), "little"))
         mx.reset_peak_memory()
-        new = self._reuse_cache(tokens)
 
         def check_cancel(done: int, total: int) -> None:
             if cancel.is_set() and done < total:
@@ -152,9 +178,10 @@ class MlxModel:
         reason = "length"
         first = last = started
         try:
+            new = self._reuse_cache(tokens)
             responses = stream_generate(
                 self._model, self._tokenizer, mx.array(new), max_tokens=budget,
-                sampler=_sampler(params.temperature, params.top_p), prompt_cache=self._cache,
+                sampler=_sampler(params.temperature, params.top_p, params.seed), prompt_cache=self._cache,
                 prefill_step_size=PROMPT_CHUNK, prompt_progress_callback=check_cancel,
             )
             for response in responses:
@@ -174,6 +201,10 @@ class MlxModel:
             responses.close()
         except _Cancelled:
             reason = "cancelled"
+        except Exception as exc:  # MLX raises plain ValueError, RuntimeError…: the user gets one line
+            # A failed step may leave the layers' caches uneven: the next call starts afresh.
+            self._cache = make_prompt_cache(self._model)
+            raise BackendError(f"MLX failed to generate: {_one_line(exc)}") from exc
         finally:
             self._settle_cache(tokens + generated)
         now = time.perf_counter()
