@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-GB = 10**9
+from ponder.plan import KNOWN_MODELS
 
 
 @dataclass(frozen=True)
@@ -27,20 +27,27 @@ class Artifact:
         return f"{self.repo}/{self.filename}" if self.filename else self.repo
 
 
-def _gguf(alias: str, size_gb: float, repo: str, stem: str, quant: str) -> Artifact:
-    return Artifact(alias, "llama.cpp", repo, f"{stem}-{quant}.gguf", int(size_gb * GB))
+# Names and sizes come from the model table `ponder plan` uses, so that the two cannot disagree.
+def _gguf(alias: str, model: str, quant: str) -> Artifact:
+    known = KNOWN_MODELS[model]
+    return Artifact(alias, "llama.cpp", f"bartowski/{known.name}-GGUF", f"{known.name}-{quant}.gguf",
+                    known.sizes[quant])
 
 
-R1_7B_GGUF = "bartowski/DeepSeek-R1-Distill-Qwen-7B-GGUF"
+def _mlx(alias: str, model: str, bits: str) -> Artifact:
+    known = KNOWN_MODELS[model]
+    return Artifact(alias, "mlx", f"mlx-community/{known.name}-{bits}", None, known.sizes[f"mlx-{bits}"])
+
+
 CATALOGUE = {a.alias: a for a in [
-    _gguf("r1-7b", 4.68, R1_7B_GGUF, "DeepSeek-R1-Distill-Qwen-7B", "Q4_K_M"),
-    _gguf("r1-7b:q5_k_m", 5.44, R1_7B_GGUF, "DeepSeek-R1-Distill-Qwen-7B", "Q5_K_M"),
-    _gguf("r1-7b:q6_k", 6.25, R1_7B_GGUF, "DeepSeek-R1-Distill-Qwen-7B", "Q6_K"),
-    _gguf("r1-7b:q8_0", 8.10, R1_7B_GGUF, "DeepSeek-R1-Distill-Qwen-7B", "Q8_0"),
-    Artifact("r1-7b-mlx", "mlx", "mlx-community/DeepSeek-R1-Distill-Qwen-7B-4bit", None, int(4.28 * GB)),
-    Artifact("r1-7b-mlx:8bit", "mlx", "mlx-community/DeepSeek-R1-Distill-Qwen-7B-8bit", None, int(8.10 * GB)),
-    _gguf("r1-1.5b", 1.12, "bartowski/DeepSeek-R1-Distill-Qwen-1.5B-GGUF", "DeepSeek-R1-Distill-Qwen-1.5B", "Q4_K_M"),
-    _gguf("r1-14b", 8.99, "bartowski/DeepSeek-R1-Distill-Qwen-14B-GGUF", "DeepSeek-R1-Distill-Qwen-14B", "Q4_K_M"),
+    _gguf("r1-7b", "7b", "Q4_K_M"),
+    _gguf("r1-7b:q5_k_m", "7b", "Q5_K_M"),
+    _gguf("r1-7b:q6_k", "7b", "Q6_K"),
+    _gguf("r1-7b:q8_0", "7b", "Q8_0"),
+    _mlx("r1-7b-mlx", "7b", "4bit"),
+    _mlx("r1-7b-mlx:8bit", "7b", "8bit"),
+    _gguf("r1-1.5b", "1.5b", "Q4_K_M"),
+    _gguf("r1-14b", "14b", "Q4_K_M"),
 ]}
 
 DEFAULTS = {"llama.cpp": "r1-7b", "mlx": "r1-7b-mlx"}

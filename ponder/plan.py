@@ -38,7 +38,7 @@ class KnownModel:
 
 GB = 10**9
 # The DeepSeek-R1 distills of Qwen2.5 (config.json of each): layers, KV heads, head dims, trained context;
-# sizes of the common GGUF quantizations and mlx-community conversions.
+# sizes of the common GGUF quantizations and mlx-community conversions (the catalogue's downloads too).
 KNOWN_MODELS = {
     "7b": KnownModel("DeepSeek-R1-Distill-Qwen-7B", Shape(28, 4, 128, 131072), {
         "Q4_K_M": int(4.68 * GB), "Q5_K_M": int(5.44 * GB), "Q6_K": int(6.25 * GB), "Q8_0": int(8.10 * GB),

@@ -3,8 +3,8 @@
 The rules serve the flags (cli/options.py), the config file and chat's `/set` alike.
 
 The config file is a flat TOML table of defaults for the commands that run a model.
-Precedence: built-in defaults < this file < environment variables < flags. The file's values
-reach the commands as click's `default_map`, which ranks exactly there.
+Precedence: built-in defaults < this file < environment variables < flags. The CLI hands the
+file's values to the commands as click defaults (cli/app.py), which rank exactly there.
 """
 
 from __future__ import annotations
@@ -21,7 +21,6 @@ from ponder.errors import UsageError
 CONFIG_ENV = "PONDER_CONFIG"
 Reasoning = Literal["show", "collapse", "hide"]  # how reasoning is shown (--reasoning, /think)
 REASONING = get_args(Reasoning)
-MODEL_COMMANDS = ("ask", "chat", "solve", "batch")
 
 # name -> (type, check, what a valid value is). Floats must be finite as well: `inf >= 0` holds,
 # and no sampler can use inf or nan.
@@ -152,11 +151,6 @@ def save(settings: dict, path: Path | None = None) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(FILE_HEADER + tomli_w.dumps(settings), encoding="utf-8")
     return path
-
-
-def default_map(settings: dict) -> dict:
-    """click defaults for each model command's parameters (the keys are their names)."""
-    return {command: dict(settings) for command in MODEL_COMMANDS}
 
 
 def _toml():

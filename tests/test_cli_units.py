@@ -127,3 +127,17 @@ def test_auto_prefers_mlx_only_on_apple_silicon(monkeypatch):
     monkeypatch.setattr(backends, "apple_silicon", lambda: True)
     assert backends.default_backend() == "mlx"  # mlx-lm is installed in the test environment
     assert backends.select_backend("./unknown-model") == "mlx"
+
+
+def test_chat_completes_every_slash_command_the_chat_answers_to():
+    from prompt_toolkit.completion import CompleteEvent
+    from prompt_toolkit.document import Document
+
+    from ponder.cli.chat_commands import COMMANDS
+    from ponder.cli.chat_input import command_completer
+
+    def completions(text: str) -> list[str]:
+        return [c.text for c in command_completer().get_completions(Document(text), CompleteEvent())]
+
+    assert completions("/") == list(COMMANDS)
+    assert completions("/q") == ["/quit"]

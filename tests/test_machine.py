@@ -31,7 +31,7 @@ def test_gpus_with_fields_that_are_not_numbers_are_skipped(tmp_path, monkeypatch
 
 def test_vram_counts_only_where_llama_cpp_can_offload(tmp_path, monkeypatch):
     import ponder.backends.llamacpp as llamacpp
-    from ponder.cli.loading import memory_budget
+    from ponder.fitting import memory_budget
 
     monkeypatch.setenv("PATH", fake_nvidia_smi(tmp_path / "bin", "NVIDIA Tiny, 2048, 100"))
     monkeypatch.delenv("PONDER_MEMORY_GIB", raising=False)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from ponder.catalogue import CATALOGUE
 from ponder.plan import GIB, KNOWN_MODELS, OVERHEAD_BYTES, kv_bytes_per_token, largest_context, plan
 from tests.support.cli import run_ponder
 
@@ -87,3 +88,16 @@ def test_a_bad_memory_cap_is_a_usage_error(smollm2, value):
     assert result.returncode == 2, err
     assert f"PONDER_MEMORY_GIB must be a number of GiB above 0, not {value!r}" in err and "Traceback" not in err
     assert result.stdout == b""
+
+
+@pytest.mark.parametrize("alias", sorted(CATALOGUE))
+def test_each_download_has_the_size_plan_uses(alias):
+    """The catalogue is built from the plan's table: a download's size is its model's, at its quantization."""
+    artifact = CATALOGUE[alias]
+    stem = artifact.repo.split("/")[1]  # "DeepSeek-R1-Distill-Qwen-7B-GGUF", "…-7B-4bit"
+    known = next(known for known in KNOWN_MODELS.values() if stem.startswith(known.name + "-"))
+    if artifact.filename:
+        quant = artifact.filename.removeprefix(known.name + "-").removesuffix(".gguf")
+    else:
+        quant = "mlx-" + stem.removeprefix(known.name + "-")
+    assert artifact.size == known.sizes[quant]

@@ -8,14 +8,17 @@ from __future__ import annotations
 
 import os
 import sys
+from typing import TextIO
 
 import typer
 
 from ponder import __version__
+from ponder.cli.terminal import Terminal
 from ponder.config import DEBUG_ENV
 from ponder.errors import PonderError, debugging
 
 EXIT_INTERRUPTED = 130
+MODEL_COMMANDS = ("ask", "chat", "solve", "batch")  # the commands the config file sets defaults for
 
 app = typer.Typer(
     name="ponder",
@@ -57,44 +60,53 @@ def _register_commands() -> None:
 _register_commands()
 
 
-def main(argv: list[str] | None = None) -> None:
-    """Console-script entry point. Bare `ponder` on a terminal opens the chat."""
+def main(argv: list[str] | None = None, term: Terminal | None = None) -> None:
+    """Console-script entry point. Bare `ponder` on a terminal opens the chat.
+
+    `term` stands in for the process's streams, for the commands and the error lines alike
+    (as httpie's Environment does): tests run a command in-process with one."""
     args = sys.argv[1:] if argv is None else argv
     if not args and sys.stdin.isatty() and sys.stdout.isatty():
         args = ["chat"]
     try:
-        app(args=args, prog_name="ponder", default_map=_config_defaults(args))
+        app(args=args, prog_name="ponder", default_map=_config_defaults(args), obj=term)
     except SystemExit as exc:
         if exc.code == EXIT_INTERRUPTED:  # typer turns Ctrl-C into this exit code, silently
-            print("\nponder: interrupted", file=sys.stderr)
+            print("\nponder: interrupted", file=_stderr(term))
         raise
     except PonderError as exc:
         message = f"ponder: error: {exc.message}"
         if exc.hint:
             message += f"\n  hint: {exc.hint}"
-        _fail(message, exc, exc.exit_code)
+        _fail(message, exc, exc.exit_code, _stderr(term))
     except Exception as exc:  # a bug or an unforeseen failure: still one line unless debugging
-        _fail(f"ponder: unexpected error: {type(exc).__name__}: {exc}\n  (run with --debug for the traceback)", exc, 1)
+        _fail(f"ponder: unexpected error: {type(exc).__name__}: {exc}\n  (run with --debug for the traceback)", exc, 1,
+              _stderr(term))
 
 
 def _config_defaults(args: list[str]) -> dict | None:
     """The config file's settings as click defaults (below env and flags), for the commands that
     run a model alone: a broken file must stop neither `ponder config` repairing it, nor the rest."""
-    from ponder.settings import MODEL_COMMANDS, default_map, load
+    from ponder.settings import load
 
     command = next((arg for arg in args if not arg.startswith("-")), None)  # global options take no value
     if command not in MODEL_COMMANDS or any(a in ("-h", "--help", "--version") for a in args):
         return None  # help shows the built-in defaults, and stays fast
-    return default_map(load())
+    settings = load()
+    return {name: dict(settings) for name in MODEL_COMMANDS}  # the keys are the commands' parameter names
 
 
-def _fail(message: str, exc: BaseException, code: int) -> None:
+def _stderr(term: Terminal | None) -> TextIO:
+    return term.stderr if term else sys.stderr  # read when needed: click may have swapped sys.stderr
+
+
+def _fail(message: str, exc: BaseException, code: int, stderr: TextIO) -> None:
     if debugging():
         import traceback
 
-        traceback.print_exception(exc, file=sys.stderr)
+        traceback.print_exception(exc, file=stderr)
     try:
-        print(message, file=sys.stderr)
+        print(message, file=stderr)
     except OSError:
         pass
     sys.exit(code)

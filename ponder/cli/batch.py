@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 from pathlib import Path
-from typing import Optional
+from typing import Optional, TextIO
 
 import typer
 
@@ -51,6 +50,7 @@ def finished_results(path: Path) -> list[dict]:
 
 
 def batch(
+    invocation: typer.Context,  # carries an injected Terminal
     input: str = typer.Argument("-", help="JSON lines file of tasks, or - for stdin."),
     output: Optional[Path] = typer.Option(
         None, "--output", "-o", help="Results file; rerunning with it skips tasks already done. [default: stdout]",
@@ -76,13 +76,14 @@ def batch(
     """
     from ponder.cli.run import Run
 
-    run = Run.start(temperature=temperature, top_p=top_p, max_tokens=max_tokens, seed=seed)
+    run = Run.start(invocation=invocation, temperature=temperature, top_p=top_p, max_tokens=max_tokens, seed=seed)
     tasks = read_tasks(_read_input(input, run.term))
     done = finished_results(output) if output else []
     done_ids = {result.get("id") for result in done}
     todo = [task for task in tasks if task["id"] not in done_ids]
     if done:
-        print(f"ponder: resuming: {len(tasks) - len(todo)} of {len(tasks)} tasks already in {output}", file=sys.stderr)
+        print(f"ponder: resuming: {len(tasks) - len(todo)} of {len(tasks)} tasks already in {output}",
+              file=run.term.stderr)
     results = [r for r in done if r.get("id") in {t["id"] for t in tasks}]
     if todo:
         loaded = run.load(model, backend, ctx, threads)
@@ -97,7 +98,7 @@ def batch(
         finally:
             if output:
                 sink.close()
-    _report_accuracy(results)
+    _report_accuracy(results, run.term.stderr)
 
 
 def _read_input(source: str, term) -> list[str]:
@@ -145,11 +146,11 @@ def _write_result(sink, result: dict) -> None:
         pass  # a pipe or terminal: nothing to sync
 
 
-def _report_accuracy(results: list[dict]) -> None:
+def _report_accuracy(results: list[dict], err: TextIO) -> None:
     scored = [r["pass@1"] for r in results if "pass@1" in r]
     if scored:
         accuracy = sum(scored) / len(scored)
-        print(f"accuracy (pass@1): {accuracy:.1%} over {len(scored)} problems", file=sys.stderr)
+        print(f"accuracy (pass@1): {accuracy:.1%} over {len(scored)} problems", file=err)
 
 
 class _progress:

@@ -9,9 +9,6 @@ import typer
 from ponder.cli.options import ModelOptions, OutputOptions, SamplingOptions
 from ponder.settings import Reasoning
 
-CONTEXT_WARNING = 0.8  # warn once the conversation fills this share of the context
-
-
 def chat(
     invocation: typer.Context,  # tells where --reasoning came from
     model: Optional[str] = ModelOptions.model,
@@ -37,61 +34,38 @@ def chat(
     run = Run.start(debug, reasoning, show_reasoning, hide_reasoning, invocation=invocation,
                     temperature=temperature, top_p=top_p, max_tokens=max_tokens, seed=seed)
     repl = ChatRepl(run, log=not no_log)
-    repl.open_conversation(resume, resume_last)  # before loading: a bad ID fails fast
-    repl.model = run.load(model, backend, ctx, threads)
-    repl.conversation.model = repl.conversation.model or repl.model.info.name
+    repl.chat.resume(resume, resume_last)  # before loading: a bad ID fails fast
+    repl.chat.use(run.load(model, backend, ctx, threads))
     repl.loop()
 
 
 class ChatRepl:
+    """The terminal side of a chat: input, commands, replies shown; the conversation itself is
+    ponder.conversation.Chat."""
+
     def __init__(self, run, log: bool):
         from rich.console import Console
 
-        from ponder.history import Conversation
+        from ponder.conversation import Chat
 
         self.run = run
         self.console = Console(file=run.term.stdout, force_terminal=run.term.stdout_is_tty,
                                no_color=not run.term.color, highlight=False)
-        self.history = _open_history(self.console) if log else None
-        self.conversation = Conversation()
-        self.model = None
-        self.last_stats = None
-        self.pending = ""  # a message that did not fit, offered again at the next prompt
+        self.chat = Chat(_open_history(run.term) if log else None, "chat")
+        self.pending = ""  # a message to offer again at the next prompt (its turn failed)
         self.running = True
 
-    # --- conversation ---------------------------------------------------------------
+    # The conversation's parts, as the slash commands use them.
+    model = property(lambda self: self.chat.model, lambda self, model: self.chat.use(model))
+    conversation = property(lambda self: self.chat.conversation)
+    history = property(lambda self: self.chat.history)
+    last_stats = property(lambda self: self.chat.last_stats)
 
-    def open_conversation(self, resume: int | None, resume_last: bool) -> None:
-        from ponder.errors import UsageError
-
-        if resume is None and not resume_last:
-            return
-        if self.history is None:
-            raise UsageError("--continue and --resume read the history, which --no-log turns off")
-        conversation_id = resume if resume is not None else self.history.last_chat()
-        loaded = self.history.load(conversation_id) if conversation_id is not None else None
-        if loaded is None:
-            raise UsageError(f"no conversation {resume}" if resume is not None else "no earlier conversation to continue",
-                             hint="`ponder history` lists them")
-        self.conversation = loaded
-
-    def store(self, turn) -> None:
-        """Keep `turn` in the conversation and the history; a failing history only warns."""
-        import sqlite3
-
-        self.conversation.turns.append(turn)
-        if self.history is None:
-            return
-        try:
-            self.history.add_turn(self.conversation, turn, "chat", self.model.info.backend)
-        except (sqlite3.Error, OSError) as exc:
-            self.history = None
-            self.note(f"warning: history is off from here on: {exc}", "yellow")
+    def context_used(self) -> int:
+        return self.chat.context_used()
 
     def drop_last(self) -> None:
-        turn = self.conversation.turns.pop()
-        if self.history is not None:
-            self.history.remove_turn(turn)
+        self.chat.drop_last()
 
     # --- the loop -----------------------------------------------------------------------
 
@@ -132,7 +106,7 @@ class ChatRepl:
     def ask(self, text: str) -> None:
         from ponder.history import Turn
 
-        self.store(Turn("user", text))
+        self.kept(self.chat.add(Turn("user", text)))
         self.generate()
 
     def generate(self) -> None:
@@ -140,48 +114,34 @@ class ChatRepl:
         from ponder.cli.render import make_renderer
         from ponder.cli.stream import show_reply
         from ponder.errors import ContextOverflow
-        from ponder.history import Turn
-        from ponder.session import generate_reply
 
         recorder = RecordingRenderer(make_renderer(self.run.term, self.run.mode, self.model.info))
-        events = generate_reply(self.model, self.conversation.messages(), self.run.params)
         try:
-            reply = show_reply(events, recorder)
+            reply = show_reply(self.chat.reply(self.run.params), recorder, self.run.term)
         except KeyboardInterrupt:
-            self.store(Turn("assistant", recorder.answer_text.strip(), recorder.reasoning_text, "cancelled"))
+            self.kept(self.chat.interrupted(recorder.answer_text.strip(), recorder.reasoning_text))
             self.note("[interrupted]")
             return
         except ContextOverflow as exc:
-            self.take_back_message()
+            self.pending = self.chat.take_back()
             self.note(f"{exc.message}. Your message is back in the input line; /clear starts a new conversation.",
                       "red")
             return
         except Exception as exc:  # the turn failed, not the session: report it and keep what was typed
-            self.take_back_message()
-            self.note(f"error: {describe_error(exc)}. Your message is back in the input line.", "red")
+            self.pending = self.chat.take_back()
+            self.note(f"error: {describe_error(exc, self.run.term)}. Your message is back in the input line.", "red")
             return
-        self.store(Turn.from_reply(reply))
-        self.last_stats = reply.stats
+        self.kept(self.chat.replied(reply))
         if reply.finish_reason == "length":
             self.note("[stopped at the token limit: /set max_tokens N raises it]")
-        self.warn_if_context_nearly_full()
-
-    def take_back_message(self) -> None:
-        """Drop the unanswered user turn and offer its text again at the next prompt."""
-        if self.conversation.turns and self.conversation.turns[-1].role == "user":
-            self.pending = self.conversation.turns[-1].content
-            self.drop_last()
-
-    def context_used(self) -> int:
-        stats = self.last_stats
-        return stats.prompt_tokens + stats.reasoning_tokens + stats.answer_tokens if stats else 0
-
-    def warn_if_context_nearly_full(self) -> None:
-        total = self.model.info.context
-        used = self.context_used()
-        if used >= CONTEXT_WARNING * total:
+        if self.chat.nearly_full():
+            total, used = self.model.info.context, self.chat.context_used()
             self.note(f"warning: the context is {used / total:.0%} full ({used} of {total} tokens); "
                       "/clear starts a new conversation", "yellow")
+
+    def kept(self, stored: bool) -> None:
+        if not stored:
+            self.note(f"warning: history is off from here on: {self.chat.history_error}", "yellow")
 
     def note(self, text: str, style: str = "dim") -> None:
         """A line of ponder's own (never parsed as markup: it may quote the user)."""
@@ -210,7 +170,7 @@ class RecordingRenderer:
         self.inner.finish(reply)
 
 
-def describe_error(exc: Exception) -> str:
+def describe_error(exc: Exception, term) -> str:
     """One line for a failed turn (a bug's traceback too, under --debug)."""
     from ponder.errors import PonderError, debugging
 
@@ -219,11 +179,11 @@ def describe_error(exc: Exception) -> str:
     if debugging():
         import traceback
 
-        traceback.print_exception(exc)
+        traceback.print_exception(exc, file=term.stderr)
     return f"unexpected {type(exc).__name__}: {exc}"
 
 
-def _open_history(console):
+def _open_history(term):
     from ponder.errors import PonderError
     from ponder.history import History
 
@@ -231,7 +191,7 @@ def _open_history(console):
         return History()
     except (PonderError, OSError) as exc:
         message = exc.message if isinstance(exc, PonderError) else str(exc)
-        console.print(f"warning: history is off: {message}", style="yellow", stderr=True)
+        term.stderr.write(f"ponder: warning: history is off: {message}\n")
         return None
 
 

@@ -47,10 +47,7 @@ def _exit(repl, _args: str) -> None:
 
 
 def _clear(repl, _args: str) -> None:
-    from ponder.history import Conversation
-
-    repl.conversation = Conversation(model=repl.model.info.name)
-    repl.last_stats = None
+    repl.chat.clear()
     repl.note("new conversation")
 
 

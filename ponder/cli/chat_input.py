@@ -10,7 +10,6 @@ from __future__ import annotations
 import os
 
 BLOCK = '"""'
-COMMANDS = ["/help", "/clear", "/retry", "/think", "/set", "/stats", "/save", "/history", "/model", "/exit"]
 
 
 class ChatInput:
@@ -51,7 +50,6 @@ class ChatInput:
     @staticmethod
     def _prompt_session():
         from prompt_toolkit import PromptSession
-        from prompt_toolkit.completion import WordCompleter
         from prompt_toolkit.history import FileHistory
         from prompt_toolkit.key_binding import KeyBindings
 
@@ -69,7 +67,16 @@ class ChatInput:
             os.close(os.open(path, os.O_CREAT | os.O_WRONLY, 0o600))
         return PromptSession(
             history=FileHistory(str(path)),
-            completer=WordCompleter(COMMANDS, sentence=True),
+            completer=command_completer(),
             key_bindings=bindings,
             complete_while_typing=False,
         )
+
+
+def command_completer():
+    """Tab completion of the slash commands: the names the command handlers answer to."""
+    from prompt_toolkit.completion import WordCompleter
+
+    from ponder.cli.chat_commands import COMMANDS
+
+    return WordCompleter(list(COMMANDS), sentence=True)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import stat
-import sys
 
 from ponder.cli.terminal import Terminal
 from ponder.errors import UsageError
@@ -30,7 +29,7 @@ def read_stdin(term: Terminal) -> str:
         raise UsageError("stdin holds binary data (NUL bytes); ponder reads text", hint="pipe in text, not a binary file")
     text = data.decode("utf-8", errors="replace")
     if "\ufffd" in text and b"\xef\xbf\xbd" not in data:
-        print("ponder: warning: stdin is not valid UTF-8; undecodable bytes were replaced", file=sys.stderr)
+        print("ponder: warning: stdin is not valid UTF-8; undecodable bytes were replaced", file=term.stderr)
     return text
 
 

@@ -22,13 +22,14 @@ class Run:
     def start(cls, debug: bool = False, reasoning: ReasoningMode = "collapse", show_reasoning: bool = False,
               hide_reasoning: bool = False, json: bool = False, jsonl: bool = False, invocation=None,
               **sampling) -> Run:
-        """`invocation`: the command's typer context (whether --reasoning was given as a flag)."""
+        """`invocation`: the command's typer context: whether --reasoning was given as a flag, and the
+        Terminal that `ponder.cli.app.main` was handed, if any (the process's own otherwise)."""
         if debug:
             from ponder.cli.app import enable_debug
 
             enable_debug()
         return cls(
-            term=Terminal.from_system(),
+            term=(invocation and invocation.find_object(Terminal)) or Terminal.from_system(),
             mode=reasoning_mode(reasoning, show_reasoning, hide_reasoning, invocation),
             output=output_format(json, jsonl),
             params=GenerationParams(**sampling),
@@ -51,7 +52,7 @@ class Run:
         from ponder.session import generate_reply
 
         events = generate_reply(model, [Message("user", user_text)], self.params)
-        return show_reply(events, make_renderer(self.term, self.mode, model.info, self.output))
+        return show_reply(events, make_renderer(self.term, self.mode, model.info, self.output), self.term)
 
     def sample(self, model: Model, user_text: str, index: int) -> Reply:
         """One of several independent samples, unshown; seeds step by one from --seed."""
@@ -67,20 +68,22 @@ class Run:
             return
         import sqlite3
 
+        from ponder.conversation import Chat
         from ponder.errors import PonderError
-        from ponder.history import Conversation, History, Turn
+        from ponder.history import History, Turn
 
         try:
-            store = History()
-            conversation = Conversation(model=model.info.name)
-            for turn in (Turn("user", user_text), Turn.from_reply(reply)):
-                store.add_turn(conversation, turn, "ask", model.info.backend)
-            store.close()
+            chat = Chat(History(), "ask")
         except (PonderError, OSError, sqlite3.Error) as exc:
             print(f"ponder: warning: not logged to the history: {exc}", file=self.term.stderr)
+            return
+        chat.use(model)
+        if not (chat.add(Turn("user", user_text)) and chat.replied(reply)):
+            print(f"ponder: warning: not logged to the history: {chat.history_error}", file=self.term.stderr)
+        if chat.history is not None:
+            chat.history.close()
 
-    @staticmethod
-    def report(reply: Reply | None, stats: bool) -> None:
+    def report(self, reply: Reply | None, stats: bool) -> None:
         from ponder.cli.stream import report
 
-        report(reply, stats)
+        report(reply, stats, self.term.stderr)

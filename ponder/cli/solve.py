@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import sys
 from typing import Optional
 
 import typer
@@ -58,7 +57,7 @@ def solve(
     if answer_only and run.output == "text":
         if vote.winner is None:
             raise PonderError("the model gave no \\boxed{} answer", hint="run without --answer-only to see the whole reply")
-        print(vote.winner)
+        print(vote.winner, file=run.term.stdout)
         return
     if run.output == "text":
         _show_vote(run, vote, samples)
@@ -81,7 +80,7 @@ def _vote(run, loaded, text: str, samples: int, stats: bool):
             write_json_line(run.term.stdout, {"type": "sample", "index": index, **reply_json(reply, loaded.info)})
         elif samples > 1 and run.output == "text":
             print(f"sample {index + 1}/{samples}: {answers[-1] if answers[-1] is not None else '(no answer)'}",
-                  file=sys.stderr)
+                  file=run.term.stderr)
     vote = majority_vote(answers)
     summary = {"winner": vote.winner, "counts": [[a, n] for a, n in vote.counts], "missing": vote.missing}
     if run.output == "json":
@@ -111,11 +110,11 @@ def _show_final_answer(run, answer: str) -> None:
 
     boxed = extract_boxed(answer)
     if boxed is None:
-        print("ponder: note: the answer has no \\boxed{} final answer", file=sys.stderr)
+        print("ponder: note: the answer has no \\boxed{} final answer", file=run.term.stderr)
     elif run.term.stdout_is_tty:
         _answer_panel(run, boxed, subtitle=None)
     else:
-        print(f"Answer: {boxed}")
+        print(f"Answer: {boxed}", file=run.term.stdout)
 
 
 def _show_vote(run, vote, samples: int) -> None:
@@ -123,13 +122,13 @@ def _show_vote(run, vote, samples: int) -> None:
     if vote.missing:
         split += f", no answer ×{vote.missing}"
     if vote.winner is None:
-        print("ponder: no sample gave a \\boxed{} answer", file=sys.stderr)
+        print("ponder: no sample gave a \\boxed{} answer", file=run.term.stderr)
         raise typer.Exit(EXIT_NO_ANSWER)
     if run.term.stdout_is_tty:
         _answer_panel(run, vote.winner, subtitle=f"Votes ({samples} samples): {split}")
     else:
-        print(f"Answer: {vote.winner}")
-        print(f"Votes ({samples} samples): {split}")
+        print(f"Answer: {vote.winner}", file=run.term.stdout)
+        print(f"Votes ({samples} samples): {split}", file=run.term.stdout)
 
 
 def _answer_panel(run, answer: str, subtitle: str | None) -> None:

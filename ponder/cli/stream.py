@@ -2,20 +2,20 @@
 
 from __future__ import annotations
 
-import os
-import sys
 from collections.abc import Iterator
+from typing import TextIO
 
 import typer
 
 from ponder.cli.render import Renderer
+from ponder.cli.terminal import Terminal
 from ponder.events import AnswerDelta, ReasoningDelta, ReasoningDone, Reply, ReplyEvent, Stats
 
 EXIT_BROKEN_PIPE = 141
 
 
-def show_reply(events: Iterator[ReplyEvent], renderer: Renderer) -> Reply | None:
-    """Render `events`; returns the finished Reply. Ctrl-C and a closed stdout stop the
+def show_reply(events: Iterator[ReplyEvent], renderer: Renderer, term: Terminal) -> Reply | None:
+    """Render `events` on `term`; returns the finished Reply. Ctrl-C and a closed stdout stop the
     generation, leave the screen clean and exit (130, 141)."""
     reply = None
     try:
@@ -31,8 +31,7 @@ def show_reply(events: Iterator[ReplyEvent], renderer: Renderer) -> Reply | None
         renderer.finish(reply)
     except BrokenPipeError:
         _stop(events, renderer)
-        # Whatever is still buffered for the closed pipe must not fail again at exit.
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        term.silence_stdout()
         raise typer.Exit(EXIT_BROKEN_PIPE) from None
     except BaseException:  # Ctrl-C, a prompt too long for the context…: stop cleanly, then report
         _stop(events, renderer)
@@ -60,18 +59,18 @@ def collect_reply(events: Iterator[ReplyEvent]) -> Reply:
     return reply
 
 
-def report(reply: Reply | None, stats: bool) -> None:
-    """The closing lines on stderr: a cut-off warning, and figures when asked for."""
+def report(reply: Reply | None, stats: bool, err: TextIO) -> None:
+    """The closing lines on `err` (stderr): a cut-off warning, and figures when asked for."""
     if reply is None:
         return
     if reply.finish_reason == "length":
         print(
             f"ponder: warning: stopped after {reply.stats.reasoning_tokens + reply.stats.answer_tokens} tokens "
             "(the --max-tokens budget or the context is used up)",
-            file=sys.stderr,
+            file=err,
         )
     if stats:
-        print(format_stats(reply.stats), file=sys.stderr)
+        print(format_stats(reply.stats), file=err)
 
 
 def format_stats(stats: Stats) -> str:

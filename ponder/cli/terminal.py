@@ -39,6 +39,17 @@ class Terminal:
             color=not os.environ.get("NO_COLOR"),
         )
 
+    def silence_stdout(self) -> None:
+        """After stdout's reader went away: point its descriptor at /dev/null, so that what is
+        still buffered for the closed pipe cannot fail again at exit."""
+        try:
+            fd = self.stdout.fileno()
+        except (AttributeError, OSError, ValueError):  # not a file (a test's StringIO): nothing to silence
+            return
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, fd)
+        os.close(devnull)
+
 
 def disable_echo(term: Terminal) -> Callable[[], None]:
     """Stop the terminal echoing keys while a live view is drawn; returns the undo.
