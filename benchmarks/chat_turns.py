@@ -22,9 +22,9 @@ def message(turn: int) -> str:
 
 
 def conversation_run(model, turns: int, reply_tokens: int) -> tuple[list[float], list, int]:
-    from ponder.cli.stream import collect_reply
+    from ponder.exchange import collect_reply
     from ponder.events import GenerationParams, Message
-    from ponder.session import generate_reply
+    from ponder.exchange import generate_reply
 
     params = GenerationParams(max_tokens=reply_tokens, seed=1)
     messages: list[Message] = []
@@ -47,9 +47,9 @@ def main() -> None:
     args = parser.parse_args()
 
     from ponder.backends import LoadOptions, get_backend, select_backend
-    from ponder.cli.stream import collect_reply
+    from ponder.exchange import collect_reply
     from ponder.events import GenerationParams
-    from ponder.session import generate_reply
+    from ponder.exchange import generate_reply
 
     if args.model is None:
         from tests.support.packages import smollm2_gguf

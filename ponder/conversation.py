@@ -13,7 +13,7 @@ from ponder.backends.base import Model
 from ponder.errors import UsageError
 from ponder.events import GenerationParams, Reply, ReplyEvent
 from ponder.history import Conversation, History, Turn
-from ponder.session import generate_reply
+from ponder.exchange import generate_reply
 
 CONTEXT_WARNING = 0.8  # a conversation this full of the context is worth a warning
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 
-from ponder.config import DEBUG_ENV
+from ponder.defaults import DEBUG_ENV
 
 
 class PonderError(Exception):
@@ -34,6 +34,10 @@ class BackendError(PonderError):
 
 class ContextOverflow(UsageError):
     """The prompt does not fit in the context window."""
+
+
+def enable_debug() -> None:
+    os.environ[DEBUG_ENV] = "1"  # read by backends as they are imported
 
 
 def debugging() -> bool:

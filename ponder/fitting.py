@@ -8,7 +8,7 @@ import os
 from dataclasses import dataclass, replace
 
 from ponder.backends import LLAMA_CPP, LoadOptions
-from ponder.config import DEFAULT_CONTEXT, MEMORY_ENV
+from ponder.defaults import DEFAULT_CONTEXT, MEMORY_ENV
 from ponder.errors import UsageError
 
 

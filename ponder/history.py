@@ -16,7 +16,7 @@ from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from ponder.config import DATA_DIR_ENV
+from ponder.defaults import DATA_DIR_ENV
 from ponder.errors import PonderError
 from ponder.events import Message, Reply
 

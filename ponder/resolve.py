@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import os
 
-from ponder.config import MODEL_ENV
+from ponder.defaults import MODEL_ENV
 from ponder.errors import ModelError
 
 

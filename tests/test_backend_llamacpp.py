@@ -15,7 +15,7 @@ from ponder.events import (
 )
 from ponder.prompt import render_prompt
 from ponder.reasoning import extract_boxed
-from ponder.session import generate_reply
+from ponder.exchange import generate_reply
 from tests.support.tiny_r1 import TRAINING_PAIRS
 from tests.test_backend_contract import complete
 

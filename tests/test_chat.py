@@ -174,9 +174,9 @@ def test_turn_two_sends_no_reasoning_from_turn_one(tiny_r1):
     """Drive the REPL with piped input and a real model; look at every prompt it sent."""
     from ponder.backends.base import LoadOptions
     from ponder.backends.llamacpp import LlamaCppModel
-    from ponder.cli.chat import ChatRepl
-    from ponder.cli.run import Run
-    from ponder.cli.terminal import Terminal
+    from ponder.cli.chat.repl import ChatRepl
+    from ponder.cli.commands.model_run import Run
+    from ponder.cli.views.terminal import Terminal
     from ponder.events import GenerationParams
 
     model = LlamaCppModel(tiny_r1, LoadOptions(context=2048))
@@ -286,9 +286,9 @@ def test_a_failed_turn_is_reported_and_the_chat_goes_on(tiny_r1):
     """A runtime failure in one turn (here the backend raising mid-reply) ends that turn only."""
     from ponder.backends.base import LoadOptions
     from ponder.backends.llamacpp import LlamaCppModel
-    from ponder.cli.chat import ChatRepl
-    from ponder.cli.run import Run
-    from ponder.cli.terminal import Terminal
+    from ponder.cli.chat.repl import ChatRepl
+    from ponder.cli.commands.model_run import Run
+    from ponder.cli.views.terminal import Terminal
     from ponder.errors import BackendError
     from ponder.events import GenerationParams
 

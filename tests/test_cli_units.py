@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from ponder.cli.inputs import user_prompt
-from ponder.cli.terminal import Terminal
+from ponder.cli.commands.user_input import user_prompt
+from ponder.cli.views.terminal import Terminal
 from ponder.errors import UsageError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -133,8 +133,8 @@ def test_chat_completes_every_slash_command_the_chat_answers_to():
     from prompt_toolkit.completion import CompleteEvent
     from prompt_toolkit.document import Document
 
-    from ponder.cli.chat_commands import COMMANDS
-    from ponder.cli.chat_input import command_completer
+    from ponder.cli.chat.slash_commands import COMMANDS
+    from ponder.cli.chat.line_input import command_completer
 
     def completions(text: str) -> list[str]:
         return [c.text for c in command_completer().get_completions(Document(text), CompleteEvent())]

@@ -5,28 +5,19 @@ to end; this finds the culprit in a second."""
 
 from __future__ import annotations
 
-import ast
 import re
 import sys
 from importlib.metadata import packages_distributions
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
+from tests.support.imports import ROOT, all_modules, imports_of
 
 
 def imported_modules() -> dict[str, set[str]]:
     """Top-level modules imported anywhere in ponder/ (lazy imports inside functions too) -> files."""
     found: dict[str, set[str]] = {}
-    for path in (ROOT / "ponder").rglob("*.py"):
-        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
-            if isinstance(node, ast.Import):
-                names = [alias.name for alias in node.names]
-            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
-                names = [node.module]
-            else:
-                continue
-            for name in names:
-                found.setdefault(name.split(".")[0], set()).add(str(path.relative_to(ROOT)))
+    for name, path in all_modules().items():
+        for imported in imports_of(path):
+            found.setdefault(imported.split(".")[0], set()).add(name)
     return found
 
 

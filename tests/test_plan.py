@@ -73,7 +73,7 @@ def test_ask_picks_a_context_that_fits(smollm2):
 
 
 def test_plan_options_name_every_model_and_cache_type():
-    from ponder.cli.plan import KV_TYPES, MODELS
+    from ponder.cli.commands.plan_command import KV_TYPES, MODELS
     from ponder.plan import KV_BYTES
 
     assert set(MODELS) == set(KNOWN_MODELS) and set(KV_TYPES) == set(KV_BYTES)

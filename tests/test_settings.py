@@ -87,7 +87,7 @@ def test_non_finite_flags_are_usage_errors(tmp_path, option, value):
 @pytest.mark.parametrize("line", ["/set temperature nan", "/set temperature inf", "/set top_p nan",
                                   "/set max_tokens 0", "/set seed 1.5"])
 def test_chat_set_refuses_what_the_validator_refuses(line):
-    from ponder.cli.chat_commands import run_command
+    from ponder.cli.chat.slash_commands import run_command
     from ponder.events import GenerationParams
 
     notes = []
@@ -99,7 +99,7 @@ def test_chat_set_refuses_what_the_validator_refuses(line):
 
 
 def test_chat_set_accepts_good_values():
-    from ponder.cli.chat_commands import run_command
+    from ponder.cli.chat.slash_commands import run_command
     from ponder.events import GenerationParams
 
     repl = SimpleNamespace(run=SimpleNamespace(params=GenerationParams()), note=lambda text, style="dim": None)

@@ -10,7 +10,7 @@ import os
 import pytest
 
 from ponder.cli.app import main
-from ponder.cli.terminal import Terminal
+from ponder.cli.views.terminal import Terminal
 
 
 @pytest.fixture(autouse=True)

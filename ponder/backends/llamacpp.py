@@ -24,7 +24,7 @@ import llama_cpp as lib
 import numpy as np
 
 from ponder.backends.base import BackendProbe, LoadOptions, ModelInfo, backend_stats, generation_budget, shared_prefix
-from ponder.config import DEFAULT_CONTEXT
+from ponder.defaults import DEFAULT_CONTEXT
 from ponder.errors import BackendError, ModelError, debugging
 from ponder.events import BackendEvent, Finished, GenerationParams, TextDelta
 from ponder.prompt import ChatFormat, is_reasoning_model

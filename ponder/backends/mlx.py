@@ -23,7 +23,7 @@ from mlx_lm.sample_utils import apply_top_p
 from mlx_lm.utils import load as mlx_load
 
 from ponder.backends.base import BackendProbe, LoadOptions, ModelInfo, backend_stats, generation_budget, shared_prefix
-from ponder.config import DEFAULT_CONTEXT
+from ponder.defaults import DEFAULT_CONTEXT
 from ponder.errors import BackendError, ModelError
 from ponder.events import BackendEvent, Finished, GenerationParams, TextDelta
 from ponder.prompt import ChatFormat, is_reasoning_model

@@ -13,9 +13,9 @@ from typing import TextIO
 import typer
 
 from ponder import __version__
-from ponder.cli.terminal import Terminal
-from ponder.config import DEBUG_ENV
-from ponder.errors import PonderError, debugging
+from ponder.cli.views.terminal import Terminal
+from ponder.defaults import DEBUG_ENV
+from ponder.errors import PonderError, debugging, enable_debug
 
 EXIT_INTERRUPTED = 130
 MODEL_COMMANDS = ("ask", "chat", "solve", "batch")  # the commands the config file sets defaults for
@@ -46,14 +46,13 @@ def _main(
         enable_debug()
 
 
-def enable_debug() -> None:
-    os.environ[DEBUG_ENV] = "1"  # read by backends as they are imported
-
-
 def _register_commands() -> None:
-    from ponder.cli import ask, backends, batch, chat, config, doctor, history, models, plan, pull, solve
+    from ponder.cli.commands import (ask_command, backends_command, batch_command, chat_command, config_command,
+                                     doctor_command, history_command, models_command, plan_command, pull_command,
+                                     solve_command)
 
-    for command in (ask, chat, solve, batch, history, pull, models, plan, backends, doctor, config):
+    for command in (ask_command, chat_command, solve_command, batch_command, history_command, pull_command,
+                    models_command, plan_command, backends_command, doctor_command, config_command):
         command.register(app)
 
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 
 from ponder.backends import LoadOptions, Model
-from ponder.cli.options import output_format, reasoning_mode
-from ponder.cli.render import OutputFormat, ReasoningMode
-from ponder.cli.terminal import Terminal
+from ponder.cli.commands.options import output_format, reasoning_mode
+from ponder.cli.views.render import OutputFormat, ReasoningMode
+from ponder.cli.views.terminal import Terminal
 from ponder.events import GenerationParams, Message, Reply
 
 
@@ -25,7 +25,7 @@ class Run:
         """`invocation`: the command's typer context: whether --reasoning was given as a flag, and the
         Terminal that `ponder.cli.app.main` was handed, if any (the process's own otherwise)."""
         if debug:
-            from ponder.cli.app import enable_debug
+            from ponder.errors import enable_debug
 
             enable_debug()
         return cls(
@@ -36,28 +36,28 @@ class Run:
         )
 
     def prompt(self, argument: str | None) -> str:
-        from ponder.cli.inputs import user_prompt
+        from ponder.cli.commands.user_input import user_prompt
 
         return user_prompt(argument, self.term)
 
     def load(self, model: str | None, backend: str, ctx: int | None, threads: int | None) -> Model:
-        from ponder.cli.loading import load_model
+        from ponder.cli.commands.model_loading import load_model
 
         return load_model(self.term, model, backend, LoadOptions(context=ctx, threads=threads))
 
     def show(self, model: Model, user_text: str) -> Reply | None:
         """Stream one reply to the user turn, rendered as this run's output asks."""
-        from ponder.cli.render import make_renderer
-        from ponder.cli.stream import show_reply
-        from ponder.session import generate_reply
+        from ponder.cli.views.render import make_renderer
+        from ponder.cli.views.show_reply import show_reply
+        from ponder.exchange import generate_reply
 
         events = generate_reply(model, [Message("user", user_text)], self.params)
         return show_reply(events, make_renderer(self.term, self.mode, model.info, self.output), self.term)
 
     def sample(self, model: Model, user_text: str, index: int) -> Reply:
         """One of several independent samples, unshown; seeds step by one from --seed."""
-        from ponder.cli.stream import collect_reply
-        from ponder.session import generate_reply
+        from ponder.exchange import collect_reply
+        from ponder.exchange import generate_reply
 
         params = self.params if self.params.seed is None else replace(self.params, seed=self.params.seed + index)
         return collect_reply(generate_reply(model, [Message("user", user_text)], params))
@@ -84,6 +84,6 @@ class Run:
             chat.history.close()
 
     def report(self, reply: Reply | None, stats: bool) -> None:
-        from ponder.cli.stream import report
+        from ponder.cli.views.show_reply import report
 
         report(reply, stats, self.term.stderr)

@@ -7,8 +7,8 @@ from typing import TextIO
 
 import typer
 
-from ponder.cli.render import Renderer
-from ponder.cli.terminal import Terminal
+from ponder.cli.views.render import Renderer
+from ponder.cli.views.terminal import Terminal
 from ponder.events import AnswerDelta, ReasoningDelta, ReasoningDone, Reply, ReplyEvent, Stats
 
 EXIT_BROKEN_PIPE = 141
@@ -47,16 +47,6 @@ def _stop(events, renderer: Renderer) -> None:
             renderer.finish(None)
         except (BrokenPipeError, KeyboardInterrupt):
             pass
-
-
-def collect_reply(events: Iterator[ReplyEvent]) -> Reply:
-    """Run a reply to its end without showing it."""
-    reply = None
-    for event in events:
-        if isinstance(event, Reply):
-            reply = event
-    assert reply is not None  # every stream ends with a Reply
-    return reply
 
 
 def report(reply: Reply | None, stats: bool, err: TextIO) -> None:

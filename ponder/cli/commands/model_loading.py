@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 
 from ponder.backends import LoadOptions, Model, get_backend, select_backend
-from ponder.cli.terminal import Terminal
+from ponder.cli.views.terminal import Terminal
 from ponder.threads import call_in_thread
 
 # How a user sets each load option a backend may be unable to honour (ModelInfo.ignored).

@@ -2,20 +2,10 @@
 
 from __future__ import annotations
 
-import time
-
 import typer
 
 history_app = typer.Typer(help="List, show and delete past conversations.", no_args_is_help=False,
                           rich_markup_mode=None)
-
-
-def summary_lines(summaries) -> list[str]:
-    return [
-        f"{s.id:>5}  {time.strftime('%Y-%m-%d %H:%M', time.localtime(s.updated))}  {s.kind:4}  "
-        f"{s.turns:>3} turns  {s.title}"
-        for s in summaries
-    ]
 
 
 def _store():
@@ -32,6 +22,8 @@ def history_list(
     """List recent conversations (resume one with `ponder chat --resume ID`)."""
     if ctx.invoked_subcommand is not None:
         return
+    from ponder.cli.views.transcript import summary_lines
+
     store = _store()
     lines = summary_lines(store.summaries(limit))
     print("\n".join(lines) if lines else "no conversations yet")
@@ -40,7 +32,7 @@ def history_list(
 @history_app.command("show")
 def history_show(conversation_id: int = typer.Argument(..., help="The conversation's ID.")) -> None:
     """Print a conversation as Markdown, reasoning in <details> blocks."""
-    from ponder.cli.chat_commands import transcript_markdown
+    from ponder.cli.views.transcript import transcript_markdown
 
     conversation = _load(conversation_id)
     print(transcript_markdown(conversation, conversation.model), end="")

@@ -9,7 +9,7 @@ from typing import Optional, TextIO
 
 import typer
 
-from ponder.cli.options import ModelOptions, SamplingOptions
+from ponder.cli.commands.options import ModelOptions, SamplingOptions
 from ponder.errors import UsageError
 
 
@@ -74,7 +74,7 @@ def batch(
 
     Exit codes: 0 done, 1 model failure, 2 bad input, 130 interrupted (finished lines kept).
     """
-    from ponder.cli.run import Run
+    from ponder.cli.commands.model_run import Run
 
     run = Run.start(invocation=invocation, temperature=temperature, top_p=top_p, max_tokens=max_tokens, seed=seed)
     tasks = read_tasks(_read_input(input, run.term))
@@ -113,7 +113,7 @@ def _read_input(source: str, term) -> list[str]:
 
 
 def _run_task(run, loaded, task: dict, samples: int) -> dict:
-    from ponder.cli.output import stats_json
+    from ponder.cli.views.json_output import stats_json
     from ponder.reasoning import extract_boxed
     from ponder.solve import equivalent, math_prompt
 

@@ -6,7 +6,7 @@ from typing import Optional
 
 import typer
 
-from ponder.cli.options import ModelOptions, OutputOptions, SamplingOptions
+from ponder.cli.commands.options import ModelOptions, OutputOptions, SamplingOptions
 from ponder.settings import Reasoning
 
 EXIT_NO_ANSWER = 1
@@ -38,7 +38,7 @@ def solve(
     Exit codes: 0 answered, 1 no \\boxed{} answer (with --answer-only) or a model failure,
     2 usage error, 130 interrupted, 141 stdout closed early.
     """
-    from ponder.cli.run import Run
+    from ponder.cli.commands.model_run import Run
     from ponder.errors import PonderError
     from ponder.solve import math_prompt
 
@@ -65,7 +65,7 @@ def solve(
 
 def _vote(run, loaded, text: str, samples: int, stats: bool):
     """Draw the samples (sharing the loaded model and the prompt's cache) and vote."""
-    from ponder.cli.output import reply_json, write_json_line
+    from ponder.cli.views.json_output import reply_json, write_json_line
     from ponder.reasoning import extract_boxed
     from ponder.solve import majority_vote
 

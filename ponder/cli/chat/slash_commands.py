@@ -90,7 +90,7 @@ def _stats(repl, _args: str) -> None:
     stats = repl.last_stats
     if stats is None:
         raise CommandError("no finished reply yet (an interrupted reply has no figures)")
-    from ponder.cli.stream import format_stats
+    from ponder.cli.views.show_reply import format_stats
 
     total = repl.model.info.context
     used = repl.context_used()
@@ -103,29 +103,18 @@ def _save(repl, args: str) -> None:
         raise CommandError("nothing to save yet")
     path = Path(args).expanduser() if args else Path(f"ponder-chat-{time.strftime('%Y%m%d-%H%M%S')}.md")
     try:
+        from ponder.cli.views.transcript import transcript_markdown
+
         path.write_text(transcript_markdown(repl.conversation, repl.model.info.name), encoding="utf-8")
     except OSError as exc:
         raise CommandError(f"cannot write {path}: {exc.strerror}") from exc
     repl.note(f"saved {path}")
 
 
-def transcript_markdown(conversation, model_name: str) -> str:
-    parts = [f"# Conversation with {model_name}\n"]
-    for turn in conversation.turns:
-        if turn.role == "user":
-            parts.append(f"## User\n\n{turn.content}\n")
-            continue
-        parts.append("## Assistant\n")
-        if turn.reasoning.strip():
-            parts.append(f"<details>\n<summary>Reasoning</summary>\n\n{turn.reasoning.strip()}\n\n</details>\n")
-        parts.append(turn.content + ("\n\n*[interrupted]*" if turn.interrupted else "") + "\n")
-    return "\n".join(parts)
-
-
 def _history(repl, _args: str) -> None:
     if repl.history is None:
         raise CommandError("history is off in this session (--no-log)")
-    from ponder.cli.history import summary_lines
+    from ponder.cli.views.transcript import summary_lines
 
     for line in summary_lines(repl.history.summaries()) or ["no conversations yet"]:
         repl.note(line, "")

@@ -8,7 +8,7 @@ from __future__ import annotations
 import time
 from typing import Literal, Protocol
 
-from ponder.cli.terminal import Terminal, disable_echo
+from ponder.cli.views.terminal import Terminal, disable_echo
 from ponder.events import Reply
 
 ReasoningMode = Literal["collapse", "show", "hide"]
@@ -259,7 +259,7 @@ OutputFormat = Literal["text", "json", "jsonl"]
 def make_renderer(term: Terminal, mode: ReasoningMode, info, output: OutputFormat = "text") -> Renderer:
     """The renderer for where stdout goes and what format was asked for. `info`: the ModelInfo."""
     if output != "text":
-        from ponder.cli.output import JsonlRenderer, JsonRenderer
+        from ponder.cli.views.json_output import JsonlRenderer, JsonRenderer
 
         return (JsonRenderer if output == "json" else JsonlRenderer)(term.stdout, info)
     if term.stdout_is_tty:

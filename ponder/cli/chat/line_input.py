@@ -77,6 +77,6 @@ def command_completer():
     """Tab completion of the slash commands: the names the command handlers answer to."""
     from prompt_toolkit.completion import WordCompleter
 
-    from ponder.cli.chat_commands import COMMANDS
+    from ponder.cli.chat.slash_commands import COMMANDS
 
     return WordCompleter(list(COMMANDS), sentence=True)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from ponder import config
+from ponder import defaults
 from ponder.errors import UsageError
 from ponder.settings import Reasoning, check
 
@@ -25,15 +25,15 @@ def _checked(name: str):
 
 class ModelOptions:
     model = typer.Option(
-        None, "--model", "-m", envvar=config.MODEL_ENV, show_default=False,
+        None, "--model", "-m", envvar=defaults.MODEL_ENV, show_default=False,
         help="A .gguf file (llama.cpp), an MLX model directory or hub repo id (mlx).",
     )
     backend = typer.Option(
-        "auto", "--backend", envvar=config.BACKEND_ENV,
+        "auto", "--backend", envvar=defaults.BACKEND_ENV,
         help="Inference backend: auto (what the model implies; MLX on Apple Silicon, else llama.cpp), mlx or llama.cpp.",
     )
     ctx = typer.Option(
-        None, "--ctx", help=f"Context size in tokens [default: {config.DEFAULT_CONTEXT}, capped by the model].",
+        None, "--ctx", help=f"Context size in tokens [default: {defaults.DEFAULT_CONTEXT}, capped by the model].",
         callback=_checked("ctx"), show_default=False,
     )
     threads = typer.Option(
@@ -43,10 +43,10 @@ class ModelOptions:
 
 
 class SamplingOptions:
-    temperature = typer.Option(config.DEFAULT_TEMPERATURE, "--temperature", help="Sampling temperature (0: greedy).",
+    temperature = typer.Option(defaults.DEFAULT_TEMPERATURE, "--temperature", help="Sampling temperature (0: greedy).",
                                callback=_checked("temperature"))
-    top_p = typer.Option(config.DEFAULT_TOP_P, "--top-p", help="Nucleus sampling threshold.", callback=_checked("top_p"))
-    max_tokens = typer.Option(config.DEFAULT_MAX_TOKENS, "--max-tokens", help="Most tokens to generate, reasoning included.",
+    top_p = typer.Option(defaults.DEFAULT_TOP_P, "--top-p", help="Nucleus sampling threshold.", callback=_checked("top_p"))
+    max_tokens = typer.Option(defaults.DEFAULT_MAX_TOKENS, "--max-tokens", help="Most tokens to generate, reasoning included.",
                               callback=_checked("max_tokens"))
     seed = typer.Option(None, "--seed", help="Random seed, for repeatable samples.", show_default=False,
                         callback=_checked("seed"))
@@ -63,7 +63,7 @@ class OutputOptions:
     stats = typer.Option(False, "--stats", help="Print token counts and speed to stderr.")
     json = typer.Option(False, "--json", help="Print one JSON object: reasoning, answer, boxed, stats.")
     jsonl = typer.Option(False, "--jsonl", help="Stream JSON lines: reasoning and answer deltas, then done.")
-    debug = typer.Option(False, "--debug", envvar=config.DEBUG_ENV, help="Show tracebacks and llama.cpp's log.")
+    debug = typer.Option(False, "--debug", envvar=defaults.DEBUG_ENV, help="Show tracebacks and llama.cpp's log.")
 
 
 def reasoning_mode(reasoning: Reasoning, show: bool, hide: bool,

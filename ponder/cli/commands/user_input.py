@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import stat
 
-from ponder.cli.terminal import Terminal
+from ponder.cli.views.terminal import Terminal
 from ponder.errors import UsageError
 
 

@@ -1,48 +1,10 @@
-"""`ponder chat`: the interactive REPL (prompt_toolkit for input, the live renderer for replies)."""
+"""The chat REPL: reads messages and commands, shows replies live (the conversation itself is
+ponder.conversation.Chat)."""
 
 from __future__ import annotations
 
-from typing import Optional
-
-import typer
-
-from ponder.cli.options import ModelOptions, OutputOptions, SamplingOptions
-from ponder.settings import Reasoning
-
-def chat(
-    invocation: typer.Context,  # tells where --reasoning came from
-    model: Optional[str] = ModelOptions.model,
-    backend: str = ModelOptions.backend,
-    ctx: Optional[int] = ModelOptions.ctx,
-    threads: Optional[int] = ModelOptions.threads,
-    temperature: float = SamplingOptions.temperature,
-    top_p: float = SamplingOptions.top_p,
-    max_tokens: int = SamplingOptions.max_tokens,
-    seed: Optional[int] = SamplingOptions.seed,
-    reasoning: Reasoning = OutputOptions.reasoning,
-    show_reasoning: bool = OutputOptions.show_reasoning,
-    hide_reasoning: bool = OutputOptions.hide_reasoning,
-    resume_last: bool = typer.Option(False, "--continue", "-c", help="Resume the last conversation."),
-    resume: Optional[int] = typer.Option(None, "--resume", help="Resume conversation ID (see `ponder history`).",
-                                         show_default=False),
-    no_log: bool = typer.Option(False, "--no-log", help="Keep this conversation out of the history database."),
-    debug: bool = OutputOptions.debug,
-) -> None:
-    """Chat with the model in an interactive session (type /help inside)."""
-    from ponder.cli.run import Run
-
-    run = Run.start(debug, reasoning, show_reasoning, hide_reasoning, invocation=invocation,
-                    temperature=temperature, top_p=top_p, max_tokens=max_tokens, seed=seed)
-    repl = ChatRepl(run, log=not no_log)
-    repl.chat.resume(resume, resume_last)  # before loading: a bad ID fails fast
-    repl.chat.use(run.load(model, backend, ctx, threads))
-    repl.loop()
-
 
 class ChatRepl:
-    """The terminal side of a chat: input, commands, replies shown; the conversation itself is
-    ponder.conversation.Chat."""
-
     def __init__(self, run, log: bool):
         from rich.console import Console
 
@@ -70,8 +32,8 @@ class ChatRepl:
     # --- the loop -----------------------------------------------------------------------
 
     def loop(self) -> None:
-        from ponder.cli.chat_commands import run_command
-        from ponder.cli.chat_input import ChatInput
+        from ponder.cli.chat.slash_commands import run_command
+        from ponder.cli.chat.line_input import ChatInput
 
         self.input = ChatInput(self.run.term)
         if self.input.interactive:
@@ -111,8 +73,8 @@ class ChatRepl:
 
     def generate(self) -> None:
         """Reply to the conversation as it stands; Ctrl-C stops and keeps the partial reply."""
-        from ponder.cli.render import make_renderer
-        from ponder.cli.stream import show_reply
+        from ponder.cli.views.render import make_renderer
+        from ponder.cli.views.show_reply import show_reply
         from ponder.errors import ContextOverflow
 
         recorder = RecordingRenderer(make_renderer(self.run.term, self.run.mode, self.model.info))
@@ -193,7 +155,3 @@ def _open_history(term):
         message = exc.message if isinstance(exc, PonderError) else str(exc)
         term.stderr.write(f"ponder: warning: history is off: {message}\n")
         return None
-
-
-def register(app: typer.Typer) -> None:
-    app.command("chat")(chat)

@@ -71,3 +71,13 @@ def generate_reply(model: Model, messages: Sequence[Message], params: Generation
                     peak_memory_bytes=backend.peak_memory_bytes,
                 ),
             )
+
+
+def collect_reply(events: Iterator[ReplyEvent]) -> Reply:
+    """Run a reply to its end without showing it."""
+    reply = None
+    for event in events:
+        if isinstance(event, Reply):
+            reply = event
+    assert reply is not None  # every stream ends with a Reply
+    return reply

@@ -6,7 +6,7 @@ from typing import Optional
 
 import typer
 
-from ponder.cli.options import ModelOptions, OutputOptions, SamplingOptions
+from ponder.cli.commands.options import ModelOptions, OutputOptions, SamplingOptions
 from ponder.settings import Reasoning
 
 
@@ -35,7 +35,7 @@ def ask(
     Exit codes: 0 answered, 1 model or runtime failure, 2 usage error, 130 interrupted,
     141 stdout closed early.
     """
-    from ponder.cli.run import Run
+    from ponder.cli.commands.model_run import Run
 
     run = Run.start(debug, reasoning, show_reasoning, hide_reasoning, json, jsonl, invocation=invocation,
                     temperature=temperature, top_p=top_p, max_tokens=max_tokens, seed=seed)

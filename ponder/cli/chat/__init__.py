@@ -1,0 +1,1 @@
+"""The chat REPL: the loop, its slash commands, its line input."""
