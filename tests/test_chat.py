@@ -190,7 +190,7 @@ def test_turn_two_sends_no_reasoning_from_turn_one(tiny_r1):
     model.stream = recording_stream
     term = Terminal(io.BytesIO(b"What is 12*7?\nWhat is 2+2?\n"), io.StringIO(), io.StringIO(), False, False, False, False)
     repl = ChatRepl(Run(term, "collapse", "text", GenerationParams()), log=False)
-    repl.model = model
+    repl.chat.use(model)
     repl.loop()
     model.close()
 
@@ -305,11 +305,11 @@ def test_a_failed_turn_is_reported_and_the_chat_goes_on(tiny_r1):
     model.stream = failing_once
     term = Terminal(io.BytesIO(b"What is 2+2?\nWhat is 12*7?\n"), io.StringIO(), io.StringIO(), False, False, False, False)
     repl = ChatRepl(Run(term, "collapse", "text", GenerationParams()), log=False)
-    repl.model = model
+    repl.chat.use(model)
     repl.loop()
     model.close()
     output = term.stdout.getvalue()
     assert "error: llama_decode failed (-3). Your message is back in the input line." in output
     assert output.rstrip().endswith("12 × 7 = 84, so the answer is \\boxed{84}.")
-    assert [t.role for t in repl.conversation.turns] == ["user", "assistant"]  # the failed turn is not kept
-    assert repl.conversation.turns[0].content == "What is 12*7?"
+    assert [t.role for t in repl.chat.conversation.turns] == ["user", "assistant"]  # the failed turn is not kept
+    assert repl.chat.conversation.turns[0].content == "What is 12*7?"

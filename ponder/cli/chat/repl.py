@@ -17,18 +17,6 @@ class ChatRepl:
         self.pending = ""  # a message to offer again at the next prompt (its turn failed)
         self.running = True
 
-    # The conversation's parts, as the slash commands use them.
-    model = property(lambda self: self.chat.model, lambda self, model: self.chat.use(model))
-    conversation = property(lambda self: self.chat.conversation)
-    history = property(lambda self: self.chat.history)
-    last_stats = property(lambda self: self.chat.last_stats)
-
-    def context_used(self) -> int:
-        return self.chat.context_used()
-
-    def drop_last(self) -> None:
-        self.chat.drop_last()
-
     # --- the loop -----------------------------------------------------------------------
 
     def loop(self) -> None:
@@ -37,9 +25,9 @@ class ChatRepl:
 
         self.input = ChatInput(self.run.term)
         if self.input.interactive:
-            self.note(f"ponder chat · {self.model.info.name} ({self.model.info.backend}) · /help for commands, "
+            self.note(f"ponder chat · {self.chat.model.info.name} ({self.chat.model.info.backend}) · /help for commands, "
                       "Ctrl-D to quit")
-        if self.conversation.turns:
+        if self.chat.conversation.turns:
             self.replay()
         while self.running:
             text = self.input.read(default=self.pending)
@@ -57,7 +45,7 @@ class ChatRepl:
         """Show a resumed conversation, reasoning collapsed."""
         from rich.markdown import Markdown
 
-        for turn in self.conversation.turns:
+        for turn in self.chat.conversation.turns:
             if turn.role == "user":
                 self.console.print(f"> {turn.content}", markup=False)
             else:
@@ -77,7 +65,7 @@ class ChatRepl:
         from ponder.cli.views.show_reply import show_reply
         from ponder.errors import ContextOverflow
 
-        recorder = RecordingRenderer(make_renderer(self.run.term, self.run.mode, self.model.info))
+        recorder = RecordingRenderer(make_renderer(self.run.term, self.run.mode, self.chat.model.info))
         try:
             reply = show_reply(self.chat.reply(self.run.params), recorder, self.run.term)
         except KeyboardInterrupt:
@@ -97,7 +85,7 @@ class ChatRepl:
         if reply.finish_reason == "length":
             self.note("[stopped at the token limit: /set max_tokens N raises it]")
         if self.chat.nearly_full():
-            total, used = self.model.info.context, self.chat.context_used()
+            total, used = self.chat.model.info.context, self.chat.context_used()
             self.note(f"warning: the context is {used / total:.0%} full ({used} of {total} tokens); "
                       "/clear starts a new conversation", "yellow")
 

@@ -52,10 +52,10 @@ def _clear(repl, _args: str) -> None:
 
 
 def _retry(repl, _args: str) -> None:
-    turns = repl.conversation.turns
+    turns = repl.chat.conversation.turns
     if not turns or turns[-1].role != "assistant":
         raise CommandError("nothing to retry yet")
-    repl.drop_last()
+    repl.chat.drop_last()
     repl.generate()
 
 
@@ -87,41 +87,41 @@ def _set(repl, args: str) -> None:
 
 
 def _stats(repl, _args: str) -> None:
-    stats = repl.last_stats
+    stats = repl.chat.last_stats
     if stats is None:
         raise CommandError("no finished reply yet (an interrupted reply has no figures)")
     from ponder.cli.views.show_reply import format_stats
 
-    total = repl.model.info.context
-    used = repl.context_used()
+    total = repl.chat.model.info.context
+    used = repl.chat.context_used()
     repl.note(f"{format_stats(stats)} · thinking {stats.thinking_s:.1f} s · "
               f"context {used} of {total} tokens ({used / total:.0%})", "")
 
 
 def _save(repl, args: str) -> None:
-    if not repl.conversation.turns:
+    if not repl.chat.conversation.turns:
         raise CommandError("nothing to save yet")
     path = Path(args).expanduser() if args else Path(f"ponder-chat-{time.strftime('%Y%m%d-%H%M%S')}.md")
     try:
         from ponder.cli.views.transcript import transcript_markdown
 
-        path.write_text(transcript_markdown(repl.conversation, repl.model.info.name), encoding="utf-8")
+        path.write_text(transcript_markdown(repl.chat.conversation, repl.chat.model.info.name), encoding="utf-8")
     except OSError as exc:
         raise CommandError(f"cannot write {path}: {exc.strerror}") from exc
     repl.note(f"saved {path}")
 
 
 def _history(repl, _args: str) -> None:
-    if repl.history is None:
+    if repl.chat.history is None:
         raise CommandError("history is off in this session (--no-log)")
     from ponder.cli.views.transcript import summary_lines
 
-    for line in summary_lines(repl.history.summaries()) or ["no conversations yet"]:
+    for line in summary_lines(repl.chat.history.summaries()) or ["no conversations yet"]:
         repl.note(line, "")
 
 
 def _model(repl, _args: str) -> None:
-    info = repl.model.info
+    info = repl.chat.model.info
     repl.note(f"{info.name} · {info.backend} · context {info.context} tokens (trained {info.trained_context})"
               f" · {info.path}", "")
 
