@@ -42,9 +42,9 @@ def _compile(template: str):
 def render_prompt(fmt: ChatFormat, messages: Sequence[Message]) -> str:
     """The prompt text for `messages`, ending where the assistant's reply begins.
 
-    Earlier assistant turns go back without their reasoning (DeepSeek's multi-turn rule),
-    and a reasoning model's prompt ends with exactly one "<think>\\n", whether or not its
-    template already appends it.
+    Earlier assistant turns go back without their reasoning (DeepSeek's multi-turn rule) but
+    otherwise exactly as written, as R1's template renders the full turn; a reasoning model's
+    prompt ends with exactly one "<think>\\n", whether or not its template already appends it.
     """
     if not fmt.template:
         raise ModelError("the model carries no chat template, so ponder cannot format a conversation for it")

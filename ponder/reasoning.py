@@ -29,7 +29,9 @@ class ThinkSplitter:
     - otherwise a `<think>` opens reasoning only if nothing but whitespace precedes it;
       any other text makes the whole output the answer.
     - `</think>` ends the reasoning; everything after it is answer, tags included.
-    - leading whitespace of each part is dropped; a partial tag at a chunk end is held
+    - the answer is kept exactly as written, leading blank line included: earlier turns go
+      back to the model as its template renders them (front ends trim it for display).
+    - leading whitespace of the reasoning is dropped; a partial tag at a chunk end is held
       back until the next chunk (or `flush`) decides it.
     - no `</think>` at all (output cut off): everything is reasoning.
     """
@@ -39,7 +41,7 @@ class ThinkSplitter:
             "reasoning" if starts_in_reasoning else "start"
         )
         self._buf = ""
-        self._leading = True  # nothing emitted yet in the current part
+        self._leading = True  # nothing of the reasoning emitted yet
 
     @property
     def in_reasoning(self) -> bool:
@@ -56,7 +58,7 @@ class ThinkSplitter:
         """End of output: whatever is held back is literal text of the current part."""
         out: list[Segment] = []
         text, self._buf = self._buf, ""
-        if self._leading:
+        if self.state == "reasoning" and self._leading:
             text = text.lstrip()
         if text:
             out.append(("answer" if self.state == "start" else self.state, text))
@@ -65,27 +67,27 @@ class ThinkSplitter:
     def _step(self, out: list[Segment]) -> bool:
         """Consume what can be decided from the buffer; True to go round again."""
         buf = self._buf
-        if self._leading:
-            stripped = buf.lstrip()
-            if self.state != "answer" and stripped.startswith(OPEN_TAG):
-                self._buf = stripped[len(OPEN_TAG):]
-                self.state = "reasoning"
-                return True
-            if not stripped or (self.state != "answer" and OPEN_TAG.startswith(stripped)):
-                return False  # only whitespace or a partial opening tag so far: wait
-            if self.state == "start":
-                self.state = "answer"
-            self._buf = buf = stripped
         if self.state == "answer":
             self._emit(out, "answer", buf)
             self._buf = ""
             return False
+        if self._leading:
+            stripped = buf.lstrip()
+            if stripped.startswith(OPEN_TAG):
+                self._buf = stripped[len(OPEN_TAG):]
+                self.state = "reasoning"
+                return True
+            if not stripped or OPEN_TAG.startswith(stripped):
+                return False  # only whitespace or a partial opening tag so far: wait
+            if self.state == "start":
+                self.state = "answer"  # no reasoning: the whole output is the answer, as written
+                return True
+            self._buf = buf = stripped
         end = buf.find(CLOSE_TAG)
         if end >= 0:
             self._emit(out, "reasoning", buf[:end])
             self._buf = buf[end + len(CLOSE_TAG):]
             self.state = "answer"
-            self._leading = True
             return True
         keep = _held_back(buf, CLOSE_TAG)
         self._emit(out, "reasoning", buf[: len(buf) - keep])
@@ -108,10 +110,23 @@ def split_reasoning(text: str, starts_in_reasoning: bool = True) -> tuple[str, s
 
 
 def strip_reasoning(content: str) -> str:
-    """What of an assistant turn goes back to the model: the text after `</think>`."""
-    if CLOSE_TAG in content:
-        content = content.rsplit(CLOSE_TAG, 1)[1]
-    return content.strip()
+    """What of an assistant turn goes back to the model: the text after the last `</think>`,
+    untouched, as DeepSeek-R1's template does (`content.split('</think>')[-1]`)."""
+    return content.rsplit(CLOSE_TAG, 1)[-1]
+
+
+class AnswerAsShown:
+    """Answer deltas as shown: without the whitespace the answer starts with (R1 writes a blank
+    line after </think>; the history keeps it, since later turns send it back as written)."""
+
+    def __init__(self) -> None:
+        self._begun = False
+
+    def __call__(self, text: str) -> str:
+        if not self._begun:
+            text = text.lstrip()
+            self._begun = bool(text)
+        return text
 
 
 _BOX_COMMANDS = ("\\boxed", "\\fbox")

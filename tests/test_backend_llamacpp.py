@@ -57,7 +57,7 @@ def test_session_separates_reasoning_and_answer(r1):
     assert isinstance(reply, Reply)
     reasoning, answer = TRAINING_PAIRS["What is 12*7?"].split("</think>")
     assert reply.reasoning == reasoning
-    assert reply.answer == answer.strip()
+    assert reply.answer == answer  # as written: it goes back to the model in later turns
     assert extract_boxed(reply.answer) == "84"
     kinds = [type(e) for e in events]
     assert kinds.count(ReasoningDone) == 1

@@ -49,7 +49,7 @@ def test_question_shows_reasoning_summary_then_answer(chat, tiny_r1, data_dir):
     assert "<think>" not in screen and "10*7" not in screen  # reasoning collapsed to its summary
     assert turns(data_dir) == [
         ("user", "What is 12*7?", "", None),
-        ("assistant", "12 × 7 = 84, so the answer is \\boxed{84}.",
+        ("assistant", "\n\n12 × 7 = 84, so the answer is \\boxed{84}.",  # as written, for later turns
          "Okay, 12 times 7. 10*7 = 70 and 2*7 = 14, so 70 + 14 = 84.\n", "stop"),
     ]
     assert (os.stat(data_dir / "history.db").st_mode & 0o777) == 0o600

@@ -7,18 +7,23 @@ import ctypes
 import pytest
 
 from ponder.errors import ModelError
-from ponder.events import Message
-from ponder.prompt import ChatFormat, force_think_prefix, render_prompt
+from ponder.events import GenerationParams, Message
+from ponder.prompt import THINK_PREFIX, ChatFormat, _compile, force_think_prefix, render_prompt
+from tests.support.tiny_r1 import TRAINING_PAIRS
 
 BOS, USER, ASSISTANT, EOS, THINK, NEWLINE = 151646, 151644, 151645, 151643, 151648, 198
 
 
-@pytest.fixture(scope="module")
-def r1(tiny_r1_random):
+def load(path: str):
     from ponder.backends.base import LoadOptions
     from ponder.backends.llamacpp import LlamaCppModel
 
-    model = LlamaCppModel(tiny_r1_random, LoadOptions(context=1024))
+    return LlamaCppModel(path, LoadOptions(context=1024))
+
+
+@pytest.fixture(scope="module")
+def r1(tiny_r1_random):
+    model = load(tiny_r1_random)
     yield model
     model.close()
 
@@ -75,7 +80,33 @@ def test_earlier_reasoning_never_reaches_the_model(r1):
     ]
     prompt = render_prompt(r1.info.chat, messages)
     assert "SECRET-REASONING" not in prompt
-    assert "<｜Assistant｜>4<｜end▁of▁sentence｜>" in prompt
+    assert "<｜Assistant｜>\n\n4<｜end▁of▁sentence｜>" in prompt
+
+
+def test_earlier_turn_goes_back_as_the_template_renders_the_full_turn(tiny_r1):
+    """R1's template keeps what follows </think> as the model wrote it, blank line included:
+    the turn ponder stores from a real reply must render to the bytes of the full turn."""
+    from ponder.history import Conversation, Turn
+    from ponder.exchange import generate_reply
+
+    question, follow_up = "What is 12*7?", "And 2+2?"
+    model = load(tiny_r1)
+    try:
+        reply = list(generate_reply(model, [Message("user", question)], GenerationParams()))[-1]
+    finally:
+        model.close()
+    written = TRAINING_PAIRS[question]  # what the trained model writes after the prompt's "<think>\n"
+    assert reply.reasoning + "</think>" + reply.answer == written
+    stored = Conversation(turns=[Turn("user", question), Turn.from_reply(reply), Turn("user", follow_up)])
+
+    chat = model.info.chat
+    full = [{"role": "user", "content": question}, {"role": "assistant", "content": THINK_PREFIX + written},
+            {"role": "user", "content": follow_up}]
+    template = _compile(chat.template).render(
+        messages=full, add_generation_prompt=True, bos_token=chat.bos_token, eos_token=chat.eos_token
+    )
+    assert "<｜Assistant｜>\n\n12 × 7 = 84" in template  # the real template keeps the blank line
+    assert render_prompt(chat, stored.messages()) == force_think_prefix(template)
 
 
 def test_newer_template_that_already_ends_in_think_gets_no_second_one():

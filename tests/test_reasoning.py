@@ -20,11 +20,12 @@ def feed_chunks(chunks: list[str], starts_in_reasoning: bool) -> tuple[str, str]
 
 
 def test_output_that_begins_inside_thinking():
-    assert split_reasoning("Let me see.\n12*7=84\n</think>\n\nIt is 84.") == ("Let me see.\n12*7=84\n", "It is 84.")
+    # The answer keeps the blank line after </think>: it goes back to the model as written.
+    assert split_reasoning("Let me see.\n12*7=84\n</think>\n\nIt is 84.") == ("Let me see.\n12*7=84\n", "\n\nIt is 84.")
 
 
 def test_output_that_repeats_the_opening_tag():
-    assert split_reasoning("<think>\nhmm\n</think>\n\nyes") == ("hmm\n", "yes")
+    assert split_reasoning("<think>\nhmm\n</think>\n\nyes") == ("hmm\n", "\n\nyes")
 
 
 def test_opening_tag_when_prompt_did_not_force_it():
@@ -36,8 +37,13 @@ def test_text_before_a_late_think_tag_is_all_answer():
 
 
 def test_empty_thinking():
-    assert split_reasoning("</think>\n\nDirect answer.") == ("", "Direct answer.")
-    assert split_reasoning("<think>\n\n</think>\n\nDirect.") == ("", "Direct.")
+    assert split_reasoning("</think>\n\nDirect answer.") == ("", "\n\nDirect answer.")
+    assert split_reasoning("<think>\n\n</think>\n\nDirect.") == ("", "\n\nDirect.")
+
+
+def test_output_without_reasoning_is_the_answer_as_written():
+    assert split_reasoning("\n Hello.\n", starts_in_reasoning=False) == ("", "\n Hello.\n")
+    assert split_reasoning(" \n", starts_in_reasoning=False) == ("", " \n")
 
 
 def test_cut_off_before_close_is_all_reasoning():
@@ -49,7 +55,7 @@ def test_text_after_the_answer_keeps_later_tags_literal():
 
 
 def test_tag_split_across_chunks():
-    assert feed_chunks(["reason <", "/thi", "nk>", "\n\nans", "wer"], True) == ("reason ", "answer")
+    assert feed_chunks(["reason <", "/thi", "nk>", "\n\nans", "wer"], True) == ("reason ", "\n\nanswer")
 
 
 def test_in_reasoning_tracks_the_state():
@@ -77,13 +83,13 @@ def test_every_chunking_gives_what_feeding_whole_gives(text, cuts, inside):
 @given(reasoning=st.text(), answer=st.text())
 def test_well_formed_output_splits_back_into_its_parts(reasoning, answer):
     reasoning = reasoning.replace("</think>", "").replace("<think>", "").lstrip()
-    answer = answer.lstrip()
     got = split_reasoning(reasoning + "</think>" + answer)
     assert got == (reasoning, answer)
 
 
-def test_history_keeps_only_the_answer():
-    assert strip_reasoning("Thinking...\n</think>\n\nThe answer.") == "The answer."
+def test_history_keeps_only_the_answer_as_written():
+    assert strip_reasoning("Thinking...\n</think>\n\nThe answer.\n") == "\n\nThe answer.\n"
+    assert strip_reasoning("a</think>b</think> c") == " c"  # the last </think>, as R1's template splits
     assert strip_reasoning("Plain answer") == "Plain answer"
 
 

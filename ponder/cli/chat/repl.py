@@ -69,7 +69,7 @@ class ChatRepl:
         try:
             reply = show_reply(self.chat.reply(self.run.params), recorder, self.run.term)
         except KeyboardInterrupt:
-            self.kept(self.chat.interrupted(recorder.answer_text.strip(), recorder.reasoning_text))
+            self.kept(self.chat.interrupted(recorder.answer_text, recorder.reasoning_text))
             self.note("[interrupted]")
             return
         except ContextOverflow as exc:

@@ -124,7 +124,7 @@ def _run_task(run, loaded, task: dict, samples: int) -> dict:
     for index in range(samples):
         reply = run.sample(loaded, text, index)
         boxed = extract_boxed(reply.answer)
-        entry = {"reasoning": reply.reasoning, "answer": reply.answer, "boxed": boxed,
+        entry = {"reasoning": reply.reasoning, "answer": reply.answer.lstrip(), "boxed": boxed,
                  "finish_reason": reply.finish_reason, "stats": stats_json(reply.stats)}
         if reference is not None:
             entry["correct"] = boxed is not None and equivalent(boxed, str(reference))

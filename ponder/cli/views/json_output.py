@@ -7,7 +7,7 @@ from typing import Any, TextIO
 
 from ponder.backends.base import ModelInfo
 from ponder.events import Reply, Stats
-from ponder.reasoning import extract_boxed
+from ponder.reasoning import AnswerAsShown, extract_boxed
 
 
 def stats_json(stats: Stats) -> dict[str, Any]:
@@ -28,7 +28,7 @@ def reply_json(reply: Reply, info: ModelInfo) -> dict[str, Any]:
         "model": info.name,
         "backend": info.backend,
         "reasoning": reply.reasoning,
-        "answer": reply.answer,
+        "answer": reply.answer.lstrip(),  # as shown: the blank line R1 writes after </think> is not for show
         "boxed": extract_boxed(reply.answer),
         "finish_reason": reply.finish_reason,
         "stats": stats_json(reply.stats),
@@ -64,10 +64,17 @@ class JsonRenderer:
 class JsonlRenderer(JsonRenderer):
     """`--jsonl`: an event per line as it happens: reasoning and answer deltas, then done."""
 
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._shown = AnswerAsShown()  # the deltas add up to the "answer" of the done line
+
     def reasoning(self, text: str, tokens: int) -> None:
         write_json_line(self.out, {"type": "reasoning", "text": text})
 
     def answer(self, text: str) -> None:
+        text = self._shown(text)
+        if not text:
+            return
         write_json_line(self.out, {"type": "answer", "text": text})
 
     def finish(self, reply: Reply | None) -> None:

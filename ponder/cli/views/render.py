@@ -10,6 +10,7 @@ from typing import Literal, Protocol
 
 from ponder.cli.views.terminal import Terminal, disable_echo
 from ponder.events import Reply
+from ponder.reasoning import AnswerAsShown
 
 ReasoningMode = Literal["collapse", "show", "hide"]
 
@@ -37,6 +38,7 @@ class PlainRenderer:
         self.dim = term.stderr_is_tty and term.color
         self._answer_ends_line = True
         self._reasoning_ends_line = True
+        self._shown = AnswerAsShown()
 
     def reasoning(self, text: str, tokens: int) -> None:
         if self.show_reasoning:
@@ -50,6 +52,9 @@ class PlainRenderer:
             self._reasoning_ends_line = True
 
     def answer(self, text: str) -> None:
+        text = self._shown(text)
+        if not text:
+            return
         self.out.write(text)
         self.out.flush()
         self._answer_ends_line = text.endswith("\n")
@@ -201,11 +206,13 @@ class TerminalRenderer:
         return Text(f"{frame} {self._waiting_label} {elapsed:.1f} s · {self._tokens} tokens", style="cyan")
 
     def _reasoning_tail(self, width: int):
+        from rich.segment import Segment
         from rich.text import Text
 
         text = Text(self._reasoning.lstrip("\n")[-(width * self.TAIL_LINES * 2) :], style="dim")
         lines = text.wrap(self.console, width)
-        return _Lines([line.render(self.console) for line in lines[-self.TAIL_LINES :]])
+        dim = self.console.get_style("dim")  # Text.render leaves the text's own style to its caller
+        return _Lines([list(Segment.apply_style(line.render(self.console), dim)) for line in lines[-self.TAIL_LINES :]])
 
 
 def _settled_blocks_end(text: str, start: int) -> int:

@@ -23,5 +23,5 @@ def transcript_markdown(conversation, model_name: str) -> str:
         parts.append("## Assistant\n")
         if turn.reasoning.strip():
             parts.append(f"<details>\n<summary>Reasoning</summary>\n\n{turn.reasoning.strip()}\n\n</details>\n")
-        parts.append(turn.content + ("\n\n*[interrupted]*" if turn.interrupted else "") + "\n")
+        parts.append(turn.content.strip() + ("\n\n*[interrupted]*" if turn.interrupted else "") + "\n")
     return "\n".join(parts)
