@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 import os
-import sys
+import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal, get_args
@@ -94,6 +94,7 @@ class ConfigFile:
     raw: dict = field(default_factory=dict)  # every key the file holds, as written
     settings: dict = field(default_factory=dict)  # the valid ones
     problems: dict = field(default_factory=dict)  # key -> what is wrong with it
+    unparsed: dict = field(default_factory=dict)  # key -> its line, where that line is not TOML
 
     def first_problem(self) -> UsageError | None:
         if not self.problems:
@@ -110,15 +111,13 @@ def read(path: Path | None = None) -> ConfigFile:
     config = ConfigFile(path or config_path())
     try:
         text = config.path.read_bytes().decode("utf-8")
-        config.raw = _toml().loads(text)
+        config.raw = tomllib.loads(text)
     except FileNotFoundError:
         return config
     except OSError as exc:
         raise UsageError(f"cannot read the config file {config.path}: {exc.strerror}") from None
     except ValueError as exc:  # TOMLDecodeError and UnicodeDecodeError alike
-        raise UsageError(f"the config file {config.path} is not valid TOML: {exc}",
-                         hint="ponder will not rewrite a file it cannot read: fix it by hand, or move it aside"
-                              " to start a new one") from None
+        _read_by_line(config, text if isinstance(exc, tomllib.TOMLDecodeError) else None, exc)
     for key, value in config.raw.items():
         if key not in KEYS:
             config.problems[key] = "is not a setting (known: " + ", ".join(KEYS) + ")"
@@ -127,6 +126,25 @@ def read(path: Path | None = None) -> ConfigFile:
         else:
             config.settings[key] = _widened(key, value)
     return config
+
+
+def _read_by_line(config: ConfigFile, text: str | None, error: ValueError) -> None:
+    """A file that is not TOML as a whole, read a `key = value` line at a time, so that the line
+    at fault can be shown and replaced (older ponders wrote `temperature = Infinity`). Anything
+    else, ponder leaves alone: it cannot know what it would lose."""
+    for line in (text or "\x00").splitlines():
+        if not line.strip() or line.lstrip().startswith("#"):
+            continue
+        key = line.partition("=")[0].strip()
+        try:
+            config.raw.update(tomllib.loads(line))
+        except tomllib.TOMLDecodeError:
+            if "=" not in line or not key.isidentifier():
+                raise UsageError(f"the config file {config.path} is not valid TOML: {error}",
+                                 hint="ponder will not rewrite a file it cannot read: fix it by hand, or move it"
+                                      " aside to start a new one") from None
+            config.unparsed[key] = line
+            config.problems[key] = f"is not valid TOML: {line.partition('=')[2].strip()!r}"
 
 
 def load(path: Path | None = None) -> dict:
@@ -143,19 +161,15 @@ def check_key(key: str) -> None:
         raise UsageError(f"unknown key {key!r}", hint="known keys: " + ", ".join(KEYS))
 
 
-def save(settings: dict, path: Path | None = None) -> Path:
-    """Write `settings` as TOML (a TOML writer: JSON's `Infinity` or escapes are not TOML)."""
+def save(settings: dict, path: Path | None = None, unparsed: dict | None = None) -> Path:
+    """Write `settings` as TOML (a TOML writer: JSON's `Infinity` or escapes are not TOML), and
+    the `unparsed` lines as they were."""
     import tomli_w
 
     path = path or config_path()
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(FILE_HEADER + tomli_w.dumps(settings), encoding="utf-8")
+    text = FILE_HEADER + tomli_w.dumps(settings) + "".join(f"{line}\n" for line in (unparsed or {}).values())
+    temporary = path.with_name(path.name + ".tmp")
+    temporary.write_text(text, encoding="utf-8")
+    os.replace(temporary, path)  # a crash leaves the old file or the new one, never half of one
     return path
-
-
-def _toml():
-    if sys.version_info >= (3, 11):
-        import tomllib
-    else:  # pragma: no cover - Python 3.10
-        import tomli as tomllib
-    return tomllib

@@ -23,10 +23,8 @@ def imported_modules() -> dict[str, set[str]]:
 
 def declared_distributions() -> set[str]:
     """Every distribution pyproject.toml declares for users: dependencies and extras (not the test group)."""
-    if sys.version_info >= (3, 11):
-        import tomllib
-    else:  # pragma: no cover
-        import tomli as tomllib
+    import tomllib
+
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
     requirements = list(project["dependencies"])
     for extra in project.get("optional-dependencies", {}).values():

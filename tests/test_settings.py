@@ -11,10 +11,7 @@ import pytest
 
 from tests.support.cli import ponder_env, run_ponder
 
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover - Python 3.10
-    import tomli as tomllib
+import tomllib
 
 R1_REASONING = "Okay, 12 times 7. 10*7 = 70 and 2*7 = 14, so 70 + 14 = 84."
 
@@ -148,6 +145,28 @@ def test_an_infinite_temperature_in_the_file_is_shown_and_repaired(config):
     assert run_ponder("config", "show", env=config.env).returncode == 0
 
 
+def test_the_file_an_older_ponder_wrote_is_shown_and_repaired(config):
+    """`temperature = Infinity` (JSON's spelling) is not TOML: the file as a whole does not parse."""
+    config.path.write_text('# ponder settings\nmodel = "m.gguf"\ntemperature = Infinity\n')
+    ask = run_ponder("ask", "hi", env=config.env)
+    assert ask.returncode == 2 and "temperature in" in ask.stderr.decode() and "Traceback" not in ask.stderr.decode()
+    show = run_ponder("config", "show", env=config.env)
+    assert show.returncode == 2 and "model = m.gguf" in show.stdout.decode()
+    assert "temperature" in show.stdout.decode() + show.stderr.decode()
+    fixed = run_ponder("config", "set", "temperature", "0.5", env=config.env)
+    assert fixed.returncode == 0, fixed.stderr
+    assert tomllib.loads(config.path.read_text()) == {"model": "m.gguf", "temperature": 0.5}
+    assert not list(config.path.parent.glob("*.tmp"))  # written through a temporary file, replaced at once
+
+
+def test_a_file_that_is_not_key_value_lines_is_left_alone(config):
+    config.path.write_text('model = "m.gguf"\n[[[\n')
+    result = run_ponder("config", "set", "temperature", "0.5", env=config.env)
+    assert result.returncode == 2 and "not valid TOML" in result.stderr.decode()
+    assert "fix it by hand" in result.stderr.decode()
+    assert config.path.read_text() == 'model = "m.gguf"\n[[[\n'
+
+
 def test_config_set_keeps_the_other_settings_even_broken_ones(config):
     config.path.write_text('model = "m.gguf"\ntop_p = 3\ncolour = "blue"\n')
     result = run_ponder("config", "set", "temperature", "0.5", env=config.env)
@@ -160,16 +179,16 @@ def test_config_set_keeps_the_other_settings_even_broken_ones(config):
     assert "top_p = 3  # must be a number in (0, 1], not 3\n" in show and "colour = blue  # is not a setting" in show
 
 
-def test_a_file_that_is_not_toml_is_reported_and_left_alone(config):
-    broken = 'model = "m.gguf"\ntemperature = 0.6\ntop_p = 0.9.5\n'
-    config.path.write_text(broken)
-    for args in (["config", "show"], ["config", "set", "temperature", "0.5"], ["ask", "hi"]):
+def test_a_line_that_is_not_toml_is_reported_and_kept_as_written(config):
+    config.path.write_text('model = "m.gguf"\ntemperature = 0.6\ntop_p = 0.9.5\n')
+    for args in (["config", "show"], ["ask", "hi"]):
         result = run_ponder(*args, env=config.env)
-        err = result.stderr.decode()
-        assert result.returncode == 2 and "is not valid TOML" in err and "line 3" in err, args
-        assert "Traceback" not in err
-    assert "fix it by hand" in err
-    assert config.path.read_text() == broken
+        out, err = result.stdout.decode(), result.stderr.decode()
+        assert result.returncode == 2 and "Traceback" not in err, args
+        assert "top_p" in out + err and "is not valid TOML" in out + err, args
+    result = run_ponder("config", "set", "temperature", "0.5", env=config.env)
+    assert result.returncode == 0 and "top_p" in result.stderr.decode()  # still wrong, and said so
+    assert config.path.read_text().endswith('model = "m.gguf"\ntemperature = 0.5\ntop_p = 0.9.5\n')
 
 
 def test_a_broken_file_does_not_break_commands_that_do_not_use_it(config, tmp_path):

@@ -29,11 +29,13 @@ def config_show() -> None:
     from ponder.settings import read
 
     config = read()
-    if not config.raw:
+    if not config.raw and not config.unparsed:
         print(f"no settings ({config.path} does not exist or is empty)")
     for key, value in config.raw.items():
         wrong = config.problems.get(key)
         print(f"{key} = {value}" + (f"  # {wrong}" if wrong else ""))
+    for key, line in config.unparsed.items():
+        print(f"{line.strip()}  # {config.problems[key]}")
     if config.problems:
         raise UsageError(f"the config file {config.path} has settings that ponder cannot use (marked above)",
                          hint="`ponder config set KEY VALUE` replaces one; `ponder config unset KEY` removes one")
@@ -51,6 +53,7 @@ def config_set(
     checked = parse(key, value)  # before the file is touched
     config = read()
     config.raw[key] = checked
+    config.unparsed.pop(key, None)
     _write(config, f"{key} = {checked}")
 
 
@@ -62,10 +65,11 @@ def config_unset(
     from ponder.settings import read
 
     config = read()
-    if key not in config.raw:
+    if key not in config.raw and key not in config.unparsed:
         print(f"{key} is not set ({config.path})")
         return
-    del config.raw[key]
+    config.raw.pop(key, None)
+    config.unparsed.pop(key, None)
     _write(config, f"removed {key}")
 
 
@@ -73,7 +77,7 @@ def _write(config, done: str) -> None:
     """Save the edited file; settings that are still wrong are kept as written, and named."""
     from ponder.settings import read, save
 
-    print(f"{done}  ({save(config.raw, config.path)})")
+    print(f"{done}  ({save(config.raw, config.path, config.unparsed)})")
     for key, wrong in read(config.path).problems.items():
         print(f"ponder: warning: {key} in {config.path} {wrong}", file=sys.stderr)
 
