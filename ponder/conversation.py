@@ -54,22 +54,27 @@ class Chat:
         """Keep `turn`; False when the history failed just now (it is off from then on:
         `history_error` says why), since a conversation must not die with its log."""
         self.conversation.turns.append(turn)
+        return self._logged(lambda history: history.add_turn(self.conversation, turn, self.kind,
+                                                             self.model.info.backend))
+
+    def drop_last(self) -> bool:
+        """Forget the last turn; False when the history failed just now (as `add`)."""
+        turn = self.conversation.turns.pop()
+        return self._logged(lambda history: history.remove_turn(turn))
+
+    def _logged(self, change) -> bool:
         if self.history is None:
             return True
         try:
-            self.history.add_turn(self.conversation, turn, self.kind, self.model.info.backend)
+            change(self.history)
         except (sqlite3.Error, OSError) as exc:
             self.history, self.history_error = None, str(exc)
             return False
         return True
 
-    def drop_last(self) -> None:
-        turn = self.conversation.turns.pop()
-        if self.history is not None:
-            self.history.remove_turn(turn)
-
     def take_back(self) -> str:
-        """Drop the unanswered user message (its turn failed); its text, to be offered again."""
+        """Drop the unanswered user message (its turn failed); its text, to be offered again
+        (`history_error` is set if the history failed meanwhile)."""
         turns = self.conversation.turns
         if not turns or turns[-1].role != "user":
             return ""

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator, Sequence
+from contextlib import closing
 
 from ponder.backends.base import Model
 from ponder.events import (
@@ -40,37 +41,40 @@ def generate_reply(model: Model, messages: Sequence[Message], params: Generation
             parts[kind].append(text)
             yield ReasoningDelta(text, reasoning_tokens) if kind == "reasoning" else AnswerDelta(text)
 
-    for event in model_thread(model).iterate(lambda cancel: model.stream(prompt, params, cancel)):
-        if isinstance(event, TextDelta):
-            was_reasoning = splitter.in_reasoning
-            if was_reasoning:
-                reasoning_tokens += event.tokens
-            else:
-                answer_tokens += event.tokens
-            yield from deltas(splitter.feed(event.text))
-            if was_reasoning and not splitter.in_reasoning:
-                thinking_s = time.perf_counter() - started
-                yield ReasoningDone(thinking_s, reasoning_tokens)
-        elif isinstance(event, Finished):
-            yield from deltas(splitter.flush())
-            if splitter.in_reasoning:  # cut off while thinking
-                thinking_s = time.perf_counter() - started
-            backend = event.stats
-            yield Reply(
-                reasoning="".join(parts["reasoning"]),
-                answer="".join(parts["answer"]),
-                finish_reason=event.finish_reason,
-                stats=Stats(
-                    prompt_tokens=backend.prompt_tokens,
-                    reasoning_tokens=reasoning_tokens,
-                    answer_tokens=answer_tokens,
-                    time_to_first_token_s=backend.time_to_first_token_s,
-                    decode_tokens_per_s=backend.decode_tokens_per_s,
-                    thinking_s=thinking_s or 0.0,
-                    total_s=backend.total_s,
-                    peak_memory_bytes=backend.peak_memory_bytes,
-                ),
-            )
+    # Closed explicitly when this generator is: its wait for the model to stop may raise a held Ctrl-C.
+    stream = model_thread(model).iterate(lambda cancel: model.stream(prompt, params, cancel))
+    with closing(stream):
+        for event in stream:
+            if isinstance(event, TextDelta):
+                was_reasoning = splitter.in_reasoning
+                if was_reasoning:
+                    reasoning_tokens += event.tokens
+                else:
+                    answer_tokens += event.tokens
+                yield from deltas(splitter.feed(event.text))
+                if was_reasoning and not splitter.in_reasoning:
+                    thinking_s = time.perf_counter() - started
+                    yield ReasoningDone(thinking_s, reasoning_tokens)
+            elif isinstance(event, Finished):
+                yield from deltas(splitter.flush())
+                if splitter.in_reasoning:  # cut off while thinking
+                    thinking_s = time.perf_counter() - started
+                backend = event.stats
+                yield Reply(
+                    reasoning="".join(parts["reasoning"]),
+                    answer="".join(parts["answer"]),
+                    finish_reason=event.finish_reason,
+                    stats=Stats(
+                        prompt_tokens=backend.prompt_tokens,
+                        reasoning_tokens=reasoning_tokens,
+                        answer_tokens=answer_tokens,
+                        time_to_first_token_s=backend.time_to_first_token_s,
+                        decode_tokens_per_s=backend.decode_tokens_per_s,
+                        thinking_s=thinking_s or 0.0,
+                        total_s=backend.total_s,
+                        peak_memory_bytes=backend.peak_memory_bytes,
+                    ),
+                )
 
 
 def collect_reply(events: Iterator[ReplyEvent]) -> Reply:

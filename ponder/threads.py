@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import queue
 import signal
-import sys
 import threading
 import weakref
 from collections.abc import Callable, Iterator
@@ -31,9 +30,10 @@ class ModelThread:
 
     def __init__(self) -> None:
         self._jobs: queue.SimpleQueue = queue.SimpleQueue()
-        thread = threading.Thread(target=_run_jobs, args=(self._jobs,), name="ponder-model", daemon=True)
-        thread.start()
-        weakref.finalize(self, _end_thread, self._jobs).atexit = False  # the thread ends with this object
+        # The thread idles for the rest of the process once its model is gone, rather than end: a
+        # thread that used MLX runs MLX's thread-local destructors as it ends, and those call into
+        # Python, which aborts the process if the interpreter is shutting down meanwhile.
+        threading.Thread(target=_run_jobs, args=(self._jobs,), name="ponder-model", daemon=True).start()
 
     def iterate(self, produce: Callable[[threading.Event], Iterator[T]]) -> Iterator[T]:
         """Yield what `produce(cancel)` yields, computed on this thread.
@@ -73,21 +73,14 @@ class ModelThread:
                         raise item.exc
                     yield item
         finally:
-            cancel.set()
-            wait_through_interrupts(finished)
+            stop_and_wait(cancel, finished)
 
 
 def _run_jobs(jobs: queue.SimpleQueue) -> None:
-    while (job := jobs.get()) is not None:
+    while True:
+        job = jobs.get()
         job()
-
-
-def _end_thread(jobs: queue.SimpleQueue) -> None:
-    # Not while the interpreter shuts down: a thread that used MLX runs MLX's thread-local
-    # destructors as it ends, and those call into Python; from then on that aborts the process
-    # ("terminate called without an active exception"). Left waiting, it ends with the process.
-    if not sys.is_finalizing():
-        jobs.put(None)
+        del job  # it holds the model: an idle thread must not keep it alive
 
 
 _threads: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
@@ -95,25 +88,28 @@ _threads_lock = threading.Lock()
 
 
 def model_thread(model: object) -> ModelThread:
-    """`model`'s generation thread, started on first use and gone with the model."""
+    """`model`'s generation thread, started on first use (a model must be hashable and weakly
+    referable, as plain objects are)."""
     with _threads_lock:
         if model not in _threads:
             _threads[model] = ModelThread()
         return _threads[model]
 
 
-def wait_through_interrupts(done: threading.Event) -> None:
-    """Wait for `done`; a Ctrl-C meanwhile is held until then, and raised after.
+def stop_and_wait(cancel: threading.Event, done: threading.Event) -> None:
+    """Set `cancel` and wait for `done`; a Ctrl-C meanwhile is held until then, and raised after.
 
     Used while a cancelled generation finishes its current token: a second Ctrl-C must
     not leave the model's context mid-decode while the caller moves on.
     """
     if threading.current_thread() is not threading.main_thread():
+        cancel.set()
         done.wait()
         return
     interrupted = []
     previous = signal.signal(signal.SIGINT, lambda *_: interrupted.append(True))
     try:
+        cancel.set()  # only now: the handler that holds a Ctrl-C is in place
         done.wait()
     finally:
         signal.signal(signal.SIGINT, previous if previous is not None else signal.default_int_handler)

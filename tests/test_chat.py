@@ -313,3 +313,52 @@ def test_a_failed_turn_is_reported_and_the_chat_goes_on(tiny_r1):
     assert output.rstrip().endswith("12 × 7 = 84, so the answer is \\boxed{84}.")
     assert [t.role for t in repl.chat.conversation.turns] == ["user", "assistant"]  # the failed turn is not kept
     assert repl.chat.conversation.turns[0].content == "What is 12*7?"
+
+
+def test_a_closed_stdout_ends_the_chat_as_it_ends_ask(tiny_r1):
+    """`ponder chat < questions | head -c 3`: the first reply hits the closed pipe; the chat stops (141)."""
+    import subprocess
+    import sys
+
+    chat = subprocess.Popen([sys.executable, "-m", "ponder", "chat", "--model", tiny_r1, "--no-log"],
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=ponder_env())
+    chat.stdin.write(b"What is 12*7?\n" * 20)
+    chat.stdin.close()
+    assert chat.stdout.read(3)
+    chat.stdout.close()
+    assert chat.wait(timeout=120) == 141
+    assert b"Traceback" not in chat.stderr.read()
+
+
+def test_a_history_that_fails_mid_chat_only_warns(tiny_r1, tmp_path):
+    """The database breaks after the first turn (here its turns table is gone): the chat goes on."""
+    from ponder.backends.base import LoadOptions
+    from ponder.backends.llamacpp import LlamaCppModel
+    from ponder.cli.chat.repl import ChatRepl
+    from ponder.cli.commands.model_run import Run
+    from ponder.cli.views.terminal import Terminal
+    from ponder.events import GenerationParams
+    from ponder.history import History
+
+    model = LlamaCppModel(tiny_r1, LoadOptions(context=2048))
+    term = Terminal(io.BytesIO(b"What is 12*7?\n/history\n/clear\nWhat is 2+2?\n"), io.StringIO(), io.StringIO(),
+                    False, False, False, False)
+    repl = ChatRepl(Run(term, "collapse", "text", GenerationParams()), log=False)
+    repl.chat.history = History(tmp_path / "history.db")
+    repl.chat.use(model)
+    real_replied = repl.chat.replied
+
+    def replied_then_break(reply):
+        stored = real_replied(reply)
+        with sqlite3.connect(tmp_path / "history.db") as db:
+            db.execute("DROP TABLE IF EXISTS turns")
+        return stored
+
+    repl.chat.replied = replied_then_break
+    repl.loop()
+    model.close()
+    output = term.stdout.getvalue()
+    assert output.count("warning: history is off from here on: no such table: turns") == 1
+    assert "cannot read the history: no such table: turns" in output  # /history says so, and the chat goes on
+    assert "The answer is \\boxed{4}." in output
+    assert [t.role for t in repl.chat.conversation.turns] == ["user", "assistant"]

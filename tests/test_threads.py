@@ -12,15 +12,18 @@ import pytest
 from ponder.threads import ModelThread, model_thread
 
 
-def slow_to_stop(log: list, name: str, stop_after_s: float):
+def slow_to_stop(log: list, name: str, stop_after_s: float, interrupt_while_stopping: bool = False):
     """A generation that, once cancelled, takes `stop_after_s` to finish its current step
-    (as llama_decode finishes the token or prompt chunk it is in)."""
+    (as llama_decode finishes the token or prompt chunk it is in); optionally a Ctrl-C arrives
+    meanwhile."""
 
     def produce(cancel: threading.Event):
         log.append(f"{name} start")
         try:
             for i in range(1000):
                 if cancel.is_set():
+                    if interrupt_while_stopping:
+                        os.kill(os.getpid(), signal.SIGINT)
                     time.sleep(stop_after_s)
                     return
                 yield i
@@ -33,9 +36,8 @@ def slow_to_stop(log: list, name: str, stop_after_s: float):
 
 def test_a_second_ctrl_c_while_stopping_waits_for_the_model_to_be_idle():
     log: list[str] = []
-    events = ModelThread().iterate(slow_to_stop(log, "first", stop_after_s=0.5))
+    events = ModelThread().iterate(slow_to_stop(log, "first", stop_after_s=0.5, interrupt_while_stopping=True))
     assert next(events) == 0
-    threading.Timer(0.1, os.kill, (os.getpid(), signal.SIGINT)).start()  # lands while close() waits
     started = time.monotonic()
     with pytest.raises(KeyboardInterrupt):
         events.close()  # cancels, waits for the step to end, then raises the held Ctrl-C
@@ -69,3 +71,23 @@ def test_each_model_has_its_own_thread_for_its_lifetime():
     names = [list(model_thread(m).iterate(lambda cancel: iter([threading.current_thread().ident])))[0]
              for m in (a, a, b)]
     assert names[0] == names[1] != names[2]  # the same thread every time for one model
+
+
+def test_an_idle_model_thread_does_not_keep_its_model_alive():
+    import gc
+    import weakref
+
+    class Model:
+        def stream(self, cancel):
+            yield "token"
+
+    model = Model()
+    assert list(model_thread(model).iterate(lambda cancel: model.stream(cancel))) == ["token"]
+    gone = weakref.ref(model)
+    del model
+    for _ in range(50):  # the thread lets go of its last job as soon as it is done
+        gc.collect()
+        if gone() is None:
+            break
+        time.sleep(0.01)
+    assert gone() is None

@@ -48,6 +48,9 @@ class BackendProbe:
 
 
 class Model(Protocol):
+    """A loaded model. Hashable and weakly referable, as plain objects are: ponder runs each
+    model's generations on a thread of its own, found by the model."""
+
     info: ModelInfo
 
     def tokenize(self, text: str) -> list[int]:

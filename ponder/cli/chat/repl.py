@@ -3,6 +3,8 @@ ponder.conversation.Chat)."""
 
 from __future__ import annotations
 
+import typer
+
 
 class ChatRepl:
     def __init__(self, run, log: bool):
@@ -15,6 +17,7 @@ class ChatRepl:
                                no_color=not run.term.color, highlight=False)
         self.chat = Chat(_open_history(run.term) if log else None, "chat")
         self.pending = ""  # a message to offer again at the next prompt (its turn failed)
+        self.history_warned = False
         self.running = True
 
     # --- the loop -----------------------------------------------------------------------
@@ -40,6 +43,7 @@ class ChatRepl:
                 run_command(self, text.strip())
             else:
                 self.ask(text)
+            self.warn_once_if_history_failed()
 
     def replay(self) -> None:
         """Show a resumed conversation, reasoning collapsed."""
@@ -56,7 +60,7 @@ class ChatRepl:
     def ask(self, text: str) -> None:
         from ponder.history import Turn
 
-        self.kept(self.chat.add(Turn("user", text)))
+        self.chat.add(Turn("user", text))
         self.generate()
 
     def generate(self) -> None:
@@ -69,7 +73,7 @@ class ChatRepl:
         try:
             reply = show_reply(self.chat.reply(self.run.params), recorder, self.run.term)
         except KeyboardInterrupt:
-            self.kept(self.chat.interrupted(recorder.answer_text, recorder.reasoning_text))
+            self.chat.interrupted(recorder.answer_text, recorder.reasoning_text)
             self.note("[interrupted]")
             return
         except ContextOverflow as exc:
@@ -77,11 +81,13 @@ class ChatRepl:
             self.note(f"{exc.message}. Your message is back in the input line; /clear starts a new conversation.",
                       "red")
             return
+        except typer.Exit:  # stdout closed (141): the session ends, as ask's would
+            raise
         except Exception as exc:  # the turn failed, not the session: report it and keep what was typed
             self.pending = self.chat.take_back()
             self.note(f"error: {describe_error(exc, self.run.term)}. Your message is back in the input line.", "red")
             return
-        self.kept(self.chat.replied(reply))
+        self.chat.replied(reply)
         if reply.finish_reason == "length":
             self.note("[stopped at the token limit: /set max_tokens N raises it]")
         if self.chat.nearly_full():
@@ -89,8 +95,9 @@ class ChatRepl:
             self.note(f"warning: the context is {used / total:.0%} full ({used} of {total} tokens); "
                       "/clear starts a new conversation", "yellow")
 
-    def kept(self, stored: bool) -> None:
-        if not stored:
+    def warn_once_if_history_failed(self) -> None:
+        if self.chat.history_error and not self.history_warned:
+            self.history_warned = True
             self.note(f"warning: history is off from here on: {self.chat.history_error}", "yellow")
 
     def note(self, text: str, style: str = "dim") -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sqlite3
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -116,7 +117,11 @@ def _history(repl, _args: str) -> None:
         raise CommandError("history is off in this session (--no-log)")
     from ponder.cli.views.transcript import summary_lines
 
-    for line in summary_lines(repl.chat.history.summaries()) or ["no conversations yet"]:
+    try:
+        summaries = repl.chat.history.summaries()
+    except sqlite3.Error as exc:
+        raise CommandError(f"cannot read the history: {exc}") from exc
+    for line in summary_lines(summaries) or ["no conversations yet"]:
         repl.note(line, "")
 
 
