@@ -13,6 +13,7 @@ catalogue has none, the one the hub publishes (the LFS ETag); a mismatch is remo
 from __future__ import annotations
 
 import hashlib
+import os
 import re
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -93,10 +94,9 @@ def _pull_file(artifact: Artifact) -> Path:
 
 def _fetch_blob(artifact: Artifact, meta, url: str) -> None:
     """Download the file's blob into the cache, continuing a `.partial` left by an earlier run."""
-    from filelock import FileLock
     from huggingface_hub import constants
     from huggingface_hub.file_download import http_get, repo_folder_name
-    from huggingface_hub.utils import build_hf_headers
+    from huggingface_hub.utils import WeakFileLock, build_hf_headers
 
     folder = repo_folder_name(repo_id=artifact.repo, repo_type="model")
     blob = Path(constants.HF_HUB_CACHE) / folder / "blobs" / meta.etag
@@ -105,7 +105,7 @@ def _fetch_blob(artifact: Artifact, meta, url: str) -> None:
     headers = build_hf_headers()
     if _origin(meta.location) != _origin(url):  # a redirect to a CDN: the token stays with the hub
         headers.pop("authorization", None)
-    with FileLock(lock):
+    with WeakFileLock(lock):  # huggingface_hub's: a soft lock where flock is missing (NFS), group-writable
         if blob.exists():  # cached, or fetched by another pull while this one waited
             return
         partial = blob.with_name(blob.name + ".partial")
@@ -143,9 +143,12 @@ def remove_cached_file(path: Path) -> None:
     the cache loses only itself)."""
     from huggingface_hub import constants
 
-    blob = path.resolve()
+    if not path.is_symlink():
+        path.unlink(missing_ok=True)
+        return
+    blob = Path(os.path.normpath(path.parent / os.readlink(path)))  # the first hop only: the repo's blobs/
     path.unlink(missing_ok=True)
-    if blob.is_relative_to(Path(constants.HF_HUB_CACHE).resolve()):
+    if blob.parent.name == "blobs" and blob.is_relative_to(os.path.abspath(constants.HF_HUB_CACHE)):
         blob.unlink(missing_ok=True)
 
 

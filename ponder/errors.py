@@ -42,4 +42,4 @@ def enable_debug() -> None:
 
 def debugging() -> bool:
     """--debug or PONDER_DEBUG: show tracebacks (and llama.cpp's log)."""
-    return os.environ.get(DEBUG_ENV, "") not in ("", "0")
+    return os.environ.get(DEBUG_ENV, "").strip().lower() not in ("", "0", "false", "no", "off")  # as click reads it

@@ -122,6 +122,11 @@ class History:
                               hint="move it aside, or run with --no-log") from exc
         finally:
             os.umask(old_umask)
+        for name in (path.name, path.name + "-wal", path.name + "-shm"):  # made readable by an older ponder
+            try:
+                os.chmod(path.with_name(name), 0o600)
+            except OSError:
+                pass
         if version > len(MIGRATIONS):
             self._db.close()
             raise PonderError(f"the history database {path} was written by a newer version of ponder"

@@ -142,3 +142,16 @@ def test_a_database_from_a_newer_ponder_is_refused_untouched(db_path, tmp_path):
     result = run_ponder("history", env=ponder_env(PONDER_DATA_DIR=str(tmp_path)))
     err = result.stderr.decode()
     assert result.returncode == 1 and "newer version of ponder" in err and "Traceback" not in err
+
+
+def test_an_existing_database_is_made_private(tmp_path):
+    import os
+    import stat
+
+    from ponder.history import History
+
+    path = tmp_path / "history.db"
+    History(path).close()
+    os.chmod(path, 0o644)  # as an older ponder, or a copy, may have left it
+    History(path).close()
+    assert stat.S_IMODE(os.stat(path).st_mode) == 0o600

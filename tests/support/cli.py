@@ -20,7 +20,11 @@ TEST_DATA_DIR = os.path.join(tempfile.gettempdir(), f"ponder-test-data-{os.getpi
 
 def ponder_env(**extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("PONDER_")}
+    # Never the user's own history, config file or downloaded models (tests pass their own).
     env["PONDER_DATA_DIR"] = TEST_DATA_DIR
+    env["PONDER_CONFIG"] = os.path.join(TEST_DATA_DIR, "config.toml")
+    env["HF_HUB_CACHE"] = os.path.join(TEST_DATA_DIR, "hub")
+    env["OLLAMA_MODELS"] = os.path.join(TEST_DATA_DIR, "ollama")
     env.update(extra)
     return env
 
