@@ -30,7 +30,7 @@ RULES = {
     "temperature": (float, lambda v: v >= 0, "a number, 0 or more"),
     "top_p": (float, lambda v: 0 < v <= 1, "a number in (0, 1]"),
     "max_tokens": (int, lambda v: v > 0, "a whole number above 0"),
-    "seed": (int, lambda v: True, "a whole number"),
+    "seed": (int, lambda v: 0 <= v < 2**32, "a whole number from 0 to 4294967295"),  # what samplers take
     "ctx": (int, lambda v: v > 0, "a whole number above 0"),
     "threads": (int, lambda v: v > 0, "a whole number above 0"),
     "reasoning": (str, lambda v: v in REASONING, "one of " + ", ".join(REASONING)),

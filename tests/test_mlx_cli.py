@@ -111,7 +111,7 @@ def test_mlx_directory_without_tokenizer(broken_copy):
 def test_mlx_requested_where_it_is_not_installed(tiny_r1_mlx):
     err = assert_clean_failure(run_without_mlx("ask", "--model", tiny_r1_mlx, "hi"), 1,
                                "the mlx backend is not installed here")
-    assert "pip install 'ponder[mlx]'" in err
+    assert "pip install mlx-lm" in err
 
 
 def test_backends_lists_both_as_usable():
@@ -130,4 +130,4 @@ def test_backends_explains_a_missing_engine():
     result = run_without_mlx("backends")
     assert result.returncode == 0, result.stderr
     line = next(line for line in result.stdout.decode().splitlines() if line.startswith("mlx"))
-    assert "not usable" in line and "pip install 'ponder[mlx]'" in line
+    assert "not usable" in line and "pip install mlx-lm" in line

@@ -64,7 +64,7 @@ def test_every_command_that_shows_reasoning_takes_the_one_option(config, command
 @pytest.mark.parametrize("key, text", [
     ("temperature", "inf"), ("temperature", "nan"), ("temperature", "-inf"), ("temperature", "-0.1"),
     ("top_p", "nan"), ("top_p", "inf"), ("top_p", "0"), ("top_p", "1.5"),
-    ("max_tokens", "0"), ("max_tokens", "1.5"), ("seed", "1.5"), ("seed", "inf"),
+    ("max_tokens", "0"), ("max_tokens", "1.5"), ("seed", "1.5"), ("seed", "inf"), ("seed", "-3"), ("seed", "4294967296"),
 ])
 def test_one_validator_refuses_bad_sampling_values(key, text):
     from ponder.errors import UsageError
@@ -82,7 +82,7 @@ def test_non_finite_flags_are_usage_errors(tmp_path, option, value):
 
 
 @pytest.mark.parametrize("line", ["/set temperature nan", "/set temperature inf", "/set top_p nan",
-                                  "/set max_tokens 0", "/set seed 1.5"])
+                                  "/set max_tokens 0", "/set seed 1.5", "/set seed -3"])
 def test_chat_set_refuses_what_the_validator_refuses(line):
     from ponder.cli.chat.slash_commands import run_command
     from ponder.events import GenerationParams

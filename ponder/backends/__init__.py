@@ -32,8 +32,10 @@ BUILTIN = {
 
 # What to install when a built-in backend's engine is missing.
 INSTALL_HINTS = {
-    MLX: "pip install 'ponder[mlx]'  (mlx-lm; on Linux it brings mlx[cpu])",
-    LLAMA_CPP: "pip install 'ponder[llama]'  (llama-cpp-python)",
+    MLX: "install mlx-lm into ponder's environment: ~/.local/share/ponder/venv/bin/pip install mlx-lm"
+         " (and mlx[cpu] on Linux)",
+    LLAMA_CPP: "install llama-cpp-python into ponder's environment: ~/.local/share/ponder/venv/bin/pip install"
+               " llama-cpp-python",
 }
 UPGRADE_HINTS = {MLX: "pip install -U mlx-lm", LLAMA_CPP: "pip install -U llama-cpp-python (or run scripts/install again)"}
 

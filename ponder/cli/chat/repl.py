@@ -88,7 +88,9 @@ class ChatRepl:
             self.note(f"error: {describe_error(exc, self.run.term)}. Your message is back in the input line.", "red")
             return
         self.chat.replied(reply)
-        if reply.finish_reason == "length":
+        if reply.finish_reason == "length" and self.chat.context_used() >= self.chat.model.info.context:
+            self.note("[stopped: the context is full; /clear starts a new conversation]")
+        elif reply.finish_reason == "length":
             self.note("[stopped at the token limit: /set max_tokens N raises it]")
         if self.chat.nearly_full():
             total, used = self.chat.model.info.context, self.chat.context_used()
