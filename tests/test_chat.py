@@ -34,6 +34,19 @@ def chat(data_dir):
         session.close()
 
 
+def piped_repl(model, lines: bytes):
+    """The real REPL on a model loaded in-process, its input piped in and its output kept."""
+    from ponder.cli.chat.repl import ChatRepl
+    from ponder.cli.commands.model_run import Run
+    from ponder.cli.views.terminal import Terminal
+    from ponder.events import GenerationParams
+
+    term = Terminal(io.BytesIO(lines), io.StringIO(), io.StringIO(), False, False, False, False)
+    repl = ChatRepl(Run(term, "collapse", "text", GenerationParams()), log=False)
+    repl.chat.use(model)
+    return repl, term
+
+
 def turns(data_dir, conversation_id=None):
     with sqlite3.connect(data_dir / "history.db") as db:
         if conversation_id is None:
@@ -174,10 +187,6 @@ def test_turn_two_sends_no_reasoning_from_turn_one(tiny_r1):
     """Drive the REPL with piped input and a real model; look at every prompt it sent."""
     from ponder.backends.base import LoadOptions
     from ponder.backends.llamacpp import LlamaCppModel
-    from ponder.cli.chat.repl import ChatRepl
-    from ponder.cli.commands.model_run import Run
-    from ponder.cli.views.terminal import Terminal
-    from ponder.events import GenerationParams
 
     model = LlamaCppModel(tiny_r1, LoadOptions(context=2048))
     sent = []
@@ -188,9 +197,7 @@ def test_turn_two_sends_no_reasoning_from_turn_one(tiny_r1):
         return real_stream(prompt, params, cancel)
 
     model.stream = recording_stream
-    term = Terminal(io.BytesIO(b"What is 12*7?\nWhat is 2+2?\n"), io.StringIO(), io.StringIO(), False, False, False, False)
-    repl = ChatRepl(Run(term, "collapse", "text", GenerationParams()), log=False)
-    repl.chat.use(model)
+    repl, term = piped_repl(model, b"What is 12*7?\nWhat is 2+2?\n")
     repl.loop()
     model.close()
 
@@ -286,11 +293,7 @@ def test_a_failed_turn_is_reported_and_the_chat_goes_on(tiny_r1):
     """A runtime failure in one turn (here the backend raising mid-reply) ends that turn only."""
     from ponder.backends.base import LoadOptions
     from ponder.backends.llamacpp import LlamaCppModel
-    from ponder.cli.chat.repl import ChatRepl
-    from ponder.cli.commands.model_run import Run
-    from ponder.cli.views.terminal import Terminal
     from ponder.errors import BackendError
-    from ponder.events import GenerationParams
 
     model = LlamaCppModel(tiny_r1, LoadOptions(context=2048))
     real_stream = model.stream
@@ -303,9 +306,7 @@ def test_a_failed_turn_is_reported_and_the_chat_goes_on(tiny_r1):
         return real_stream(prompt, params, cancel)
 
     model.stream = failing_once
-    term = Terminal(io.BytesIO(b"What is 2+2?\nWhat is 12*7?\n"), io.StringIO(), io.StringIO(), False, False, False, False)
-    repl = ChatRepl(Run(term, "collapse", "text", GenerationParams()), log=False)
-    repl.chat.use(model)
+    repl, term = piped_repl(model, b"What is 2+2?\nWhat is 12*7?\n")
     repl.loop()
     model.close()
     output = term.stdout.getvalue()
@@ -334,18 +335,11 @@ def test_a_history_that_fails_mid_chat_only_warns(tiny_r1, tmp_path):
     """The database breaks after the first turn (here its turns table is gone): the chat goes on."""
     from ponder.backends.base import LoadOptions
     from ponder.backends.llamacpp import LlamaCppModel
-    from ponder.cli.chat.repl import ChatRepl
-    from ponder.cli.commands.model_run import Run
-    from ponder.cli.views.terminal import Terminal
-    from ponder.events import GenerationParams
     from ponder.history import History
 
     model = LlamaCppModel(tiny_r1, LoadOptions(context=2048))
-    term = Terminal(io.BytesIO(b"What is 12*7?\n/history\n/clear\nWhat is 2+2?\n"), io.StringIO(), io.StringIO(),
-                    False, False, False, False)
-    repl = ChatRepl(Run(term, "collapse", "text", GenerationParams()), log=False)
+    repl, term = piped_repl(model, b"What is 12*7?\n/history\n/clear\nWhat is 2+2?\n")
     repl.chat.history = History(tmp_path / "history.db")
-    repl.chat.use(model)
     real_replied = repl.chat.replied
 
     def replied_then_break(reply):

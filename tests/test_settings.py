@@ -3,7 +3,6 @@ and a broken file that `ponder config` can still show and repair."""
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 from types import SimpleNamespace
 

@@ -6,7 +6,6 @@ Exit codes: 0 ok, 1 model or runtime failure, 2 usage error, 130 interrupted,
 
 from __future__ import annotations
 
-import os
 import sys
 from typing import TextIO
 
