@@ -22,8 +22,9 @@ _ponder() {
                 --max-tokens) COMPREPLY=(); return ;;
                 --seed) COMPREPLY=(); return ;;
                 --reasoning) COMPREPLY=($(compgen -W "show collapse hide" -- "$cur")); return ;;
+                --lang) COMPREPLY=(); return ;;
             esac
-            COMPREPLY=($(compgen -W "--model -m --backend --ctx --threads -t --temperature --top-p --max-tokens --seed --reasoning --show-reasoning --hide-reasoning --stats --json --jsonl --no-log --debug --help -h" -- "$cur")) ;;
+            COMPREPLY=($(compgen -W "--model -m --backend --ctx --threads -t --temperature --top-p --max-tokens --seed --reasoning --show-reasoning --hide-reasoning --stats --json --jsonl --extract -x --extract-last --lang --no-log --debug --help -h" -- "$cur")) ;;
         "backends")
             case "$prev" in
             esac

@@ -27,6 +27,10 @@ def ask(
     stats: bool = OutputOptions.stats,
     json: bool = OutputOptions.json,
     jsonl: bool = OutputOptions.jsonl,
+    extract: bool = typer.Option(False, "--extract", "-x", help="Print only the code of the answer's first code block."),
+    extract_last: bool = typer.Option(False, "--extract-last", help="Print only the code of the answer's last code block."),
+    lang: Optional[str] = typer.Option(None, "--lang", help="Print only the first code block in this language.",
+                                       show_default=False),
     no_log: bool = typer.Option(False, "--no-log", help="Keep this exchange out of the history database."),
     debug: bool = OutputOptions.debug,
 ) -> None:
@@ -39,12 +43,32 @@ def ask(
 
     run = Run.start(debug, reasoning, show_reasoning, hide_reasoning, json, jsonl, invocation=invocation,
                     temperature=temperature, top_p=top_p, max_tokens=max_tokens, seed=seed)
+    code = _code_renderer(run, extract, extract_last, lang)
     text = run.prompt(prompt)
     loaded = run.load(model, backend, ctx, threads)
-    reply = run.show(loaded, text)
+    reply = run.show(loaded, text, code)
     if not no_log:
         run.log(loaded, text, reply)
     run.report(reply, stats)
+    if code is not None and code.error:
+        raise code.error
+    if code is not None and code.cut_off:
+        raise typer.Exit(1)
+
+
+def _code_renderer(run, extract: bool, extract_last: bool, lang: str | None):
+    """With -x, --extract-last or --lang: the view that prints one code block alone."""
+    if not (extract or extract_last or lang):
+        return None
+    from ponder.errors import UsageError
+
+    if extract and extract_last:
+        raise UsageError("-x/--extract and --extract-last cannot be used together")
+    if run.output != "text":
+        raise UsageError("code extraction prints code, not JSON: --json already lists every block under \"code\"")
+    from ponder.cli.views.code_output import CodeRenderer
+
+    return CodeRenderer(run.term, run.mode, lang, last=extract_last)
 
 
 def register(app: typer.Typer) -> None:

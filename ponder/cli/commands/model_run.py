@@ -45,19 +45,19 @@ class Run:
 
         return load_model(self.term, model, backend, LoadOptions(context=ctx, threads=threads))
 
-    def show(self, model: Model, user_text: str) -> Reply | None:
-        """Stream one reply to the user turn, rendered as this run's output asks."""
+    def show(self, model: Model, user_text: str, renderer=None) -> Reply | None:
+        """Stream one reply to the user turn, rendered as this run's output asks (or by `renderer`)."""
         from ponder.cli.views.render import make_renderer
         from ponder.cli.views.show_reply import show_reply
         from ponder.exchange import generate_reply
 
         events = generate_reply(model, [Message("user", user_text)], self.params)
-        return show_reply(events, make_renderer(self.term, self.mode, model.info, self.output), self.term)
+        renderer = renderer or make_renderer(self.term, self.mode, model.info, self.output)
+        return show_reply(events, renderer, self.term)
 
     def sample(self, model: Model, user_text: str, index: int) -> Reply:
         """One of several independent samples, unshown; seeds step by one from --seed."""
-        from ponder.exchange import collect_reply
-        from ponder.exchange import generate_reply
+        from ponder.exchange import collect_reply, generate_reply
 
         params = self.params if self.params.seed is None else replace(self.params, seed=self.params.seed + index)
         return collect_reply(generate_reply(model, [Message("user", user_text)], params))

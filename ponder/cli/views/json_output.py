@@ -7,6 +7,7 @@ from typing import Any, TextIO
 
 from ponder.backends.base import ModelInfo
 from ponder.events import Reply, Stats
+from ponder.code_blocks import code_blocks
 from ponder.reasoning import AnswerAsShown, extract_boxed
 
 
@@ -30,6 +31,7 @@ def reply_json(reply: Reply, info: ModelInfo) -> dict[str, Any]:
         "reasoning": reply.reasoning,
         "answer": reply.answer.lstrip(),  # as shown: the blank line R1 writes after </think> is not for show
         "boxed": extract_boxed(reply.answer),
+        "code": [{"lang": block.lang, "text": block.text} for block in code_blocks(reply.answer)],
         "finish_reason": reply.finish_reason,
         "stats": stats_json(reply.stats),
     }
