@@ -19,7 +19,7 @@ OPENING = re.compile(r"^(?P<indent> {0,3})(?P<fence>`{3,}(?=[^`]*$)|~{3,})(?P<in
 @dataclass(frozen=True)
 class CodeBlock:
     lang: str  # the info string's first word ("" when there is none)
-    text: str  # the code, each line ending in a newline
+    text: str  # the code, each line ending in a newline (a cut-off block's last line perhaps not)
     closed: bool  # False: the answer ended inside the block (cut off)
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+import os
 import sqlite3
 import time
 from dataclasses import replace
@@ -17,6 +19,8 @@ HELP = """\
 /set NAME VALUE            temperature, top_p, max_tokens or seed (seed none: random)
 /stats                     the last reply's tokens, speed and thinking time; context used
 /save [FILE]               the conversation as Markdown (reasoning in <details>)
+/copy [N]                  the last answer's first (or N-th) code block to the clipboard (OSC 52)
+/save-code [N] FILE        that code block to a new file
 /history                   recent conversations (resume one with ponder chat --resume ID)
 /model                     the model in use
 /exit                      quit (Ctrl-D too)
@@ -112,6 +116,62 @@ def _save(repl, args: str) -> None:
     repl.note(f"saved {path}")
 
 
+def _code_block(repl, number: str):
+    """The `number`-th (1-based) code block of the last answer, and a few words about it."""
+    turns = repl.chat.conversation.turns
+    if not turns or turns[-1].role != "assistant":
+        raise CommandError("no answer yet")
+    from ponder.code_blocks import code_blocks
+
+    blocks = code_blocks(turns[-1].content)
+    if not blocks:
+        raise CommandError("the last answer has no code block")
+    if not number.isdigit() or not 1 <= int(number) <= len(blocks):
+        raise CommandError(f"N must be 1 to {len(blocks)}: the last answer has {_count(len(blocks), 'code block')}")
+    block = blocks[int(number) - 1]
+    about = f"code block {number} ({_count(len(block.text.splitlines()), 'line')})"
+    return block, about + ("" if block.closed else " (cut off: the answer ended inside it)")
+
+
+def _count(n: int, word: str) -> str:
+    return f"{n} {word}{'' if n == 1 else 's'}"
+
+
+def _copy(repl, args: str) -> None:
+    block, about = _code_block(repl, args or "1")
+    term, name = repl.run.term, os.environ.get("TERM", "")
+    if not term.stdout_is_tty:
+        raise CommandError("cannot copy: the output is not a terminal; /save-code FILE writes the block to a file")
+    if name in ("dumb", "linux"):  # the Linux console has no OSC 52
+        raise CommandError(f"cannot copy: this terminal (TERM={name}) has no clipboard sequence (OSC 52); "
+                           "/save-code FILE writes the block to a file")
+    # OSC 52 ("c": the clipboard) is written to the terminal itself, so it reaches the clipboard over SSH too.
+    term.stdout.write(f"\x1b]52;c;{base64.b64encode(block.text.encode()).decode()}\a")
+    term.stdout.flush()
+    # tmux drops the sequence unless told otherwise, and the terminal cannot say whether it took it.
+    tmux = " (under tmux: set -g set-clipboard on)" if os.environ.get("TMUX") else ""
+    repl.note(f"copied {about} to the clipboard{tmux}")
+
+
+def _save_code(repl, args: str) -> None:
+    number, _, file = args.partition(" ")
+    if not number.isdigit() or not file.strip():  # no N: the whole line is the file's name
+        number, file = "1", args
+    file = file.strip()
+    if not file or file.isdigit():
+        raise CommandError("usage: /save-code [N] FILE")
+    block, about = _code_block(repl, number)
+    path = Path(file).expanduser()
+    try:
+        with path.open("x", encoding="utf-8") as out:  # "x": an existing file is never overwritten
+            out.write(block.text)
+    except FileExistsError:
+        raise CommandError(f"{path} exists; nothing written (give another name)") from None
+    except OSError as exc:
+        raise CommandError(f"cannot write {path}: {exc.strerror}") from exc
+    repl.note(f"saved {about} to {path}")
+
+
 def _history(repl, _args: str) -> None:
     if repl.chat.history is None:
         raise CommandError("history is off in this session (--no-log)")
@@ -133,5 +193,6 @@ def _model(repl, _args: str) -> None:
 
 COMMANDS = {
     "/help": _help, "/clear": _clear, "/retry": _retry, "/think": _think, "/set": _set, "/stats": _stats,
-    "/save": _save, "/history": _history, "/model": _model, "/exit": _exit, "/quit": _exit,
+    "/save": _save, "/copy": _copy, "/save-code": _save_code, "/history": _history, "/model": _model,
+    "/exit": _exit, "/quit": _exit,
 }
