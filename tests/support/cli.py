@@ -75,7 +75,7 @@ def final_screen(*args: str, cols: int = 100, rows: int = 40, scrollback: bool =
         pytest.skip("tmux is not installed")
     session = f"ponder-test-{time.monotonic_ns()}"
     command = tmux_command(args, ponder_env(TERM="xterm-256color")) + "; echo EXIT=$?; sleep 30"
-    subprocess.run(["tmux", "new-session", "-d", "-s", session, "-x", str(cols), "-y", str(rows), command], check=True)
+    new_tmux_session(session, cols, rows, command)
     try:
         deadline = time.monotonic() + 90
         while time.monotonic() < deadline:
@@ -91,6 +91,18 @@ def final_screen(*args: str, cols: int = 100, rows: int = 40, scrollback: bool =
         subprocess.run(["tmux", "kill-session", "-t", session], capture_output=True)
 
 
+def new_tmux_session(name: str, cols: int, rows: int, command: str) -> None:
+    """A detached tmux session. Tried again if the server was just exiting (the previous test
+    killed its last session) when this one connected."""
+    for _ in range(3):
+        started = subprocess.run(["tmux", "new-session", "-d", "-s", name, "-x", str(cols), "-y", str(rows), command],
+                                 capture_output=True, text=True)
+        if started.returncode == 0:
+            return
+        time.sleep(0.5)
+    raise AssertionError(f"tmux new-session failed: {started.stderr.strip()}")
+
+
 class TmuxSession:
     """`ponder ARGS` in a tmux pane, driven by keys as a person would (tmux is a real
     terminal emulator: it answers prompt_toolkit's cursor-position queries)."""
@@ -102,8 +114,7 @@ class TmuxSession:
             pytest.skip("tmux is not installed")
         self.name = f"ponder-chat-{time.monotonic_ns()}"
         command = tmux_command(args, env or ponder_env(TERM="xterm-256color")) + "; echo EXIT=$?; sleep 60"
-        subprocess.run(["tmux", "new-session", "-d", "-s", self.name, "-x", str(cols), "-y", str(rows), command],
-                       check=True)
+        new_tmux_session(self.name, cols, rows, command)
 
     def keys(self, *keys: str) -> None:
         """tmux key names (Enter, C-c, Escape…) and text; text is sent literally."""
