@@ -6,7 +6,8 @@ from dataclasses import dataclass
 from typing import Literal, Union
 
 Role = Literal["system", "user", "assistant"]
-FinishReason = Literal["stop", "length", "cancelled"]
+# "cancelled": the user stopped it; "interrupted": the backend failed mid-reply (a server's stream broke).
+FinishReason = Literal["stop", "length", "cancelled", "interrupted"]
 
 
 @dataclass(frozen=True)
@@ -30,10 +31,15 @@ class GenerationParams:
 
 @dataclass(frozen=True)
 class TextDelta:
-    """Decoded text of one or more generated tokens (text may be empty mid-UTF-8)."""
+    """Decoded text of one or more generated tokens (text may be empty mid-UTF-8).
+
+    `part` is None for the model's raw text, which the core splits at `</think>`; a server that
+    separates the reasoning itself says which part the text belongs to.
+    """
 
     text: str
     tokens: int = 1
+    part: Literal["reasoning", "answer"] | None = None
 
 
 @dataclass(frozen=True)
@@ -44,12 +50,15 @@ class BackendStats:
     decode_tokens_per_s: float
     total_s: float
     peak_memory_bytes: int | None = None  # where the backend measures it (MLX)
+    reasoning_tokens: int | None = None  # where the backend knows better than counting (a server's usage)
+    route: str | None = None  # how a server was asked, e.g. "/v1/completions, prompt rendered by ponder"
 
 
 @dataclass(frozen=True)
 class Finished:
     finish_reason: FinishReason
     stats: BackendStats
+    error: str | None = None  # why, when "interrupted"
 
 
 BackendEvent = Union[TextDelta, Finished]
@@ -87,6 +96,7 @@ class Stats:
     thinking_s: float
     total_s: float
     peak_memory_bytes: int | None = None
+    route: str | None = None  # BackendStats.route
 
 
 @dataclass(frozen=True)
@@ -97,6 +107,7 @@ class Reply:
     answer: str
     finish_reason: FinishReason
     stats: Stats
+    error: str | None = None  # why it was "interrupted": what arrived is kept, then the front end fails
 
 
 ReplyEvent = Union[ReasoningDelta, AnswerDelta, ReasoningDone, Reply]

@@ -40,7 +40,7 @@ def _v1_initial(db: sqlite3.Connection) -> None:
             role TEXT NOT NULL,              -- 'user' or 'assistant'
             content TEXT NOT NULL,           -- the answer alone, for an assistant
             reasoning TEXT NOT NULL DEFAULT '',
-            finish_reason TEXT,              -- 'stop', 'length', 'cancelled' (interrupted)
+            finish_reason TEXT,              -- 'stop', 'length', 'cancelled' (by the user), 'interrupted' (the backend failed)
             stats TEXT,                      -- JSON
             created REAL NOT NULL
         )""")
@@ -78,7 +78,7 @@ class Turn:
 
     @property
     def interrupted(self) -> bool:
-        return self.finish_reason == "cancelled"
+        return self.finish_reason in ("cancelled", "interrupted")
 
     @classmethod
     def from_reply(cls, reply: Reply) -> Turn:

@@ -21,6 +21,8 @@ from ponder.errors import UsageError
 CONFIG_ENV = "PONDER_CONFIG"
 Reasoning = Literal["show", "collapse", "hide"]  # how reasoning is shown (--reasoning, /think)
 REASONING = get_args(Reasoning)
+ModelKind = Literal["auto", "reasoning", "plain"]  # whether the model thinks in <think> tags (--model-kind)
+MODEL_KINDS = get_args(ModelKind)
 
 # name -> (type, check, what a valid value is). Floats must be finite as well: `inf >= 0` holds,
 # and no sampler can use inf or nan.
@@ -34,8 +36,12 @@ RULES = {
     "ctx": (int, lambda v: v > 0, "a whole number above 0"),
     "threads": (int, lambda v: v > 0, "a whole number above 0"),
     "reasoning": (str, lambda v: v in REASONING, "one of " + ", ".join(REASONING)),
+    "server": (str, lambda v: v.startswith(("http://", "https://")), "a URL starting with http:// or https://"),
+    "timeout": (float, lambda v: v > 0, "a number of seconds above 0"),
+    "model_kind": (str, lambda v: v in MODEL_KINDS, "one of " + ", ".join(MODEL_KINDS)),
 }
-KEYS = ("model", "backend", "temperature", "top_p", "max_tokens", "reasoning")  # what the file may set
+# What the file may set.
+KEYS = ("model", "backend", "temperature", "top_p", "max_tokens", "reasoning", "server", "timeout", "model_kind")
 FILE_HEADER = "# ponder settings: defaults for ask, chat, solve and batch (flags and PONDER_* variables win)\n"
 
 

@@ -44,7 +44,7 @@ class ModelThread:
         If the consumer stops early (break, exception, Ctrl-C), `cancel` is set and the
         generation is waited for, so the model is idle again when this generator closes.
         """
-        cancel = threading.Event()
+        cancel = Cancel()
         finished = threading.Event()
         items: queue.SimpleQueue = queue.SimpleQueue()
 
@@ -74,6 +74,37 @@ class ModelThread:
                     yield item
         finally:
             stop_and_wait(cancel, finished)
+
+
+class Cancel(threading.Event):
+    """A stop flag that can also act at once: a generation blocked in I/O (a server's stream)
+    registers a callback that unblocks it, where checking the flag between tokens would wait."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._callbacks: list[Callable[[], None]] = []
+        self._lock = threading.Lock()
+
+    def on_set(self, callback: Callable[[], None]) -> Callable[[], None]:
+        """Run `callback` when the flag is set (now, if it already is); returns its remover."""
+        with self._lock:
+            if not self.is_set():
+                self._callbacks.append(callback)
+                return lambda: self._remove(callback)
+        callback()
+        return lambda: None
+
+    def _remove(self, callback) -> None:
+        with self._lock:
+            if callback in self._callbacks:
+                self._callbacks.remove(callback)
+
+    def set(self) -> None:
+        with self._lock:
+            super().set()
+            callbacks, self._callbacks = self._callbacks, []
+        for callback in callbacks:
+            callback()
 
 
 def _run_jobs(jobs: queue.SimpleQueue) -> None:

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from ponder.errors import ContextOverflow
-from ponder.events import BackendEvent, BackendStats, GenerationParams
+from ponder.events import BackendEvent, BackendStats, GenerationParams, Message
 from ponder.prompt import ChatFormat
 
 
@@ -35,6 +35,9 @@ class ModelInfo:
     # LoadOptions fields the user set that this backend cannot honour, e.g. ("threads",) on MLX.
     # Backends never print, so the front end tells the user.
     ignored: tuple[str, ...] = ()
+    # False for a server that applies the chat template itself: `stream` then takes the messages
+    # (reasoning already stripped) instead of prompt text.
+    renders_prompt: bool = True
 
 
 @dataclass(frozen=True)
@@ -57,9 +60,10 @@ class Model(Protocol):
         """Token ids of prompt text (special tokens parsed, no BOS added twice)."""
 
     def stream(
-        self, prompt: str, params: GenerationParams, cancel: threading.Event | None = None
+        self, prompt: str | list[Message], params: GenerationParams, cancel: threading.Event | None = None
     ) -> Iterator[BackendEvent]:
-        """Complete `prompt`: TextDelta events, then exactly one Finished.
+        """Complete `prompt`: TextDelta events, then exactly one Finished. `prompt` is text in the
+        model's template, or messages where `info.renders_prompt` is False.
 
         Checks `cancel` between tokens (and between prompt chunks) and then finishes
         with reason "cancelled". Raises ContextOverflow if the prompt does not fit (see

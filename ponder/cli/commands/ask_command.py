@@ -6,8 +6,8 @@ from typing import Optional
 
 import typer
 
-from ponder.cli.commands.options import ModelOptions, OutputOptions, SamplingOptions
-from ponder.settings import Reasoning
+from ponder.cli.commands.options import ModelOptions, OutputOptions, SamplingOptions, ServerOptions
+from ponder.settings import ModelKind, Reasoning
 
 
 def ask(
@@ -17,6 +17,9 @@ def ask(
     backend: str = ModelOptions.backend,
     ctx: Optional[int] = ModelOptions.ctx,
     threads: Optional[int] = ModelOptions.threads,
+    server: Optional[str] = ServerOptions.server,
+    timeout: Optional[float] = ServerOptions.timeout,
+    model_kind: ModelKind = ServerOptions.model_kind,
     temperature: float = SamplingOptions.temperature,
     top_p: float = SamplingOptions.top_p,
     max_tokens: int = SamplingOptions.max_tokens,
@@ -45,7 +48,7 @@ def ask(
                     temperature=temperature, top_p=top_p, max_tokens=max_tokens, seed=seed)
     code = _code_renderer(run, extract, extract_last, lang)
     text = run.prompt(prompt)
-    loaded = run.load(model, backend, ctx, threads)
+    loaded = run.load(model, backend, ctx, threads, server, timeout, model_kind)
     reply = run.show(loaded, text, code)
     if not no_log:
         run.log(loaded, text, reply)

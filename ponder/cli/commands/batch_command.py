@@ -9,8 +9,9 @@ from typing import Optional, TextIO
 
 import typer
 
-from ponder.cli.commands.options import ModelOptions, SamplingOptions
+from ponder.cli.commands.options import ModelOptions, SamplingOptions, ServerOptions
 from ponder.errors import UsageError
+from ponder.settings import ModelKind
 
 
 def read_tasks(lines: list[str]) -> list[dict]:
@@ -61,6 +62,9 @@ def batch(
     backend: str = ModelOptions.backend,
     ctx: Optional[int] = ModelOptions.ctx,
     threads: Optional[int] = ModelOptions.threads,
+    server: Optional[str] = ServerOptions.server,
+    timeout: Optional[float] = ServerOptions.timeout,
+    model_kind: ModelKind = ServerOptions.model_kind,
     temperature: float = SamplingOptions.temperature,
     top_p: float = SamplingOptions.top_p,
     max_tokens: int = SamplingOptions.max_tokens,
@@ -86,7 +90,7 @@ def batch(
               file=run.term.stderr)
     results = [r for r in done if r.get("id") in {t["id"] for t in tasks}]
     if todo:
-        loaded = run.load(model, backend, ctx, threads)
+        loaded = run.load(model, backend, ctx, threads, server, timeout, model_kind)
         sink = output.open("a", encoding="utf-8") if output else run.term.stdout
         try:
             with _progress(run.term, len(tasks), len(tasks) - len(todo)) as advance:

@@ -6,8 +6,8 @@ from typing import Optional
 
 import typer
 
-from ponder.cli.commands.options import ModelOptions, OutputOptions, SamplingOptions
-from ponder.settings import Reasoning
+from ponder.cli.commands.options import ModelOptions, OutputOptions, SamplingOptions, ServerOptions
+from ponder.settings import ModelKind, Reasoning
 
 
 def chat(
@@ -16,6 +16,9 @@ def chat(
     backend: str = ModelOptions.backend,
     ctx: Optional[int] = ModelOptions.ctx,
     threads: Optional[int] = ModelOptions.threads,
+    server: Optional[str] = ServerOptions.server,
+    timeout: Optional[float] = ServerOptions.timeout,
+    model_kind: ModelKind = ServerOptions.model_kind,
     temperature: float = SamplingOptions.temperature,
     top_p: float = SamplingOptions.top_p,
     max_tokens: int = SamplingOptions.max_tokens,
@@ -37,7 +40,7 @@ def chat(
                     temperature=temperature, top_p=top_p, max_tokens=max_tokens, seed=seed)
     repl = ChatRepl(run, log=not no_log)
     repl.chat.resume(resume, resume_last)  # before loading: a bad ID fails fast
-    repl.chat.use(run.load(model, backend, ctx, threads))
+    repl.chat.use(run.load(model, backend, ctx, threads, server, timeout, model_kind))
     repl.loop()
 
 

@@ -21,18 +21,49 @@ def load_model(term: Terminal, model: str | None, backend: str, options: LoadOpt
     fit = fit_context(path, backend_name, options)
     if fit.note:
         term.stderr.write(fit.note + "\n")
-    if term.stderr_is_tty:
-        from rich.console import Console
-
-        console = Console(file=term.stderr, no_color=not term.color)
-        with console.status(f"Loading {os.path.basename(path)}…", spinner="dots"):
-            model = call_in_thread(lambda: chosen.load(path, fit.options))
-    else:
+    with _working(term, f"Loading {os.path.basename(path)}…"):
         model = call_in_thread(lambda: chosen.load(path, fit.options))
     if model.info.ignored:
         names = ", ".join(IGNORED_OPTIONS.get(name, name) for name in model.info.ignored)
         term.stderr.write(f"ponder: note: the {model.info.backend} backend ignores {names} here\n")
     return model
+
+
+def connect_server(term: Terminal, url: str, model: str | None, backend: str, options: LoadOptions,
+                   timeout: float | None, model_kind: str) -> Model:
+    """The model `model` on the server at `url` (its only one when None)."""
+    from ponder.backends.server import connect
+    from ponder.backends.server_http import shown_url
+    from ponder.errors import UsageError
+
+    if backend != "auto":
+        raise UsageError(f"--backend {backend} picks a local engine, but --server (or PONDER_SERVER) names a server",
+                         hint="drop one of them")
+    unused = [flag for flag, value in (("--ctx", options.context), ("--threads", options.threads)) if value]
+    if unused:
+        term.stderr.write(f"ponder: note: {' and '.join(unused)} apply to local models; the server sets its own\n")
+    reasoning = {"reasoning": True, "plain": False}.get(model_kind)
+    with _working(term, f"Connecting to {shown_url(url)}…"):
+        return call_in_thread(lambda: connect(url, model, timeout, reasoning))
+
+
+def set_model_kind(model: Model, model_kind: str) -> None:
+    """--model-kind reasoning|plain: say whether the model thinks in <think> tags, whatever its template says."""
+    if model_kind in ("reasoning", "plain"):
+        from dataclasses import replace
+
+        model.info = replace(model.info, chat=replace(model.info.chat, reasoning=model_kind == "reasoning"))
+
+
+def _working(term: Terminal, label: str):
+    """A spinner on stderr while loading or connecting (a terminal only)."""
+    import contextlib
+
+    if not term.stderr_is_tty:
+        return contextlib.nullcontext()
+    from rich.console import Console
+
+    return Console(file=term.stderr, no_color=not term.color).status(label, spinner="dots")
 
 
 def _model_path(term: Terminal, model: str | None, backend: str) -> str:

@@ -40,10 +40,18 @@ class Run:
 
         return user_prompt(argument, self.term)
 
-    def load(self, model: str | None, backend: str, ctx: int | None, threads: int | None) -> Model:
-        from ponder.cli.commands.model_loading import load_model
+    def load(self, model: str | None, backend: str, ctx: int | None, threads: int | None, server: str | None = None,
+             timeout: float | None = None, model_kind: str = "auto") -> Model:
+        """The model, loaded here or found on `server`; `model_kind` overrides whether it reasons."""
+        from ponder.cli.commands.model_loading import connect_server, load_model, set_model_kind
 
-        return load_model(self.term, model, backend, LoadOptions(context=ctx, threads=threads))
+        options = LoadOptions(context=ctx, threads=threads)
+        if server:
+            loaded = connect_server(self.term, server, model, backend, options, timeout, model_kind)
+        else:
+            loaded = load_model(self.term, model, backend, options)
+        set_model_kind(loaded, model_kind)
+        return loaded
 
     def show(self, model: Model, user_text: str, renderer=None) -> Reply | None:
         """Stream one reply to the user turn, rendered as this run's output asks (or by `renderer`)."""
@@ -84,6 +92,11 @@ class Run:
             chat.history.close()
 
     def report(self, reply: Reply | None, stats: bool) -> None:
+        """The closing lines; a reply the backend broke off then fails the command (exit 1)."""
         from ponder.cli.views.show_reply import report
 
         report(reply, stats, self.term.stderr)
+        if reply is not None and reply.error:
+            from ponder.errors import BackendError
+
+            raise BackendError(reply.error, hint="what arrived is kept in the history")

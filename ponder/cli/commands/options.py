@@ -42,6 +42,22 @@ class ModelOptions:
     )
 
 
+class ServerOptions:
+    server = typer.Option(
+        None, "--server", envvar=defaults.SERVER_ENV, show_default=False, callback=_checked("server"),
+        help="Use a model on an OpenAI-compatible server (vLLM, SGLang, llama-server, Ollama, LM Studio…): its API's"
+             " base URL, e.g. http://127.0.0.1:8000/v1. --model then names one of its models. API key:"
+             " PONDER_API_KEY or OPENAI_API_KEY.",
+    )
+    timeout = typer.Option(None, "--timeout", callback=_checked("timeout"), show_default=False,
+                           help="Seconds a server may send nothing before ponder gives up [default: 300].")
+    model_kind = typer.Option(
+        "auto", "--model-kind", callback=_checked("model_kind"),
+        help="Whether the model reasons in <think> tags: auto (from its chat template, or a server model's name),"
+             " reasoning or plain.",
+    )
+
+
 class SamplingOptions:
     temperature = typer.Option(defaults.DEFAULT_TEMPERATURE, "--temperature", help="Sampling temperature (0: greedy).",
                                callback=_checked("temperature"))

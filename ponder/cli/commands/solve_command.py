@@ -6,8 +6,8 @@ from typing import Optional
 
 import typer
 
-from ponder.cli.commands.options import ModelOptions, OutputOptions, SamplingOptions
-from ponder.settings import Reasoning
+from ponder.cli.commands.options import ModelOptions, OutputOptions, SamplingOptions, ServerOptions
+from ponder.settings import ModelKind, Reasoning
 
 EXIT_NO_ANSWER = 1
 
@@ -21,6 +21,9 @@ def solve(
     backend: str = ModelOptions.backend,
     ctx: Optional[int] = ModelOptions.ctx,
     threads: Optional[int] = ModelOptions.threads,
+    server: Optional[str] = ServerOptions.server,
+    timeout: Optional[float] = ServerOptions.timeout,
+    model_kind: ModelKind = ServerOptions.model_kind,
     temperature: float = SamplingOptions.temperature,
     top_p: float = SamplingOptions.top_p,
     max_tokens: int = SamplingOptions.max_tokens,
@@ -45,7 +48,7 @@ def solve(
     run = Run.start(debug, reasoning, show_reasoning, hide_reasoning, json, jsonl, invocation=invocation,
                     temperature=temperature, top_p=top_p, max_tokens=max_tokens, seed=seed)
     text = math_prompt(run.prompt(problem))
-    loaded = run.load(model, backend, ctx, threads)
+    loaded = run.load(model, backend, ctx, threads, server, timeout, model_kind)
     if samples == 1 and not answer_only:
         reply = run.show(loaded, text)
         run.report(reply, stats)

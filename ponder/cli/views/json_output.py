@@ -20,6 +20,7 @@ def stats_json(stats: Stats) -> dict[str, Any]:
         "tokens_per_s": round(stats.decode_tokens_per_s, 2),
         "thinking_s": round(stats.thinking_s, 4),
         "peak_memory_bytes": stats.peak_memory_bytes,
+        "route": stats.route,
     }
 
 

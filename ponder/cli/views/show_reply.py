@@ -71,4 +71,6 @@ def format_stats(stats: Stats) -> str:
     )
     if stats.peak_memory_bytes is not None:
         line += f" · peak memory {stats.peak_memory_bytes / 2**30:.2f} GiB"
+    if stats.route:
+        line += f" · via {stats.route}"
     return line

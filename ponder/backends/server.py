@@ -1,0 +1,277 @@
+"""A model on an OpenAI-compatible server: vLLM, SGLang, llama-server, Ollama, LM Studio, mlx_lm.server.
+
+Two routes, chosen once when connecting:
+- `/v1/completions` with a prompt ponder renders itself, where the server takes raw prompts and ponder
+  can learn the model's template (llama-server's /props; a hub model's tokenizer config in the local
+  hub cache): the model then sees exactly the prompt a local backend gives it, `<think>\\n` included.
+- `/v1/chat/completions` otherwise, where the server renders its own template.
+Reasoning may come back in `delta.reasoning_content`, `delta.reasoning`, or raw in `content`; raw
+text goes through ponder's own splitter, like a local backend's.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+import re
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+from ponder.backends.base import ModelInfo
+from ponder.backends.server_http import ServerClient, ServerRefused, StreamBroken
+from ponder.errors import BackendError, ModelError
+from ponder.events import BackendStats, Finished, GenerationParams, Message, TextDelta
+from ponder.prompt import ChatFormat, is_reasoning_model
+
+NAME = "server"
+KEY_ENVS = ("PONDER_API_KEY", "OPENAI_API_KEY")
+RAW_PROMPT_KINDS = ("llama-server", "vLLM", "SGLang")  # known to complete a raw prompt as given
+# `owned_by` in /v1/models, as each server fills it in.
+OWNERS = {"vllm": "vLLM", "sglang": "SGLang", "llamacpp": "llama-server", "library": "Ollama", "ollama": "Ollama",
+          "organization_owner": "LM Studio", "mlx_lm": "mlx_lm.server", "mlx-lm": "mlx_lm.server",
+          "me": "llama-cpp-python"}
+# Names of <think>-style model families, for a server that shows no template.
+REASONING_NAMES = re.compile(r"(?i)(\br1\b|-r1|r1-|qwq|think|reason|magistral|gpt-oss)")
+FINISH_REASONS = {"stop": "stop", "eos": "stop", "length": "length", "max_tokens": "length"}
+ROUTES = {"/completions": "/v1/completions, prompt rendered by ponder",
+          "/chat/completions": "/v1/chat/completions, prompt rendered by the server"}
+
+
+def api_key() -> str | None:
+    return next((os.environ[name] for name in KEY_ENVS if os.environ.get(name)), None)
+
+
+@dataclass
+class ServerFacts:
+    """What a server tells about itself: for `ponder backends` and `doctor`, and to connect."""
+
+    url: str
+    kind: str = "OpenAI-compatible server"
+    version: str = ""
+    models: list[str] = field(default_factory=list)
+    context: int = 0  # tokens per request, where the server says
+    props: dict = field(default_factory=dict)  # llama-server's /props
+
+
+def survey(client: ServerClient) -> ServerFacts:
+    """Ask the server what it is and serves; BackendError if it cannot be reached."""
+    listed = client.get_json("/models")
+    entries = listed.get("data", []) if isinstance(listed, dict) else []
+    entries = [e for e in entries if isinstance(e, dict) and isinstance(e.get("id"), str)]
+    facts = ServerFacts(client.shown, models=[e["id"] for e in entries])
+    facts.context = next((int(e["max_model_len"]) for e in entries if isinstance(e.get("max_model_len"), int)), 0)
+    owners = {str(e.get("owned_by", "")).lower() for e in entries}
+    facts.kind = next((OWNERS[o] for o in owners if o in OWNERS), facts.kind)
+    props = client.try_json("/props", from_root=True)
+    if isinstance(props, dict) and ("default_generation_settings" in props or "chat_template" in props):
+        facts.kind, facts.props = "llama-server", props
+        facts.version = str(props.get("build_info", ""))
+        settings = props.get("default_generation_settings") or {}
+        facts.context = int(settings.get("n_ctx") or props.get("n_ctx") or 0)
+    elif facts.kind == "OpenAI-compatible server" or facts.kind == "Ollama":
+        version = client.try_json("/api/version", from_root=True)
+        if isinstance(version, dict) and "version" in version:
+            facts.kind, facts.version = "Ollama", str(version["version"])
+    return facts
+
+
+def connect(url: str, model: str | None = None, read_timeout: float | None = None,
+            reasoning: bool | None = None) -> ServerModel:
+    """The server's model `model` (the only one it serves, if None), ready to stream.
+
+    `reasoning` overrides whether the model thinks in `<think>` tags (else: its template, its name).
+    """
+    client = ServerClient(url, api_key(), read_timeout)
+    try:
+        facts = survey(client)
+        name = _pick_model(facts, model)
+        chat = _chat_format(facts, name, reasoning)
+        raw_prompts = bool(chat.template) and facts.kind in RAW_PROMPT_KINDS
+    except BaseException:
+        client.close()
+        raise
+    info = ModelInfo(
+        name=name, path=facts.url, backend=f"{NAME} ({facts.kind})", context=facts.context,
+        trained_context=facts.context, chat=chat, renders_prompt=raw_prompts,
+    )
+    return ServerModel(info, client, facts)
+
+
+def _pick_model(facts: ServerFacts, wanted: str | None) -> str:
+    listed = ", ".join(facts.models) or "none"
+    if wanted is None:
+        if len(facts.models) == 1:
+            return facts.models[0]
+        raise ModelError(f"the server at {facts.url} serves {len(facts.models)} models; name one with --model",
+                         hint=f"its models: {listed}")
+    if wanted in facts.models:
+        return wanted
+    raise ModelError(f"the server at {facts.url} has no model {wanted!r}", hint=f"its models: {listed}")
+
+
+def _chat_format(facts: ServerFacts, name: str, reasoning: bool | None) -> ChatFormat:
+    template, bos, eos = None, "", ""
+    if facts.props.get("chat_template"):
+        props = facts.props
+        template, bos, eos = props["chat_template"], props.get("bos_token") or "", props.get("eos_token") or ""
+    else:
+        template, bos, eos = _hub_template(name)
+    if reasoning is None:
+        reasoning = is_reasoning_model(template, []) if template else bool(REASONING_NAMES.search(name))
+    return ChatFormat(template, bos, eos, reasoning)
+
+
+def _hub_template(repo_id: str) -> tuple[str | None, str, str]:
+    """The chat template of a hub model id from the local hub cache, if it is there (never downloads)."""
+    if repo_id.count("/") != 1:
+        return None, "", ""
+    import json
+
+    from huggingface_hub import try_to_load_from_cache
+
+    try:
+        path = try_to_load_from_cache(repo_id, "tokenizer_config.json")
+        config = json.loads(open(path, encoding="utf-8").read()) if isinstance(path, str) else {}
+    except (OSError, ValueError):
+        return None, "", ""
+
+    def token(value) -> str:
+        return value.get("content", "") if isinstance(value, dict) else value or ""
+
+    template = config.get("chat_template")
+    return (template if isinstance(template, str) else None), token(config.get("bos_token")), token(config.get("eos_token"))
+
+
+class ServerModel:
+    """A model on a server. `lane()` gives another handle on it for requests in flight at once
+    (each handle runs one generation at a time on a thread of its own, as a local model does)."""
+
+    def __init__(self, info: ModelInfo, client: ServerClient, facts: ServerFacts):
+        self.info, self.client, self.facts = info, client, facts
+        self._adapted: dict = {}  # request fields this server wants otherwise, learnt from its refusals
+        self._lock = threading.Lock()
+
+    def lane(self) -> ServerModel:
+        return copy.copy(self)
+
+    def tokenize(self, text: str) -> list[int]:
+        raise BackendError(f"{self.facts.kind} does not tokenize for ponder")
+
+    def close(self) -> None:
+        self.client.close()
+
+    # --- generation -----------------------------------------------------------------------
+
+    def stream(self, prompt: str | list[Message], params: GenerationParams,
+               cancel: threading.Event | None = None) -> Iterator:
+        path, body = self.request(prompt, params)
+        cancel = cancel or threading.Event()
+        started = time.perf_counter()
+        first = last = None
+        counted, usage, finish, parsed = 0, None, None, False
+        try:
+            for chunk in self._events(path, body, cancel):
+                usage = chunk.get("usage") or usage
+                for choice in chunk.get("choices") or []:
+                    if choice.get("index", 0) != 0:
+                        continue
+                    finish = choice.get("finish_reason") or finish
+                    reasoning, content = _texts(choice)
+                    if not (reasoning or content):
+                        continue
+                    now = time.perf_counter()
+                    first, last = first or now, now
+                    counted += 1
+                    if reasoning:
+                        parsed = True  # the server separates reasoning: its content is answer
+                        yield TextDelta(reasoning, 1, "reasoning")
+                    if content:
+                        yield TextDelta(content, 0 if reasoning else 1, "answer" if parsed else None)
+                if cancel.is_set():
+                    break
+        except StreamBroken as exc:
+            stats = self._stats(path, counted, usage, started, first, last)
+            yield Finished("interrupted", stats, error=exc.message + (f" ({exc.hint})" if exc.hint else ""))
+            return
+        reason = "cancelled" if cancel.is_set() else FINISH_REASONS.get(finish or "stop", "stop")
+        yield Finished(reason, self._stats(path, counted, usage, started, first, last))
+
+    def request(self, prompt: str | list[Message], params: GenerationParams) -> tuple[str, dict]:
+        """The endpoint and body for one generation."""
+        body: dict = {"model": self.info.name, "stream": True, "stream_options": {"include_usage": True},
+                      "temperature": params.temperature, "top_p": params.top_p, "max_tokens": params.max_tokens}
+        if params.seed is not None:
+            body["seed"] = params.seed
+        if isinstance(prompt, str):
+            path = "/completions"
+            # The server adds the BOS token itself, as it tokenizes the text.
+            bos = self.info.chat.bos_token
+            body["prompt"] = prompt[len(bos):] if bos and prompt.startswith(bos) else prompt
+        else:
+            path = "/chat/completions"
+            body["messages"] = [{"role": m.role, "content": m.content} for m in prompt]
+        return path, self._adapt(body)
+
+    def _events(self, path: str, body: dict, cancel: threading.Event) -> Iterator[dict]:
+        """The stream, with a body adapted once to a server that refuses one of its optional fields."""
+        try:
+            yield from self.client.events(path, body, cancel)
+        except ServerRefused as refused:
+            change = _adaptation(refused, body)
+            if change is None:
+                raise
+            with self._lock:
+                self._adapted.update(change)
+            yield from self.client.events(path, self._adapt(body), cancel)
+
+    def _adapt(self, body: dict) -> dict:
+        body = dict(body)
+        for name, value in self._adapted.items():
+            if value is None:
+                body.pop(name, None)
+            elif name == "max_completion_tokens" and "max_tokens" in body:
+                body["max_completion_tokens"] = body.pop("max_tokens")
+        return body
+
+    def _stats(self, path: str, counted: int, usage, started: float, first, last) -> BackendStats:
+        usage = usage if isinstance(usage, dict) else {}
+        generated = int(usage.get("completion_tokens") or counted)
+        details = usage.get("completion_tokens_details") or {}
+        reasoning = details.get("reasoning_tokens") if isinstance(details, dict) else None
+        now = time.perf_counter()
+        first, last = first or now, last or now
+        span = last - first
+        return BackendStats(
+            prompt_tokens=int(usage.get("prompt_tokens") or 0),
+            generated_tokens=generated,
+            time_to_first_token_s=first - started if counted else 0.0,
+            decode_tokens_per_s=(generated - 1) / span if generated > 1 and span > 0 else 0.0,
+            total_s=now - started,
+            reasoning_tokens=int(reasoning) if isinstance(reasoning, int) and reasoning > 0 else None,
+            route=ROUTES[path],
+        )
+
+
+def _texts(choice: dict) -> tuple[str, str]:
+    """(reasoning, content) of one streamed choice, whichever convention the server follows."""
+    if "text" in choice and "delta" not in choice:  # /v1/completions
+        return "", choice.get("text") or ""
+    delta = choice.get("delta") or {}
+    reasoning = delta.get("reasoning_content") or delta.get("reasoning") or ""
+    return (reasoning if isinstance(reasoning, str) else ""), (delta.get("content") or "")
+
+
+def _adaptation(refused: ServerRefused, body: dict) -> dict | None:
+    """A change to the request that meets a 400/422 naming one of its optional fields."""
+    if refused.status not in (400, 422):
+        return None
+    said = refused.said.lower()
+    if "stream_options" in said and "stream_options" in body:
+        return {"stream_options": None}
+    if "max_tokens" in said and "max_completion_tokens" in said and "max_tokens" in body:
+        return {"max_completion_tokens": True}
+    if "seed" in said and "seed" in body:
+        return {"seed": None}
+    return None
