@@ -6,7 +6,7 @@ No terminal I/O here; front ends consume the events.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import closing
 
 from ponder.backends.base import Model
@@ -46,9 +46,10 @@ def generate_reply(model: Model, messages: Sequence[Message], params: Generation
         yield from split_reply(stream, model.info.chat.reasoning, time.perf_counter())
 
 
-def split_reply(stream: Iterator, starts_in_reasoning: bool, started: float) -> Iterator[ReplyEvent]:
+def split_reply(stream: Iterator, starts_in_reasoning: bool, started: float,
+                clock: Callable[[], float] = time.perf_counter) -> Iterator[ReplyEvent]:
     """Backend events to reply events: raw text through the `<think>` splitter, text a server
-    already filed under reasoning or answer as it says."""
+    already filed under reasoning or answer as it says. `clock` tells when the current event came."""
     splitter = ThinkSplitter(starts_in_reasoning=starts_in_reasoning)
     parts = {"reasoning": [], "answer": []}
     counted = {"reasoning": 0, "answer": 0}
@@ -71,7 +72,7 @@ def split_reply(stream: Iterator, starts_in_reasoning: bool, started: float) -> 
                 parts[kind].append(text)
                 yield ReasoningDelta(text, counted["reasoning"]) if kind == "reasoning" else AnswerDelta(text)
             if reasoning and not now_reasoning and counted["reasoning"]:
-                thinking_s = time.perf_counter() - started
+                thinking_s = clock() - started
                 yield ReasoningDone(thinking_s, counted["reasoning"])
             reasoning = now_reasoning
         elif isinstance(event, Finished):
@@ -79,7 +80,7 @@ def split_reply(stream: Iterator, starts_in_reasoning: bool, started: float) -> 
                 parts[kind].append(text)
                 yield ReasoningDelta(text, counted["reasoning"]) if kind == "reasoning" else AnswerDelta(text)
             if reasoning:  # cut off while thinking
-                thinking_s = time.perf_counter() - started
+                thinking_s = clock() - started
             yield Reply(
                 reasoning="".join(parts["reasoning"]),
                 answer="".join(parts["answer"]),

@@ -151,6 +151,7 @@ class ServerModel:
     def __init__(self, info: ModelInfo, client: ServerClient, facts: ServerFacts):
         self.info, self.client, self.facts = info, client, facts
         self._adapted: dict = {}  # request fields this server wants otherwise, learnt from its refusals
+        self.takes_n = True  # several choices in one request, until the server refuses them
         self._lock = threading.Lock()
 
     def lane(self) -> ServerModel:
@@ -166,37 +167,47 @@ class ServerModel:
 
     def stream(self, prompt: str | list[Message], params: GenerationParams,
                cancel: threading.Event | None = None) -> Iterator:
+        for _, event in self.stream_choices(prompt, params, 1, cancel):
+            yield event
+
+    def stream_choices(self, prompt: str | list[Message], params: GenerationParams, n: int,
+                       cancel: threading.Event | None = None) -> Iterator[tuple[int, object]]:
+        """(choice index, event) pairs of one request for `n` choices: each choice's TextDeltas, then
+        its Finished. A server that ignores `n` (Ollama and others) gives only choice 0; one that
+        refuses it gives none: the caller draws the rest as separate requests."""
         path, body = self.request(prompt, params)
+        if n > 1:
+            if not self.takes_n:
+                return
+            body["n"] = n
         cancel = cancel or threading.Event()
         started = time.perf_counter()
-        first = last = None
-        counted, usage, finish, parsed = 0, None, None, False
+        choices: dict[int, _Choice] = {}
+        usage = None
         try:
             for chunk in self._events(path, body, cancel):
                 usage = chunk.get("usage") or usage
-                for choice in chunk.get("choices") or []:
-                    if choice.get("index", 0) != 0:
-                        continue
-                    finish = choice.get("finish_reason") or finish
-                    reasoning, content = _texts(choice)
-                    if not (reasoning or content):
-                        continue
-                    now = time.perf_counter()
-                    first, last = first or now, now
-                    counted += 1
-                    if reasoning:
-                        parsed = True  # the server separates reasoning: its content is answer
-                        yield TextDelta(reasoning, 1, "reasoning")
-                    if content:
-                        yield TextDelta(content, 0 if reasoning else 1, "answer" if parsed else None)
+                for raw in chunk.get("choices") or []:
+                    index = raw.get("index", 0) if isinstance(raw.get("index", 0), int) else 0
+                    choice = choices.setdefault(index, _Choice())
+                    choice.finish = raw.get("finish_reason") or choice.finish
+                    for delta in choice.deltas(*_texts(raw)):
+                        yield index, delta
                 if cancel.is_set():
                     break
         except StreamBroken as exc:
-            stats = self._stats(path, counted, usage, started, first, last)
-            yield Finished("interrupted", stats, error=exc.message + (f" ({exc.hint})" if exc.hint else ""))
+            error = exc.message + (f" ({exc.hint})" if exc.hint else "")
+            for index, choice in sorted(choices.items()) or [(0, _Choice())]:
+                yield index, Finished("interrupted", self._stats(path, choice, usage, n, started), error=error)
             return
-        reason = "cancelled" if cancel.is_set() else FINISH_REASONS.get(finish or "stop", "stop")
-        yield Finished(reason, self._stats(path, counted, usage, started, first, last))
+        except ServerRefused as refused:
+            if n > 1 and refused.status in (400, 422):
+                self.takes_n = False  # this server takes one choice per request
+                return
+            raise
+        for index, choice in sorted(choices.items()) or [(0, _Choice())]:
+            reason = "cancelled" if cancel.is_set() else FINISH_REASONS.get(choice.finish or "stop", "stop")
+            yield index, Finished(reason, self._stats(path, choice, usage, n, started))
 
     def request(self, prompt: str | list[Message], params: GenerationParams) -> tuple[str, dict]:
         """The endpoint and body for one generation."""
@@ -235,23 +246,50 @@ class ServerModel:
                 body["max_completion_tokens"] = body.pop("max_tokens")
         return body
 
-    def _stats(self, path: str, counted: int, usage, started: float, first, last) -> BackendStats:
+    def _stats(self, path: str, choice: _Choice, usage, n: int, started: float) -> BackendStats:
+        """Figures for one choice: the server's usage where it is this choice's alone, else counted."""
         usage = usage if isinstance(usage, dict) else {}
-        generated = int(usage.get("completion_tokens") or counted)
-        details = usage.get("completion_tokens_details") or {}
+        own = usage if n == 1 else {}
+        generated = int(own.get("completion_tokens") or choice.counted)
+        details = own.get("completion_tokens_details") or {}
         reasoning = details.get("reasoning_tokens") if isinstance(details, dict) else None
         now = time.perf_counter()
-        first, last = first or now, last or now
+        first, last = choice.first or now, choice.last or now
         span = last - first
         return BackendStats(
             prompt_tokens=int(usage.get("prompt_tokens") or 0),
             generated_tokens=generated,
-            time_to_first_token_s=first - started if counted else 0.0,
+            time_to_first_token_s=first - started if choice.counted else 0.0,
             decode_tokens_per_s=(generated - 1) / span if generated > 1 and span > 0 else 0.0,
             total_s=now - started,
             reasoning_tokens=int(reasoning) if isinstance(reasoning, int) and reasoning > 0 else None,
             route=ROUTES[path],
         )
+
+
+@dataclass
+class _Choice:
+    """One choice of a streamed reply as it arrives."""
+
+    counted: int = 0  # deltas, about one token each
+    first: float | None = None
+    last: float | None = None
+    finish: str | None = None
+    parsed: bool = False  # the server separates reasoning: its content is then answer
+
+    def deltas(self, reasoning: str, content: str) -> list[TextDelta]:
+        if not (reasoning or content):
+            return []
+        now = time.perf_counter()
+        self.first, self.last = self.first or now, now
+        self.counted += 1
+        out = []
+        if reasoning:
+            self.parsed = True
+            out.append(TextDelta(reasoning, 1, "reasoning"))
+        if content:
+            out.append(TextDelta(content, 0 if reasoning else 1, "answer" if self.parsed else None))
+        return out
 
 
 def _texts(choice: dict) -> tuple[str, str]:
@@ -275,3 +313,14 @@ def _adaptation(refused: ServerRefused, body: dict) -> dict | None:
     if "seed" in said and "seed" in body:
         return {"seed": None}
     return None
+
+
+def describe(url: str, read_timeout: float = 5.0) -> tuple[ServerFacts | None, str]:
+    """What the server at `url` is and serves, or None and why it cannot be reached; never raises."""
+    client = ServerClient(url, api_key(), read_timeout)
+    try:
+        return survey(client), ""
+    except BackendError as exc:
+        return None, exc.message
+    finally:
+        client.close()

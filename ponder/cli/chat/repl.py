@@ -88,6 +88,8 @@ class ChatRepl:
             self.note(f"error: {describe_error(exc, self.run.term)}. Your message is back in the input line.", "red")
             return
         self.chat.replied(reply)
+        if reply.error:
+            self.note(f"error: {reply.error}. What arrived is kept; /retry asks again.", "red")
         if reply.finish_reason == "length" and self.chat.context_used() >= self.chat.model.info.context:
             self.note("[stopped: the context is full; /clear starts a new conversation]")
         elif reply.finish_reason == "length":

@@ -58,6 +58,8 @@ def batch(
         show_default=False,
     ),
     samples: int = typer.Option(1, "--samples", "-n", min=1, help="Samples per task; accuracy is pass@1 averaged over them."),
+    concurrency: int = typer.Option(1, "--concurrency", "-k", min=1,
+                                    help="Requests in flight at once, with --server (the server batches them)."),
     model: Optional[str] = ModelOptions.model,
     backend: str = ModelOptions.backend,
     ctx: Optional[int] = ModelOptions.ctx,
@@ -91,14 +93,17 @@ def batch(
     results = [r for r in done if r.get("id") in {t["id"] for t in tasks}]
     if todo:
         loaded = run.load(model, backend, ctx, threads, server, timeout, model_kind)
+        if concurrency > 1 and not hasattr(loaded, "lane"):
+            raise UsageError("--concurrency needs --server: a local model runs one generation at a time")
         sink = output.open("a", encoding="utf-8") if output else run.term.stdout
         try:
             with _progress(run.term, len(tasks), len(tasks) - len(todo)) as advance:
-                for task in todo:
-                    result = _run_task(run, loaded, task, samples)
+                def finished(result: dict) -> None:
                     _write_result(sink, result)
                     results.append(result)
                     advance()
+
+                _run_tasks(run, loaded, todo, samples, concurrency, finished)
         finally:
             if output:
                 sink.close()
@@ -116,17 +121,44 @@ def _read_input(source: str, term) -> list[str]:
         raise UsageError(f"cannot read {source}: {exc.strerror}") from None
 
 
-def _run_task(run, loaded, task: dict, samples: int) -> dict:
+def _run_tasks(run, loaded, tasks: list[dict], samples: int, concurrency: int, finished) -> None:
+    """`finished(result)` for each task as soon as its samples are all done: in order, one request
+    at a time; or in the order they end, with `concurrency` requests in flight."""
+    if concurrency == 1:
+        for task in tasks:
+            finished(_result(task, run.samples(loaded, _task_text(task), samples)))
+        return
+    from ponder.events import Message
+    from ponder.samples import in_flight, sample_params
+
+    jobs = [((number, index), [Message("user", _task_text(task))], sample_params(run.params, index))
+            for number, task in enumerate(tasks) for index in range(samples)]
+    drawn: dict[int, dict] = {}
+
+    def sample_done(key, reply) -> None:
+        number, index = key
+        drawn.setdefault(number, {})[index] = reply
+        if len(drawn[number]) == samples:
+            replies = drawn.pop(number)
+            finished(_result(tasks[number], [replies[i] for i in range(samples)]))
+
+    in_flight(loaded, jobs, concurrency, sample_done)
+
+
+def _task_text(task: dict) -> str:
+    from ponder.solve import math_prompt
+
+    return math_prompt(task["problem"]) if "problem" in task else task["prompt"]
+
+
+def _result(task: dict, replies: list) -> dict:
     from ponder.cli.views.json_output import stats_json
     from ponder.reasoning import extract_boxed
-    from ponder.solve import equivalent, math_prompt
+    from ponder.solve import equivalent
 
-    is_problem = "problem" in task
-    text = math_prompt(task["problem"]) if is_problem else task["prompt"]
     reference = task.get("answer")
     drawn = []
-    for index in range(samples):
-        reply = run.sample(loaded, text, index)
+    for reply in replies:
         boxed = extract_boxed(reply.answer)
         entry = {"reasoning": reply.reasoning, "answer": reply.answer.lstrip(), "boxed": boxed,
                  "finish_reason": reply.finish_reason, "stats": stats_json(reply.stats)}

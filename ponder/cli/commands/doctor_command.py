@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+from typing import Optional
+
 import typer
+
+from ponder.cli.commands.options import ServerOptions, configured_server, server_lines
 
 GIB = 2**30
 REBUILD_HINTS = {
@@ -11,8 +15,9 @@ REBUILD_HINTS = {
 }
 
 
-def doctor() -> None:
-    """Platform, Python, backends and their GPU/Metal offload, memory, models found, paths."""
+def doctor(server: Optional[str] = ServerOptions.server) -> None:
+    """Platform, Python, backends and their GPU/Metal offload, a configured server, memory, models
+    found, paths."""
     import platform
     import sys
 
@@ -46,6 +51,10 @@ def doctor() -> None:
             hint = REBUILD_HINTS["metal" if machine.apple_silicon() else "cuda"] if (gpus or unified) else None
             if hint:
                 print(f"    this llama-cpp-python cannot offload to the GPU; rebuild it: {hint}")
+
+    url = configured_server(server)
+    if url:
+        print(server_lines(url)[1][0])
 
     models = find_all()
     print(f"models found: {len(models)}" + (" (`ponder models` lists them)" if models else ""))

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 from ponder.backends import LoadOptions, Model
 from ponder.cli.commands.options import output_format, reasoning_mode
@@ -63,12 +63,11 @@ class Run:
         renderer = renderer or make_renderer(self.term, self.mode, model.info, self.output)
         return show_reply(events, renderer, self.term)
 
-    def sample(self, model: Model, user_text: str, index: int) -> Reply:
-        """One of several independent samples, unshown; seeds step by one from --seed."""
-        from ponder.exchange import collect_reply, generate_reply
+    def samples(self, model: Model, user_text: str, n: int, on_reply=None, concurrency: int | None = None) -> list[Reply]:
+        """`n` independent samples, unshown (seeds step by one from --seed); see ponder.samples.draw."""
+        from ponder.samples import draw
 
-        params = self.params if self.params.seed is None else replace(self.params, seed=self.params.seed + index)
-        return collect_reply(generate_reply(model, [Message("user", user_text)], params))
+        return draw(model, [Message("user", user_text)], self.params, n, on_reply, concurrency)
 
     def log(self, model: Model, user_text: str, reply: Reply | None) -> None:
         """Keep a one-shot in the history database; a history problem only warns."""

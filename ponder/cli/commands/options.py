@@ -58,6 +58,33 @@ class ServerOptions:
     )
 
 
+def configured_server(given: str | None) -> str | None:
+    """The server `ponder backends` and `doctor` describe: --server, PONDER_SERVER, else the config file's."""
+    if given:
+        return given
+    from ponder.settings import read
+
+    try:
+        return read().settings.get("server")
+    except UsageError:
+        return None  # an unreadable config file is `ponder config`'s to report
+
+
+def server_lines(url: str) -> tuple[dict, list[str]]:
+    """A configured server, as a JSON row and as lines of text: reachable or not, what it is, its models."""
+    from ponder.backends.server import describe
+    from ponder.backends.server_http import shown_url
+
+    facts, why = describe(url)
+    if facts is None:
+        return ({"name": "server", "url": shown_url(url), "usable": False, "reason": why},
+                [f"server {shown_url(url)}: not reachable · {why}"])
+    kind = facts.kind + (f" ({facts.version})" if facts.version else "")
+    row = {"name": "server", "url": facts.url, "usable": True, "kind": facts.kind, "version": facts.version,
+           "models": facts.models, "context": facts.context or None}
+    return row, [f"server {facts.url}: reachable · {kind} · models: {', '.join(facts.models) or 'none'}"]
+
+
 class SamplingOptions:
     temperature = typer.Option(defaults.DEFAULT_TEMPERATURE, "--temperature", help="Sampling temperature (0: greedy).",
                                callback=_checked("temperature"))

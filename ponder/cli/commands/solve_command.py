@@ -72,18 +72,18 @@ def _vote(run, loaded, text: str, samples: int, stats: bool):
     from ponder.reasoning import extract_boxed
     from ponder.solve import majority_vote
 
-    replies, answers = [], []
-    for index in range(samples):
-        with _working(run.term, f"Solving… sample {index + 1} of {samples}"):
-            reply = run.sample(loaded, text, index)
-        replies.append(reply)
-        answers.append(extract_boxed(reply.answer))
+    def drawn(index: int, reply) -> None:
+        answer = extract_boxed(reply.answer)
         run.report(reply, stats)
         if run.output == "jsonl":
             write_json_line(run.term.stdout, {"type": "sample", "index": index, **reply_json(reply, loaded.info)})
         elif samples > 1 and run.output == "text":
-            print(f"sample {index + 1}/{samples}: {answers[-1] if answers[-1] is not None else '(no answer)'}",
+            print(f"sample {index + 1}/{samples}: {answer if answer is not None else '(no answer)'}",
                   file=run.term.stderr)
+
+    with _working(run.term, f"Solving… {samples} samples" if samples > 1 else "Solving…"):
+        replies = run.samples(loaded, text, samples, drawn)
+    answers = [extract_boxed(reply.answer) for reply in replies]
     vote = majority_vote(answers)
     summary = {"winner": vote.winner, "counts": [[a, n] for a, n in vote.counts], "missing": vote.missing}
     if run.output == "json":
