@@ -69,9 +69,14 @@ def split_reply(stream: Iterator, starts_in_reasoning: bool, started: float,
                 if not now_reasoning:
                     splitter.state = "answer"  # raw text after a server's answer text is answer too
             for kind, text in segments:
+                if kind == "answer" and reasoning:  # the reasoning ends where the answer begins
+                    reasoning = False
+                    if counted["reasoning"]:
+                        thinking_s = clock() - started
+                        yield ReasoningDone(thinking_s, counted["reasoning"])
                 parts[kind].append(text)
                 yield ReasoningDelta(text, counted["reasoning"]) if kind == "reasoning" else AnswerDelta(text)
-            if reasoning and not now_reasoning and counted["reasoning"]:
+            if reasoning and not now_reasoning and counted["reasoning"]:  # closed, no answer text yet
                 thinking_s = clock() - started
                 yield ReasoningDone(thinking_s, counted["reasoning"])
             reasoning = now_reasoning
