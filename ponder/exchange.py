@@ -64,7 +64,8 @@ def split_reply(stream: Iterator, starts_in_reasoning: bool, started: float,
                 now_reasoning = splitter.in_reasoning
             else:
                 counted[event.part] += event.tokens
-                segments = [(event.part, event.text)] if event.text else []
+                text = event.text.lstrip() if event.part == "reasoning" and not parts["reasoning"] else event.text
+                segments = [(event.part, text)] if text else []  # reasoning's leading blank dropped, as raw
                 now_reasoning = event.part == "reasoning"
                 if not now_reasoning:
                     splitter.state = "answer"  # raw text after a server's answer text is answer too

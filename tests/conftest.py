@@ -52,3 +52,46 @@ def smollm2_mlx(smollm2) -> str:
     from tests.support.mlx_models import mlx_dir
 
     return str(mlx_dir(Path(smollm2), bits=8))
+
+
+# --- real OpenAI-compatible servers on loopback ---------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def llama_server(tiny_r1):
+    """llama.cpp's llama-server on the tiny R1 (-c 2048 -np 4 --reasoning-format deepseek), with
+    the R1 template that opens <think>: thinking streams as delta.reasoning_content on its chat
+    endpoint. Built once by scripts/llama-server (minutes the first time)."""
+    from tests.support.servers import llama_server, r1_think_template
+
+    with llama_server(tiny_r1, chat_template=r1_think_template(tiny_r1)) as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def llama_cpp_python_server_smollm2(smollm2):
+    """llama-cpp-python's own server on SmolLM2: raw content, a model that does not reason.
+    It interrupts a running request when another arrives unless told not to."""
+    from tests.support.servers import llama_cpp_python_server
+
+    with llama_cpp_python_server(smollm2, interrupt_requests="False") as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def mlx_lm_server(tiny_r1, tiny_r1_mlx):
+    """mlx_lm.server on the tiny R1's MLX directory, with the R1 template that opens <think>:
+    thinking streams as delta.reasoning."""
+    from tests.support.servers import mlx_lm_server, r1_think_template
+
+    with mlx_lm_server(tiny_r1_mlx, chat_template=r1_think_template(tiny_r1)) as server:
+        yield server
+
+
+@pytest.fixture
+def fault_proxy(llama_server):
+    """A FaultProxy in front of the session's llama-server; a test sets its faults."""
+    from tests.support.fault_proxy import FaultProxy
+
+    with FaultProxy(llama_server.url) as proxy:
+        yield proxy

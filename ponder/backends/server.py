@@ -61,20 +61,29 @@ def survey(client: ServerClient) -> ServerFacts:
     entries = listed.get("data", []) if isinstance(listed, dict) else []
     entries = [e for e in entries if isinstance(e, dict) and isinstance(e.get("id"), str)]
     facts = ServerFacts(client.shown, models=[e["id"] for e in entries])
-    facts.context = next((int(e["max_model_len"]) for e in entries if isinstance(e.get("max_model_len"), int)), 0)
+    facts.context = next((n for n in map(_context_of, entries) if n), 0)
     owners = {str(e.get("owned_by", "")).lower() for e in entries}
     facts.kind = next((OWNERS[o] for o in owners if o in OWNERS), facts.kind)
+    if entries and owners == {""} and client.try_json("/health", from_root=True) == {"status": "ok"}:
+        facts.kind = "mlx_lm.server"  # the one that names no owner
     props = client.try_json("/props", from_root=True)
     if isinstance(props, dict) and ("default_generation_settings" in props or "chat_template" in props):
         facts.kind, facts.props = "llama-server", props
         facts.version = str(props.get("build_info", ""))
-        settings = props.get("default_generation_settings") or {}
-        facts.context = int(settings.get("n_ctx") or props.get("n_ctx") or 0)
     elif facts.kind == "OpenAI-compatible server" or facts.kind == "Ollama":
         version = client.try_json("/api/version", from_root=True)
         if isinstance(version, dict) and "version" in version:
             facts.kind, facts.version = "Ollama", str(version["version"])
     return facts
+
+
+def _context_of(entry: dict) -> int:
+    """Tokens one request may use: vLLM's max_model_len, llama-server's meta.n_ctx (one slot's share)."""
+    meta = entry.get("meta") if isinstance(entry.get("meta"), dict) else {}
+    for value in (entry.get("max_model_len"), meta.get("n_ctx")):
+        if isinstance(value, int) and value > 0:
+            return value
+    return 0
 
 
 def connect(url: str, model: str | None = None, read_timeout: float | None = None,
