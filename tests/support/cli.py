@@ -19,7 +19,9 @@ TEST_DATA_DIR = os.path.join(tempfile.gettempdir(), f"ponder-test-data-{os.getpi
 
 
 def ponder_env(**extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PONDER_")}
+    # Nor the user's API key or proxies: servers in tests are on loopback.
+    dropped = ("OPENAI_API_KEY", "HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "http_proxy", "https_proxy", "all_proxy")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PONDER_") and k not in dropped}
     # Never the user's own history, config file or downloaded models (tests pass their own).
     env["PONDER_DATA_DIR"] = TEST_DATA_DIR
     env["PONDER_CONFIG"] = os.path.join(TEST_DATA_DIR, "config.toml")
