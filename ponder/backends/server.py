@@ -163,6 +163,11 @@ class ServerModel:
         self.takes_n = True  # several choices in one request, until the server refuses them
         self._lock = threading.Lock()
 
+    @property
+    def route(self) -> str:
+        """Which endpoint this model's requests go to, and who renders the prompt."""
+        return ROUTES["/completions" if self.info.renders_prompt else "/chat/completions"]
+
     def lane(self) -> ServerModel:
         return copy.copy(self)
 

@@ -44,7 +44,13 @@ def connect_server(term: Terminal, url: str, model: str | None, backend: str, op
         term.stderr.write(f"ponder: note: {' and '.join(unused)} apply to local models; the server sets its own\n")
     reasoning = {"reasoning": True, "plain": False}.get(model_kind)
     with _working(term, f"Connecting to {shown_url(url)}…"):
-        return call_in_thread(lambda: connect(url, model, timeout, reasoning))
+        connected = call_in_thread(lambda: connect(url, model, timeout, reasoning))
+    from ponder.errors import debugging
+
+    if debugging():
+        term.stderr.write(f"ponder: debug: {connected.facts.kind} at {connected.facts.url}, model "
+                          f"{connected.info.name}; requests go to {connected.route}\n")
+    return connected
 
 
 def set_model_kind(model: Model, model_kind: str) -> None:
