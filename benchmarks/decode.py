@@ -106,7 +106,7 @@ def help_timing(runs: int = 10) -> tuple[float, bool]:
     probe = subprocess.run(
         [sys.executable, "-X", "importtime", "-m", "ponder", "--help"], capture_output=True, text=True, check=True
     )
-    engines = [m for m in ("llama_cpp", "mlx", "mlx_lm", "transformers", "openai", "httpx") if f" {m}\n" in probe.stderr
+    engines = [m for m in ("llama_cpp", "mlx", "mlx_lm", "transformers", "openai", "httpx", "httpx2") if f" {m}\n" in probe.stderr
                or re.search(rf"\|\s+{m}(\.|$)", probe.stderr, re.M)]
     return statistics.median(times), not engines
 
