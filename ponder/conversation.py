@@ -101,4 +101,5 @@ class Chat:
         return stats.prompt_tokens + stats.reasoning_tokens + stats.answer_tokens if stats else 0
 
     def nearly_full(self) -> bool:
-        return self.context_used() >= CONTEXT_WARNING * self.model.info.context
+        total = self.model.info.context  # 0: a server that does not say
+        return bool(total) and self.context_used() >= CONTEXT_WARNING * total

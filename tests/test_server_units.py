@@ -140,3 +140,23 @@ def test_the_server_setting_must_be_a_url():
     assert check("model_kind", "plain") == "plain"
     with pytest.raises(UsageError):
         check("timeout", 0.0)
+
+
+def test_a_hub_models_template_comes_from_the_local_hub_cache(tmp_path, monkeypatch):
+    from ponder.backends.server import ServerFacts, _chat_format
+
+    snapshot = tmp_path / "models--deepseek-ai--R1-Distill" / "snapshots" / "abc123"
+    snapshot.mkdir(parents=True)
+    (tmp_path / "models--deepseek-ai--R1-Distill" / "refs").mkdir()
+    (tmp_path / "models--deepseek-ai--R1-Distill" / "refs" / "main").write_text("abc123")
+    template = "{% for m in messages %}{{ m.content }}{% endfor %}</think>"
+    (snapshot / "tokenizer_config.json").write_text(
+        f'{{"chat_template": "{template}", "bos_token": {{"content": "<s>"}}, "eos_token": "</s>"}}')
+    import ponder.backends.server as server
+
+    real = server._hub_template
+    monkeypatch.setattr(server, "_hub_template", lambda repo: real(repo, cache_dir=str(tmp_path)))
+    found = _chat_format(ServerFacts("http://h/v1", kind="vLLM"), "deepseek-ai/R1-Distill", None)
+    missing = _chat_format(ServerFacts("http://h/v1", kind="vLLM"), "someone/plain-model", None)
+    assert (found.template, found.bos_token, found.eos_token, found.reasoning) == (template, "<s>", "</s>", True)
+    assert missing.template is None and not missing.reasoning  # no template, a name that does not reason

@@ -132,7 +132,7 @@ def _chat_format(facts: ServerFacts, name: str, reasoning: bool | None) -> ChatF
     return ChatFormat(template, bos, eos, reasoning)
 
 
-def _hub_template(repo_id: str) -> tuple[str | None, str, str]:
+def _hub_template(repo_id: str, cache_dir: str | None = None) -> tuple[str | None, str, str]:
     """The chat template of a hub model id from the local hub cache, if it is there (never downloads)."""
     if repo_id.count("/") != 1:
         return None, "", ""
@@ -141,9 +141,11 @@ def _hub_template(repo_id: str) -> tuple[str | None, str, str]:
     from huggingface_hub import try_to_load_from_cache
 
     try:
-        path = try_to_load_from_cache(repo_id, "tokenizer_config.json")
+        path = try_to_load_from_cache(repo_id, "tokenizer_config.json", cache_dir=cache_dir)
         config = json.loads(open(path, encoding="utf-8").read()) if isinstance(path, str) else {}
     except (OSError, ValueError):
+        return None, "", ""
+    if not isinstance(config, dict):
         return None, "", ""
 
     def token(value) -> str:

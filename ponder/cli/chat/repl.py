@@ -90,7 +90,7 @@ class ChatRepl:
         self.chat.replied(reply)
         if reply.error:
             self.note(f"error: {reply.error}. What arrived is kept; /retry asks again.", "red")
-        if reply.finish_reason == "length" and self.chat.context_used() >= self.chat.model.info.context:
+        if reply.finish_reason == "length" and 0 < self.chat.model.info.context <= self.chat.context_used():
             self.note("[stopped: the context is full; /clear starts a new conversation]")
         elif reply.finish_reason == "length":
             self.note("[stopped at the token limit: /set max_tokens N raises it]")

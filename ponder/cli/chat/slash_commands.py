@@ -99,8 +99,8 @@ def _stats(repl, _args: str) -> None:
 
     total = repl.chat.model.info.context
     used = repl.chat.context_used()
-    repl.note(f"{format_stats(stats)} · thinking {stats.thinking_s:.1f} s · "
-              f"context {used} of {total} tokens ({used / total:.0%})", "")
+    context = f"context {used} of {total} tokens ({used / total:.0%})" if total else f"context {used} tokens"
+    repl.note(f"{format_stats(stats)} · thinking {stats.thinking_s:.1f} s · {context}", "")
 
 
 def _save(repl, args: str) -> None:
@@ -187,8 +187,8 @@ def _history(repl, _args: str) -> None:
 
 def _model(repl, _args: str) -> None:
     info = repl.chat.model.info
-    repl.note(f"{info.name} · {info.backend} · context {info.context} tokens (trained {info.trained_context})"
-              f" · {info.path}", "")
+    context = f"context {info.context} tokens (trained {info.trained_context})" if info.context else "context not told"
+    repl.note(f"{info.name} · {info.backend} · {context} · {info.path}", "")
 
 
 COMMANDS = {
