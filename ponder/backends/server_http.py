@@ -92,6 +92,8 @@ class ServerClient:
         import httpx2
 
         response = self._send("POST", self.url + path, body, cancel)
+        if response is None:
+            return  # cancelled before the server would take the request
         unhook = self._hold_socket(response, cancel)
         try:
             for event in httpx2.EventSource(response):
@@ -139,7 +141,8 @@ class ServerClient:
 
     def _send(self, method: str, url: str, body: dict | None, cancel: threading.Event | None,
               timeout: float | None = None):
-        """The response to a request whose status is a success, retrying a busy server with backoff."""
+        """The response to a request whose status is a success, retrying a busy server with backoff;
+        None if `cancel` is set while waiting to retry."""
         import httpx2
 
         if self.closed:
@@ -166,7 +169,7 @@ class ServerClient:
             if response.status_code in RETRIED_STATUSES and attempt < ATTEMPTS:
                 wait = min(_retry_after(response) or delay, LONGEST_DELAY_S)
                 if cancel is not None and cancel.wait(wait):
-                    raise KeyboardInterrupt  # stopped while waiting for a busy server
+                    return None  # stopped while waiting for a busy server
                 if cancel is None:
                     time.sleep(wait)
                 delay *= 2
