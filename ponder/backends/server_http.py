@@ -167,7 +167,8 @@ class ServerClient:
             response.read()
             response.close()
             if response.status_code in RETRIED_STATUSES and attempt < ATTEMPTS:
-                wait = min(_retry_after(response) or delay, LONGEST_DELAY_S)
+                told = _retry_after(response)
+                wait = min(delay if told is None else told, LONGEST_DELAY_S)
                 if cancel is not None and cancel.wait(wait):
                     return None  # stopped while waiting for a busy server
                 if cancel is None:
@@ -181,6 +182,11 @@ class ServerClient:
         text = str(exc).lower()
         why = ("its host name does not resolve" if "name or service" in text or "nodename" in text or "resolution" in text
                else "connection refused" if "refused" in text else str(exc) or type(exc).__name__)
+        proxy = proxy_for(self.url)
+        if proxy:
+            host = urlsplit(self.url).hostname
+            return BackendError(f"cannot reach the server at {self.shown} through the proxy {proxy}: {self.redact(why)}",
+                                hint=f"is the proxy up? NO_PROXY={host} skips it (the proxy comes from HTTP(S)_PROXY)")
         return BackendError(f"cannot reach the server at {self.shown}: {self.redact(why)}",
                             hint="is the server running there? --server or PONDER_SERVER gives its URL, "
                                  "e.g. http://127.0.0.1:8000/v1")
@@ -245,6 +251,19 @@ class ServerRefused(BackendError):
     def __init__(self, message: str, status: int, said: str):
         super().__init__(message)
         self.status, self.said = status, said
+
+
+def proxy_for(url: str) -> str | None:
+    """The proxy the environment sends `url` through (HTTP(S)_PROXY, ALL_PROXY, unless NO_PROXY
+    covers its host), shown without credentials; None for a direct connection."""
+    import urllib.request
+
+    parts = urlsplit(url)
+    proxies = urllib.request.getproxies_environment()
+    proxy = proxies.get(parts.scheme) or proxies.get("all")
+    if not proxy or urllib.request.proxy_bypass_environment(parts.hostname or "", proxies):
+        return None
+    return shown_url(proxy)
 
 
 def _shut(sock: socket.socket) -> None:
