@@ -17,6 +17,9 @@ _ponder() {
                 --backend) COMPREPLY=($(compgen -W "auto mlx llama.cpp" -- "$cur")); return ;;
                 --ctx) COMPREPLY=(); return ;;
                 --threads|-t) COMPREPLY=(); return ;;
+                --server) COMPREPLY=(); return ;;
+                --timeout) COMPREPLY=(); return ;;
+                --model-kind) COMPREPLY=($(compgen -W "auto reasoning plain" -- "$cur")); return ;;
                 --temperature) COMPREPLY=(); return ;;
                 --top-p) COMPREPLY=(); return ;;
                 --max-tokens) COMPREPLY=(); return ;;
@@ -24,31 +27,39 @@ _ponder() {
                 --reasoning) COMPREPLY=($(compgen -W "show collapse hide" -- "$cur")); return ;;
                 --lang) COMPREPLY=(); return ;;
             esac
-            COMPREPLY=($(compgen -W "--model -m --backend --ctx --threads -t --temperature --top-p --max-tokens --seed --reasoning --show-reasoning --hide-reasoning --stats --json --jsonl --extract -x --extract-last --lang --no-log --debug --help -h" -- "$cur")) ;;
+            COMPREPLY=($(compgen -W "--model -m --backend --ctx --threads -t --server --timeout --model-kind --temperature --top-p --max-tokens --seed --reasoning --show-reasoning --hide-reasoning --stats --json --jsonl --extract -x --extract-last --lang --no-log --debug --help -h" -- "$cur")) ;;
         "backends")
             case "$prev" in
+                --server) COMPREPLY=(); return ;;
             esac
-            COMPREPLY=($(compgen -W "--json --help -h" -- "$cur")) ;;
+            COMPREPLY=($(compgen -W "--json --server --help -h" -- "$cur")) ;;
         "batch")
             case "$prev" in
                 --output|-o) compopt -o filenames; COMPREPLY=($(compgen -f -- "$cur")); return ;;
                 --samples|-n) COMPREPLY=(); return ;;
+                --concurrency|-k) COMPREPLY=(); return ;;
                 --model|-m) compopt -o filenames; COMPREPLY=($(compgen -f -- "$cur")); return ;;
                 --backend) COMPREPLY=($(compgen -W "auto mlx llama.cpp" -- "$cur")); return ;;
                 --ctx) COMPREPLY=(); return ;;
                 --threads|-t) COMPREPLY=(); return ;;
+                --server) COMPREPLY=(); return ;;
+                --timeout) COMPREPLY=(); return ;;
+                --model-kind) COMPREPLY=($(compgen -W "auto reasoning plain" -- "$cur")); return ;;
                 --temperature) COMPREPLY=(); return ;;
                 --top-p) COMPREPLY=(); return ;;
                 --max-tokens) COMPREPLY=(); return ;;
                 --seed) COMPREPLY=(); return ;;
             esac
-            COMPREPLY=($(compgen -W "--output -o --samples -n --model -m --backend --ctx --threads -t --temperature --top-p --max-tokens --seed --help -h" -- "$cur") $(compgen -f -- "$cur")) ;;
+            COMPREPLY=($(compgen -W "--output -o --samples -n --concurrency -k --model -m --backend --ctx --threads -t --server --timeout --model-kind --temperature --top-p --max-tokens --seed --help -h" -- "$cur") $(compgen -f -- "$cur")) ;;
         "chat")
             case "$prev" in
                 --model|-m) compopt -o filenames; COMPREPLY=($(compgen -f -- "$cur")); return ;;
                 --backend) COMPREPLY=($(compgen -W "auto mlx llama.cpp" -- "$cur")); return ;;
                 --ctx) COMPREPLY=(); return ;;
                 --threads|-t) COMPREPLY=(); return ;;
+                --server) COMPREPLY=(); return ;;
+                --timeout) COMPREPLY=(); return ;;
+                --model-kind) COMPREPLY=($(compgen -W "auto reasoning plain" -- "$cur")); return ;;
                 --temperature) COMPREPLY=(); return ;;
                 --top-p) COMPREPLY=(); return ;;
                 --max-tokens) COMPREPLY=(); return ;;
@@ -56,15 +67,16 @@ _ponder() {
                 --reasoning) COMPREPLY=($(compgen -W "show collapse hide" -- "$cur")); return ;;
                 --resume) COMPREPLY=(); return ;;
             esac
-            COMPREPLY=($(compgen -W "--model -m --backend --ctx --threads -t --temperature --top-p --max-tokens --seed --reasoning --show-reasoning --hide-reasoning --continue -c --resume --no-log --debug --help -h" -- "$cur")) ;;
+            COMPREPLY=($(compgen -W "--model -m --backend --ctx --threads -t --server --timeout --model-kind --temperature --top-p --max-tokens --seed --reasoning --show-reasoning --hide-reasoning --continue -c --resume --no-log --debug --help -h" -- "$cur")) ;;
         "config")
             case "$prev" in
             esac
             COMPREPLY=($(compgen -W "--help -h" -- "$cur")) ;;
         "doctor")
             case "$prev" in
+                --server) COMPREPLY=(); return ;;
             esac
-            COMPREPLY=($(compgen -W "--help -h" -- "$cur")) ;;
+            COMPREPLY=($(compgen -W "--server --help -h" -- "$cur")) ;;
         "history")
             case "$prev" in
                 --limit|-n) COMPREPLY=(); return ;;
@@ -95,13 +107,16 @@ _ponder() {
                 --backend) COMPREPLY=($(compgen -W "auto mlx llama.cpp" -- "$cur")); return ;;
                 --ctx) COMPREPLY=(); return ;;
                 --threads|-t) COMPREPLY=(); return ;;
+                --server) COMPREPLY=(); return ;;
+                --timeout) COMPREPLY=(); return ;;
+                --model-kind) COMPREPLY=($(compgen -W "auto reasoning plain" -- "$cur")); return ;;
                 --temperature) COMPREPLY=(); return ;;
                 --top-p) COMPREPLY=(); return ;;
                 --max-tokens) COMPREPLY=(); return ;;
                 --seed) COMPREPLY=(); return ;;
                 --reasoning) COMPREPLY=($(compgen -W "show collapse hide" -- "$cur")); return ;;
             esac
-            COMPREPLY=($(compgen -W "--answer-only --samples -n --model -m --backend --ctx --threads -t --temperature --top-p --max-tokens --seed --reasoning --show-reasoning --hide-reasoning --stats --json --jsonl --debug --help -h" -- "$cur")) ;;
+            COMPREPLY=($(compgen -W "--answer-only --samples -n --model -m --backend --ctx --threads -t --server --timeout --model-kind --temperature --top-p --max-tokens --seed --reasoning --show-reasoning --hide-reasoning --stats --json --jsonl --debug --help -h" -- "$cur")) ;;
     esac
 }
 complete -F _ponder ponder
