@@ -68,7 +68,7 @@ def split_reply(stream: Iterator, starts_in_reasoning: bool, started: float,
                 segments = [(event.part, text)] if text else []  # reasoning's leading blank dropped, as raw
                 now_reasoning = event.part == "reasoning"
                 if not now_reasoning:
-                    splitter.state = "answer"  # raw text after a server's answer text is answer too
+                    splitter.answer_from_here()  # raw text after a server's answer text is answer too
             for kind, text in segments:
                 if kind == "answer" and reasoning:  # the reasoning ends where the answer begins
                     reasoning = False

@@ -47,6 +47,10 @@ class ThinkSplitter:
     def in_reasoning(self) -> bool:
         return self.state == "reasoning"
 
+    def answer_from_here(self) -> None:
+        """What follows is answer: a server said the reasoning ended (it splits reasoning itself)."""
+        self.state = "answer"
+
     def feed(self, text: str) -> list[Segment]:
         self._buf += text
         out: list[Segment] = []

@@ -16,6 +16,7 @@ from ponder.exchange import collect_reply, generate_reply, model_prompt, split_r
 from ponder.threads import model_thread
 
 OnReply = Callable[[int, Reply], None]
+DEFAULT_IN_FLIGHT = 8  # samples sent at once to a server that gives one choice per request
 
 
 def sample_params(params: GenerationParams, index: int) -> GenerationParams:
@@ -38,8 +39,8 @@ def draw(model: Model, messages: Sequence[Message], params: GenerationParams, n:
         _one_request(model, messages, params, n, finished)
     missing = [i for i in range(n) if i not in done]
     if missing and hasattr(model, "lane"):
-        in_flight(model, [(i, messages, sample_params(params, i)) for i in missing], concurrency or len(missing),
-                  finished)
+        in_flight(model, [(i, messages, sample_params(params, i)) for i in missing],
+                  concurrency or min(len(missing), DEFAULT_IN_FLIGHT), finished)
     else:
         for index in missing:
             finished(index, collect_reply(generate_reply(model, messages, sample_params(params, index))))
@@ -50,25 +51,34 @@ def in_flight(model, jobs: list[tuple[object, Sequence[Message], GenerationParam
               finished: Callable[[object, Reply], None]) -> None:
     """Run `jobs` (key, messages, params) on a server with up to `concurrency` requests in flight,
     each on a lane of its own; `finished(key, reply)` is called on this thread as each ends. Ctrl-C
-    or a failure shuts every stream at once (the server's connection is closed) and is raised here."""
-    lanes = [model.lane() for _ in range(min(concurrency, len(jobs)))]
+    or a failure shuts every stream at once (the server's connection is closed) and is raised here,
+    after the replies that had already finished are handed on."""
+    lanes = [model.lane(i) for i in range(min(concurrency, len(jobs)))]
     pending = list(jobs)
     running: dict = {}
-    with ThreadPoolExecutor(max(len(lanes), 1), thread_name_prefix="ponder-request") as pool:
-        try:
-            while pending or running:
-                while pending and lanes:
-                    key, messages, params = pending.pop(0)
-                    lane = lanes.pop()
-                    running[pool.submit(_collect, lane, messages, params)] = (key, lane)
-                ready, _ = wait(running, timeout=0.1, return_when=FIRST_COMPLETED)  # short: Ctrl-C gets through
-                for work in ready:
-                    key, lane = running.pop(work)
-                    lanes.append(lane)
+    pool = ThreadPoolExecutor(max(len(lanes), 1), thread_name_prefix="ponder-request")
+    try:
+        while pending or running:
+            while pending and lanes:
+                key, messages, params = pending.pop(0)
+                lane = lanes.pop()
+                running[pool.submit(_collect, lane, messages, params)] = (key, lane)
+            ready, _ = wait(running, timeout=0.1, return_when=FIRST_COMPLETED)  # short: Ctrl-C gets through
+            failures = []
+            for work in ready:
+                key, lane = running.pop(work)
+                lanes.append(lane)
+                if work.exception() is None:
                     finished(key, work.result())
-        except BaseException:
-            model.close()  # the streams in flight end at once
-            raise
+                else:
+                    failures.append(work.exception())
+            if failures:
+                raise failures[0]
+    except BaseException:
+        model.close()  # the streams in flight end at once
+        raise
+    finally:
+        pool.shutdown(wait=False, cancel_futures=True)
 
 
 def _collect(model, messages, params) -> Reply:

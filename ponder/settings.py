@@ -36,10 +36,21 @@ RULES = {
     "ctx": (int, lambda v: v > 0, "a whole number above 0"),
     "threads": (int, lambda v: v > 0, "a whole number above 0"),
     "reasoning": (str, lambda v: v in REASONING, "one of " + ", ".join(REASONING)),
-    "server": (str, lambda v: v.startswith(("http://", "https://")), "a URL starting with http:// or https://"),
+    "server": (str, lambda v: v == "" or _is_server_url(v), "a URL starting with http:// or https:// (or '' for none)"),
     "timeout": (float, lambda v: v > 0, "a number of seconds above 0"),
     "model_kind": (str, lambda v: v in MODEL_KINDS, "one of " + ", ".join(MODEL_KINDS)),
 }
+def _is_server_url(value: str) -> bool:
+    from urllib.parse import urlsplit
+
+    try:
+        parts = urlsplit(value)
+        parts.port  # noqa: B018  (a port that is not a number raises)
+    except ValueError:
+        return False
+    return parts.scheme.lower() in ("http", "https") and bool(parts.hostname)
+
+
 # What the file may set.
 KEYS = ("model", "backend", "temperature", "top_p", "max_tokens", "reasoning", "server", "timeout", "model_kind")
 FILE_HEADER = "# ponder settings: defaults for ask, chat, solve and batch (flags and PONDER_* variables win)\n"

@@ -227,7 +227,8 @@ def test_backends_and_doctor_describe_the_server(llama_server):
     assert f"server {llama_server.url}: reachable · llama-server" in listed.stdout.decode()
     rows = json.loads(run_ponder("backends", "--json", "--server", llama_server.url).stdout)
     server = next(r for r in rows if r["name"] == "server")
-    assert server["kind"] == "llama-server" and len(server["models"]) == 1 and server["context"] == 512
+    assert server["kind"] == "llama-server" and len(server["models"]) == 1
+    assert list(server["contexts"].values()) == [512]  # one slot's share of -c 2048 -np 4
     doctor = run_ponder("doctor", env=ponder_env(PONDER_SERVER=llama_server.url))
     assert "reachable · llama-server" in doctor.stdout.decode()
 

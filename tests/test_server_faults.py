@@ -435,3 +435,81 @@ def test_an_unknown_model_lists_the_servers_models(llama_server, tmp_path):
     assert "no model 'no-such-model'" in error_line(err)
     served = model_ids(llama_server.url)
     assert served and all(name in hint_line(err) for name in served)
+
+
+# --- what review found: edges of the stream and of the connection -------------------------------
+
+
+def test_ctrl_c_while_the_server_has_not_answered_yet_exits_at_once(fault_proxy, tmp_path):
+    fault_proxy.hold_headers = True  # a server still loading its model: not even a status line
+    process = subprocess.Popen([sys.executable, "-m", "ponder", "ask", "--server", fault_proxy.url, "--timeout",
+                                "300", TWELVE_SEVEN], env=data_env(tmp_path), stdin=subprocess.DEVNULL,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline and len(posts(fault_proxy)) == 0:
+        time.sleep(0.05)
+    time.sleep(0.5)
+    assert process.poll() is None  # still waiting for the server
+    started = time.monotonic()
+    process.send_signal(signal.SIGINT)
+    _, err = process.communicate(timeout=10)
+    assert process.returncode == 130 and time.monotonic() - started < 3, err.decode()
+    fault_proxy.release()
+
+
+def test_a_stream_that_ends_without_finishing_is_an_interrupted_reply(fault_proxy, tmp_path):
+    fault_proxy.end_after = 8
+    err = error_of(ask(fault_proxy.url, env=data_env(tmp_path)))
+    assert "ended the stream before the reply finished" in error_line(err)
+    assert turns(tmp_path)[-1]["finish_reason"] == "interrupted"
+
+
+def test_an_event_that_is_json_but_not_an_object_is_malformed(fault_proxy, tmp_path):
+    fault_proxy.null_after = 4
+    err = error_of(ask(fault_proxy.url, env=data_env(tmp_path)))
+    assert "malformed event" in error_line(err)
+    assert turns(tmp_path)[-1]["finish_reason"] == "interrupted"
+
+
+def test_a_reply_that_is_not_a_stream_is_said_so(fault_proxy, tmp_path):
+    fault_proxy.plain_reply = True
+    err = error_of(ask(fault_proxy.url, env=data_env(tmp_path)))
+    assert "answered 200 with application/json, not a stream of events" in error_line(err)
+
+
+def test_a_key_echoed_by_the_server_is_not_shown(keyed_proxy, tmp_path):
+    keyed_proxy.fail_first, keyed_proxy.fail_status, keyed_proxy.fail_echo_key = 1, 401, True
+    result = ask(keyed_proxy.url, "--debug", env=data_env(tmp_path, PONDER_API_KEY=KEY))  # tracebacks too
+    err = result.stderr.decode()
+    assert result.returncode == 1 and "Invalid API key: Bearer [API key]" in err
+    assert KEY not in err + result.stdout.decode() and KEY[8:20] not in err
+    assert posts(keyed_proxy)[-1].headers["authorization"] == f"Bearer {KEY}"  # it was sent, and echoed
+
+
+def test_openai_api_key_stays_home_over_plain_http_to_another_host(monkeypatch):
+    from ponder.backends.server import api_key
+
+    monkeypatch.delenv("PONDER_API_KEY", raising=False)
+    monkeypatch.setenv("OPENAI_API_KEY", KEY)
+    assert api_key("http://colleague-box:8000/v1") is None
+    assert api_key("https://colleague-box/v1") == KEY
+    assert api_key("http://127.0.0.1:8000/v1") == KEY
+    monkeypatch.setenv("PONDER_API_KEY", "ponder-key")
+    assert api_key("http://colleague-box:8000/v1") == "ponder-key"  # the user's explicit choice
+
+
+def test_many_requests_reuse_a_few_threads(llama_server):
+    import threading
+
+    from ponder.backends.server import connect
+    from ponder.events import GenerationParams, Message
+    from ponder.samples import in_flight
+
+    model = connect(llama_server.url)
+    question, params, replies = [Message("user", TWELVE_SEVEN)], GenerationParams(max_tokens=4), []
+    before = threading.active_count()
+    for _ in range(20):
+        in_flight(model, [(i, question, params) for i in range(3)], 3, lambda key, reply: replies.append(reply))
+    model.close()
+    assert len(replies) == 60
+    assert threading.active_count() - before <= 6  # three lanes' threads (and a pool's) made once, not 60

@@ -16,17 +16,18 @@ import os
 import re
 import threading
 import time
+from urllib.parse import urlsplit
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from ponder.backends.base import ModelInfo
 from ponder.backends.server_http import ServerClient, ServerRefused, StreamBroken
-from ponder.errors import BackendError, ModelError
+from ponder.errors import BackendError, ModelError, PonderError
 from ponder.events import BackendStats, Finished, GenerationParams, Message, TextDelta
 from ponder.prompt import ChatFormat, is_reasoning_model
 
 NAME = "server"
-KEY_ENVS = ("PONDER_API_KEY", "OPENAI_API_KEY")
 RAW_PROMPT_KINDS = ("llama-server", "vLLM", "SGLang")  # known to complete a raw prompt as given
 # `owned_by` in /v1/models, as each server fills it in.
 OWNERS = {"vllm": "vLLM", "sglang": "SGLang", "llamacpp": "llama-server", "library": "Ollama", "ollama": "Ollama",
@@ -39,8 +40,14 @@ ROUTES = {"/completions": "/v1/completions, prompt rendered by ponder",
           "/chat/completions": "/v1/chat/completions, prompt rendered by the server"}
 
 
-def api_key() -> str | None:
-    return next((os.environ[name] for name in KEY_ENVS if os.environ.get(name)), None)
+def api_key(url: str) -> str | None:
+    """PONDER_API_KEY; else OPENAI_API_KEY, but only over https or to this machine: a key meant for
+    OpenAI must not travel in clear text to some other host."""
+    if os.environ.get("PONDER_API_KEY"):
+        return os.environ["PONDER_API_KEY"]
+    parts = urlsplit(url)
+    private = parts.scheme.lower() == "https" or (parts.hostname or "") in ("localhost", "127.0.0.1", "::1")
+    return os.environ.get("OPENAI_API_KEY") or None if private else None
 
 
 @dataclass
@@ -51,8 +58,15 @@ class ServerFacts:
     kind: str = "OpenAI-compatible server"
     version: str = ""
     models: list[str] = field(default_factory=list)
-    context: int = 0  # tokens per request, where the server says
+    contexts: dict[str, int] = field(default_factory=dict)  # tokens per request, where the server says
     props: dict = field(default_factory=dict)  # llama-server's /props
+
+    def listed(self, most: int = 8) -> str:
+        """The models, for a message: the first `most`, then how many more."""
+        if not self.models:
+            return "none"
+        more = len(self.models) - most
+        return ", ".join(self.models[:most]) + (f" and {more} more (`ponder backends --json` lists all)" if more > 0 else "")
 
 
 def survey(client: ServerClient) -> ServerFacts:
@@ -61,7 +75,7 @@ def survey(client: ServerClient) -> ServerFacts:
     entries = listed.get("data", []) if isinstance(listed, dict) else []
     entries = [e for e in entries if isinstance(e, dict) and isinstance(e.get("id"), str)]
     facts = ServerFacts(client.shown, models=[e["id"] for e in entries])
-    facts.context = next((n for n in map(_context_of, entries) if n), 0)
+    facts.contexts = {e["id"]: _context_of(e) for e in entries if _context_of(e)}
     owners = {str(e.get("owned_by", "")).lower() for e in entries}
     facts.kind = next((OWNERS[o] for o in owners if o in OWNERS), facts.kind)
     if entries and owners == {""} and client.try_json("/health", from_root=True) == {"status": "ok"}:
@@ -87,37 +101,43 @@ def _context_of(entry: dict) -> int:
 
 
 def connect(url: str, model: str | None = None, read_timeout: float | None = None,
-            reasoning: bool | None = None) -> ServerModel:
+            reasoning: bool | None = None, preferred: str | None = None) -> ServerModel:
     """The server's model `model` (the only one it serves, if None), ready to stream.
 
-    `reasoning` overrides whether the model thinks in `<think>` tags (else: its template, its name).
+    `preferred`: a model named by a setting rather than on the command line, used only if the
+    server serves it. `reasoning` overrides whether the model thinks in `<think>` tags (else: its
+    template, its name).
     """
-    client = ServerClient(url, api_key(), read_timeout)
+    client = ServerClient(url, api_key(url), read_timeout)
     try:
         facts = survey(client)
-        name = _pick_model(facts, model)
+        name = _pick_model(facts, model, preferred)
         chat = _chat_format(facts, name, reasoning)
         raw_prompts = bool(chat.template) and facts.kind in RAW_PROMPT_KINDS
     except BaseException:
         client.close()
         raise
+    context = facts.contexts.get(name, 0)
     info = ModelInfo(
-        name=name, path=facts.url, backend=f"{NAME} ({facts.kind})", context=facts.context,
-        trained_context=facts.context, chat=chat, renders_prompt=raw_prompts,
+        name=name, path=facts.url, backend=f"{NAME} ({facts.kind})", context=context,
+        trained_context=context, chat=chat, renders_prompt=raw_prompts,
     )
     return ServerModel(info, client, facts)
 
 
-def _pick_model(facts: ServerFacts, wanted: str | None) -> str:
-    listed = ", ".join(facts.models) or "none"
+def _pick_model(facts: ServerFacts, wanted: str | None, preferred: str | None = None) -> str:
+    if wanted is None and preferred in facts.models:
+        return preferred
+    if not facts.models:
+        raise ModelError(f"the server at {facts.url} serves no models yet", hint="load one into it, then try again")
     if wanted is None:
         if len(facts.models) == 1:
             return facts.models[0]
         raise ModelError(f"the server at {facts.url} serves {len(facts.models)} models; name one with --model",
-                         hint=f"its models: {listed}")
+                         hint=f"its models: {facts.listed()}")
     if wanted in facts.models:
         return wanted
-    raise ModelError(f"the server at {facts.url} has no model {wanted!r}", hint=f"its models: {listed}")
+    raise ModelError(f"the server at {facts.url} has no model {wanted!r}", hint=f"its models: {facts.listed()}")
 
 
 def _chat_format(facts: ServerFacts, name: str, reasoning: bool | None) -> ChatFormat:
@@ -142,7 +162,7 @@ def _hub_template(repo_id: str, cache_dir: str | None = None) -> tuple[str | Non
 
     try:
         path = try_to_load_from_cache(repo_id, "tokenizer_config.json", cache_dir=cache_dir)
-        config = json.loads(open(path, encoding="utf-8").read()) if isinstance(path, str) else {}
+        config = json.loads(Path(path).read_text(encoding="utf-8")) if isinstance(path, str) else {}
     except (OSError, ValueError):
         return None, "", ""
     if not isinstance(config, dict):
@@ -164,14 +184,20 @@ class ServerModel:
         self._adapted: dict = {}  # request fields this server wants otherwise, learnt from its refusals
         self.takes_n = True  # several choices in one request, until the server refuses them
         self._lock = threading.Lock()
+        self._lanes: list[ServerModel] = []  # shared by every lane: each has a thread for good
 
     @property
     def route(self) -> str:
         """Which endpoint this model's requests go to, and who renders the prompt."""
         return ROUTES["/completions" if self.info.renders_prompt else "/chat/completions"]
 
-    def lane(self) -> ServerModel:
-        return copy.copy(self)
+    def lane(self, index: int) -> ServerModel:
+        """The `index`th extra handle on this model, made once: requests on different lanes run at
+        once (the server batches them), each lane's one after another."""
+        with self._lock:
+            while len(self._lanes) <= index:
+                self._lanes.append(copy.copy(self))
+            return self._lanes[index]
 
     def tokenize(self, text: str) -> list[int]:
         raise BackendError(f"{self.facts.kind} does not tokenize for ponder")
@@ -204,6 +230,8 @@ class ServerModel:
             for chunk in self._events(path, body, cancel):
                 usage = chunk.get("usage") or usage
                 for raw in chunk.get("choices") or []:
+                    if not isinstance(raw, dict):
+                        raise StreamBroken(f"the server sent a malformed choice: {str(raw)[:80]!r}")
                     index = raw.get("index", 0) if isinstance(raw.get("index", 0), int) else 0
                     choice = choices.setdefault(index, _Choice())
                     choice.finish = raw.get("finish_reason") or choice.finish
@@ -211,19 +239,26 @@ class ServerModel:
                         yield index, delta
                 if cancel.is_set():
                     break
+            if not cancel.is_set() and (not choices or any(c.finish is None for c in choices.values())):
+                raise StreamBroken("the server ended the stream before the reply finished")
         except StreamBroken as exc:
             error = exc.message + (f" ({exc.hint})" if exc.hint else "")
             for index, choice in sorted(choices.items()) or [(0, _Choice())]:
                 yield index, Finished("interrupted", self._stats(path, choice, usage, n, started), error=error)
             return
         except ServerRefused as refused:
-            if n > 1 and refused.status in (400, 422):
+            if n > 1 and re.search(r"\bn\b", refused.said):
                 self.takes_n = False  # this server takes one choice per request
                 return
             raise
         for index, choice in sorted(choices.items()) or [(0, _Choice())]:
-            reason = "cancelled" if cancel.is_set() else FINISH_REASONS.get(choice.finish or "stop", "stop")
-            yield index, Finished(reason, self._stats(path, choice, usage, n, started))
+            stats = self._stats(path, choice, usage, n, started)
+            if cancel.is_set():
+                yield index, Finished("cancelled", stats)
+            elif choice.finish in FINISH_REASONS:
+                yield index, Finished(FINISH_REASONS[choice.finish], stats)
+            else:  # vLLM's and SGLang's "abort", or a reason ponder does not know
+                yield index, Finished("interrupted", stats, error=f"the server ended the reply: {choice.finish}")
 
     def request(self, prompt: str | list[Message], params: GenerationParams) -> tuple[str, dict]:
         """The endpoint and body for one generation."""
@@ -242,20 +277,30 @@ class ServerModel:
         return path, self._adapt(body)
 
     def _events(self, path: str, body: dict, cancel: threading.Event) -> Iterator[dict]:
-        """The stream, with a body adapted once to a server that refuses one of its optional fields."""
-        try:
-            yield from self.client.events(path, body, cancel)
-        except ServerRefused as refused:
-            change = _adaptation(refused, body)
-            if change is None:
-                raise
-            with self._lock:
-                self._adapted.update(change)
-            yield from self.client.events(path, self._adapt(body), cancel)
+        """The stream, with the body adapted to a server that refuses one of its optional fields
+        (for good) or a max_tokens beyond its context (for this request)."""
+        for _ in range(3):
+            try:
+                yield from self.client.events(path, body, cancel)
+                return
+            except ServerRefused as refused:
+                room = _room_left(refused.said)
+                if room is not None and 0 < room < _max_tokens(body):
+                    body = {**body, ("max_completion_tokens" if "max_completion_tokens" in body else "max_tokens"): room}
+                    continue
+                change = _adaptation(refused, body)
+                if change is None:
+                    raise
+                with self._lock:
+                    self._adapted.update(change)
+                body = self._adapt(body)
+        yield from self.client.events(path, body, cancel)
 
     def _adapt(self, body: dict) -> dict:
         body = dict(body)
-        for name, value in self._adapted.items():
+        with self._lock:
+            adapted = dict(self._adapted)
+        for name, value in adapted.items():
             if value is None:
                 body.pop(name, None)
             elif name == "max_completion_tokens" and "max_tokens" in body:
@@ -318,25 +363,47 @@ def _texts(choice: dict) -> tuple[str, str]:
 
 
 def _adaptation(refused: ServerRefused, body: dict) -> dict | None:
-    """A change to the request that meets a 400/422 naming one of its optional fields."""
+    """A change to the request that meets a 400/422 refusing one of its optional fields."""
     if refused.status not in (400, 422):
         return None
     said = refused.said.lower()
+    refuses = ("not supported", "unsupported", "unknown", "unrecognized", "not permitted", "extra inputs", "instead")
+    if not any(word in said for word in refuses):
+        return None
     if "stream_options" in said and "stream_options" in body:
         return {"stream_options": None}
     if "max_tokens" in said and "max_completion_tokens" in said and "max_tokens" in body:
-        return {"max_completion_tokens": True}
+        return {"max_completion_tokens": True}  # OpenAI's newer name
     if "seed" in said and "seed" in body:
         return {"seed": None}
     return None
 
 
+def _room_left(said: str) -> int | None:
+    """The tokens a request may still generate, from vLLM's and SGLang's refusal of a max_tokens beyond the
+    context ("This model's maximum context length is 32768 tokens and your request has 20 input tokens")."""
+    context = re.search(r"maximum context length is (\d+)", said)
+    used = re.search(r"(\d+) input tokens|has (\d+) tokens? in the (?:messages|prompt)", said)
+    if not (context and used):
+        return None
+    return int(context.group(1)) - int(used.group(1) or used.group(2))
+
+
+def _max_tokens(body: dict) -> int:
+    return int(body.get("max_completion_tokens") or body.get("max_tokens") or 0)
+
+
 def describe(url: str, read_timeout: float = 5.0) -> tuple[ServerFacts | None, str]:
     """What the server at `url` is and serves, or None and why it cannot be reached; never raises."""
-    client = ServerClient(url, api_key(), read_timeout)
+    try:
+        client = ServerClient(url, api_key(url), read_timeout)
+    except PonderError as exc:
+        return None, exc.message
     try:
         return survey(client), ""
-    except BackendError as exc:
+    except PonderError as exc:
         return None, exc.message
+    except Exception as exc:  # whatever a strange server or proxy does, doctor must go on
+        return None, f"{type(exc).__name__}: {client.redact(str(exc)[:200])}"
     finally:
         client.close()

@@ -9,29 +9,39 @@ is used, so `ponder --help` stays fast.
 from __future__ import annotations
 
 import json
+import math
+import re
 import socket
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from email.utils import parsedate_to_datetime
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import urlsplit
 
-from ponder.errors import BackendError
+from ponder.errors import BackendError, UsageError
 
 RETRIED_STATUSES = (429, 502, 503)  # busy or restarting: worth another try
 ATTEMPTS = 5
 FIRST_DELAY_S, LONGEST_DELAY_S = 0.5, 8.0
+LONGEST_RETRY_AFTER_S = 60.0  # a server asking for a longer wait gets a clear error instead
 CONNECT_TIMEOUT_S = 10.0
 DEFAULT_READ_TIMEOUT_S = 300.0  # a server may think for minutes before the first token of a long prompt
 KEY_HINT = "set PONDER_API_KEY (or OPENAI_API_KEY) to the server's API key"
 
 
 def shown_url(url: str) -> str:
-    """`url` without user:password@, as it may appear in messages."""
-    parts = urlsplit(url)
-    if "@" not in parts.netloc:
-        return url
-    return urlunsplit(parts._replace(netloc=parts.netloc.rpartition("@")[2]))
+    """`url` without user:password@ (with or without a scheme), as it may appear in messages."""
+    return re.sub(r"^((?:[A-Za-z][A-Za-z0-9+.-]*:)?//)?[^/@]*@", r"\1", url)
+
+
+def check_url(url: str) -> str:
+    """`url` if it is an http(s) URL with a host (the rule `settings` checks); else a UsageError."""
+    from ponder.settings import check
+
+    check("server", url)
+    if not url:
+        raise UsageError("no server URL given", hint="e.g. --server http://127.0.0.1:8000/v1")
+    return url
 
 
 class ServerClient:
@@ -40,15 +50,26 @@ class ServerClient:
     def __init__(self, url: str, api_key: str | None, read_timeout: float | None = None):
         import httpx2
 
-        self.url = url.rstrip("/")
+        self.url = check_url(url).rstrip("/")
         self.shown = shown_url(self.url)
+        if api_key and self.shown != self.url:
+            raise UsageError("the server URL carries a user:password and an API key is set: use one of them")
         self._key = api_key or ""
         self.read_timeout = read_timeout or DEFAULT_READ_TIMEOUT_S
-        self.http = httpx2.Client(
-            headers={"Authorization": f"Bearer {api_key}"} if api_key else {},
-            timeout=httpx2.Timeout(CONNECT_TIMEOUT_S, read=self.read_timeout),
-            trust_env=True,  # HTTP(S)_PROXY, NO_PROXY
-        )
+        try:
+            self.http = httpx2.Client(
+                headers={"Authorization": f"Bearer {api_key}"} if api_key else {},
+                timeout=httpx2.Timeout(CONNECT_TIMEOUT_S, read=self.read_timeout, pool=None),
+                # A connection per request, none pooled: a stop shuts the socket of its own request
+                # (from the moment it connects), never one another request reuses. No cap: --concurrency.
+                limits=httpx2.Limits(max_connections=None, max_keepalive_connections=0),
+                trust_env=True,  # HTTP(S)_PROXY, ALL_PROXY, NO_PROXY
+            )
+        except ImportError as exc:  # a SOCKS proxy in ALL_PROXY needs socksio
+            raise BackendError(f"the proxy in the environment needs a package ponder lacks ({exc.name or exc})",
+                               hint="~/.local/share/ponder/venv/bin/pip install socksio, or unset ALL_PROXY") from None
+        except ValueError as exc:  # a malformed proxy URL
+            raise BackendError(f"the proxy settings are not valid: {shown_url(str(exc))}") from None
         self._open_sockets: set[socket.socket] = set()
         self._lock = threading.Lock()
         self.closed = False
@@ -63,7 +84,8 @@ class ServerClient:
     def get_json(self, path: str, from_root: bool = False, timeout: float | None = None):
         """GET a JSON document; BackendError (one line) when the server cannot give it."""
         url = (self.root if from_root else self.url) + path
-        response = self._send("GET", url, None, None, timeout=timeout)
+        held: list = []
+        response = self._send("GET", url, None, None, held, timeout=timeout)
         try:
             response.read()
             return response.json()
@@ -71,6 +93,7 @@ class ServerClient:
             raise BackendError(f"{shown_url(url)} did not answer with JSON") from None
         finally:
             response.close()
+            self._release(held)
 
     def try_json(self, path: str, from_root: bool = False, timeout: float = 3.0):
         """GET a JSON document, or None if there is none (probing what kind of server this is)."""
@@ -82,33 +105,47 @@ class ServerClient:
     # --- streams ----------------------------------------------------------------------------
 
     def events(self, path: str, body: dict, cancel: threading.Event | None = None) -> Iterator[dict]:
-        """POST `body` with stream=true and yield each event's JSON, up to [DONE].
+        """POST `body` with stream=true and yield each event's JSON object, up to [DONE].
 
-        Raises BackendError before the first event (the request failed); StreamBroken after it (the
-        server closed the stream, stalled past the read timeout, or sent malformed JSON), so that
-        what arrived can be kept. With `cancel` set, the connection is shut at once and the
-        iteration just ends.
+        Raises BackendError when the request fails (refused, not a stream); StreamBroken once the
+        stream began (the server closed it, stalled past the read timeout, or sent malformed JSON),
+        so that what arrived can be kept. With `cancel` set, the connection is shut at once, from
+        the moment it connects, and the iteration just ends.
         """
         import httpx2
 
-        response = self._send("POST", self.url + path, body, cancel)
-        if response is None:
-            return  # cancelled before the server would take the request
-        unhook = self._hold_socket(response, cancel)
+        held: list = []
         try:
+            response = self._send("POST", self.url + path, body, cancel, held)
+        except BaseException:
+            self._release(held)
+            raise
+        if response is None:
+            self._release(held)
+            return  # cancelled before the server answered
+        try:
+            kind = response.headers.get("content-type", "").partition(";")[0].strip().lower()
+            if kind != "text/event-stream":
+                raise BackendError(f"the server answered {response.status_code} with {kind or 'no content type'},"
+                                   " not a stream of events", hint="is --server the API's base URL (…/v1)?")
             for event in httpx2.EventSource(response):
-                if event.data.strip() == "[DONE]":
+                data = event.data.strip()
+                if data == "[DONE]":
                     return
-                if not event.data.strip():
+                if not data:
                     continue
                 try:
-                    parsed = json.loads(event.data)
+                    parsed = json.loads(data)
                 except ValueError:
-                    raise StreamBroken(f"the server sent a malformed event: {self.redact(event.data)[:80]!r}") from None
-                if isinstance(parsed, dict) and "error" in parsed:  # some servers report failures mid-stream
+                    parsed = None
+                if not isinstance(parsed, dict):
+                    raise StreamBroken(f"the server sent a malformed event: {self.redact(data[:200])[:80]!r}")
+                if "error" in parsed:  # some servers report failures mid-stream
                     raise StreamBroken(f"the server reported an error mid-reply: {self._error_text(parsed)}")
                 yield parsed
         except httpx2.ReadTimeout:
+            if cancel is not None and cancel.is_set():
+                return
             raise StreamBroken(f"the server sent nothing for {self.read_timeout:g} s",
                                hint="--timeout SECONDS waits longer") from None
         except (httpx2.TransportError, httpx2.StreamError) as exc:
@@ -116,64 +153,86 @@ class ServerClient:
                 return  # we shut the connection ourselves
             raise StreamBroken(f"the server closed the stream mid-reply ({type(exc).__name__})") from None
         finally:
-            unhook()
             response.close()
+            self._release(held)
 
-    def _hold_socket(self, response, cancel: threading.Event | None) -> Callable[[], None]:
-        """Keep the response's socket where `close` and `cancel` can shut it: a read blocked in
-        the kernel wakes only for a shutdown, not for a flag."""
-        stream = response.extensions.get("network_stream")
-        sock = stream.get_extra_info("socket") if stream is not None else None
-        if sock is None:
-            return lambda: None
-        with self._lock:
-            self._open_sockets.add(sock)
-        remove = cancel.on_set(lambda: _shut(sock)) if hasattr(cancel, "on_set") else (lambda: None)
+    def _tracer(self, cancel: threading.Event | None, held: list):
+        """An httpcore trace hook that keeps each new connection's socket where `close` and
+        `cancel` can shut it: a read blocked in the kernel (waiting for headers or for the next
+        event) wakes only for a shutdown, not for a flag."""
 
-        def unhook() -> None:
+        def trace(event: str, info: dict) -> None:
+            if event != "connection.connect_tcp.complete":
+                return
+            stream = info.get("return_value")
+            sock = stream.get_extra_info("socket") if stream is not None else None
+            if sock is None:
+                return
+            with self._lock:
+                self._open_sockets.add(sock)
+            remove = cancel.on_set(lambda: _shut(sock)) if hasattr(cancel, "on_set") else (lambda: None)
+            held.append((sock, remove))
+
+        return trace
+
+    def _release(self, held: list) -> None:
+        for sock, remove in held:
             remove()
             with self._lock:
                 self._open_sockets.discard(sock)
-
-        return unhook
+        held.clear()
 
     # --- sending, retrying, failing ---------------------------------------------------------
 
-    def _send(self, method: str, url: str, body: dict | None, cancel: threading.Event | None,
+    def _send(self, method: str, url: str, body: dict | None, cancel: threading.Event | None, held: list,
               timeout: float | None = None):
         """The response to a request whose status is a success, retrying a busy server with backoff;
-        None if `cancel` is set while waiting to retry."""
+        None if `cancel` is set meanwhile. The sockets it opens are added to `held` (see `_tracer`)."""
         import httpx2
 
         if self.closed:
             raise BackendError("the connection to the server was closed")
         delay = FIRST_DELAY_S
         for attempt in range(1, ATTEMPTS + 1):
-            request = self.http.build_request(
-                method, url, json=body, timeout=httpx2.Timeout(timeout) if timeout else httpx2.USE_CLIENT_DEFAULT,
-                headers={"Accept": "text/event-stream"} if body and body.get("stream") else None,
-            )
             try:
+                request = self.http.build_request(
+                    method, url, json=body, extensions={"trace": self._tracer(cancel, held)},
+                    timeout=httpx2.Timeout(timeout) if timeout else httpx2.USE_CLIENT_DEFAULT,
+                    headers={"Accept": "text/event-stream"} if body and body.get("stream") else None,
+                )
                 response = self.http.send(request, stream=True)
-            except httpx2.ConnectError as exc:
-                raise self._unreachable(exc) from None
-            except httpx2.TimeoutException:
-                raise BackendError(f"the server at {self.shown} did not answer in time",
-                                   hint="--timeout SECONDS waits longer") from None
+            except httpx2.InvalidURL as exc:
+                raise UsageError(f"the server URL {self.shown!r} is not valid: {exc}") from None
             except httpx2.TransportError as exc:
-                raise BackendError(f"the request to {self.shown} failed: {type(exc).__name__}: {self.redact(str(exc))}") from None
-            if response.status_code < 400:
+                if cancel is not None and cancel.is_set():
+                    return None  # we shut the connection while it waited for the server
+                if isinstance(exc, httpx2.ConnectError):
+                    raise self._unreachable(exc) from None
+                if isinstance(exc, httpx2.TimeoutException):
+                    raise BackendError(f"the server at {self.shown} did not answer in time",
+                                       hint="--timeout SECONDS waits longer") from None
+                raise BackendError(f"the request to {self.shown} failed: {type(exc).__name__}: "
+                                   f"{self.redact(str(exc)[:300])}") from None
+            if response.status_code < 300:
                 return response
+            if response.status_code < 400:
+                response.close()
+                target = shown_url(response.headers.get("location", "elsewhere"))
+                raise BackendError(f"the server redirects {shown_url(url)} to {target}",
+                                   hint="give the URL it redirects to as --server")
             response.read()
             response.close()
             if response.status_code in RETRIED_STATUSES and attempt < ATTEMPTS:
                 told = _retry_after(response)
-                wait = min(delay if told is None else told, LONGEST_DELAY_S)
+                if told is not None and told > LONGEST_RETRY_AFTER_S:
+                    raise BackendError(f"the server is busy ({response.status_code}) and asks to retry after "
+                                       f"{told:.0f} s", hint="try again later")
+                wait = delay if told is None else told
                 if cancel is not None and cancel.wait(wait):
                     return None  # stopped while waiting for a busy server
                 if cancel is None:
                     time.sleep(wait)
-                delay *= 2
+                delay = min(delay * 2, LONGEST_DELAY_S)
                 continue
             raise self._refused(response, attempt)
         raise AssertionError("unreachable")
@@ -194,7 +253,7 @@ class ServerClient:
     def _refused(self, response, attempts: int) -> BackendError:
         status = response.status_code
         where = f"{self.shown}{response.request.url.path[len(urlsplit(self.url).path):]}"
-        said = self._error_text(_json_or_none(response)) or self.redact(response.text.strip())[:200]
+        said = self._error_text(_json_or_none(response)) or self.redact(response.text.strip()[:300])[:200]
         label = f"{status} {response.reason_phrase}".strip()
         if status in (401, 403):
             return BackendError(f"the server refused the request ({label})" + (f": {said}" if said else ""),
@@ -216,7 +275,7 @@ class ServerClient:
             error = error.get("message") or json.dumps(error)
         if isinstance(error, list):
             error = json.dumps(error)
-        return self.redact(" ".join(str(error or "").split()))[:300]
+        return self.redact(" ".join(str(error or "")[:2000].split()))[:300]
 
     def redact(self, text: str) -> str:
         """`text` with the API key, or any long stretch of it, replaced: a server may echo it."""
@@ -285,7 +344,8 @@ def _retry_after(response) -> float | None:
     if not value:
         return None
     try:
-        return max(float(value), 0.0)
+        seconds = float(value)
+        return max(seconds, 0.0) if math.isfinite(seconds) else None
     except ValueError:
         try:
             return max(parsedate_to_datetime(value).timestamp() - time.time(), 0.0)

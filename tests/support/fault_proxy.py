@@ -14,8 +14,14 @@ Faults (attributes; change them at any time, they apply to the next request):
   as mlx_lm.server's ": keepalive 3/13" pass through uncounted):
   `cut_after` closes the socket mid-body (the client sees an incomplete chunked body),
   `stall_after` stops sending but keeps the socket open until `release()` or `close()`,
-  `malformed_after` inserts one `data: {"choices": [{"delta": ` (broken JSON) event and goes on.
+  `malformed_after` inserts one `data: {"choices": [{"delta": ` (broken JSON) event and goes on,
+  `null_after` inserts `data: null` (JSON, not an object) and goes on,
+  `end_after` ends the body cleanly there (no [DONE], no finish_reason).
   `stream_faults` limits how many streamed responses get them (None: every one).
+- `hold_headers`: answer nothing, not even the status line, until `release()` (a server still
+  loading its model, or prefilling a long prompt).
+- `plain_reply`: answer a POST with 200 and a JSON body, not a stream.
+- `fail_echo_key`: a `fail_first` failure quotes the request's Authorization header back.
 
 The proxy forwards each SSE event as soon as it is complete (and non-SSE bytes as they come), so
 the server's timing is preserved. Responses go back with chunked transfer encoding, as the servers
@@ -35,6 +41,7 @@ from urllib.parse import urlsplit
 HOP_BY_HOP = {"connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "te", "trailer",
               "transfer-encoding", "upgrade", "host", "content-length", "accept-encoding"}
 MALFORMED_EVENT = b'data: {"choices": [{"delta": \n\n'
+INJECTED = {"malformed": MALFORMED_EVENT, "null": b"data: null\n\n"}  # faults that add an event and go on
 
 
 @dataclass
@@ -60,7 +67,12 @@ class FaultProxy:
         self.cut_after: int | None = None
         self.stall_after: int | None = None
         self.malformed_after: int | None = None
+        self.null_after: int | None = None  # inject `data: null` (JSON, but not an object)
+        self.end_after: int | None = None  # end the body cleanly, without [DONE] or a finish_reason
         self.stream_faults: int | None = None
+        self.hold_headers = False  # answer nothing, not even headers, until release()
+        self.plain_reply = False  # answer POSTs 200 with JSON instead of a stream
+        self.fail_echo_key = False  # a failure's message quotes the Authorization header, as careless servers do
         self.requests: list[SeenRequest] = []
         self._released = threading.Event()
         self._lock = threading.Lock()
@@ -95,6 +107,8 @@ class FaultProxy:
         """No faults, no recorded requests; responses stalled so far end."""
         self.fail_first, self.fail_status, self.retry_after = 0, 429, None
         self.cut_after = self.stall_after = self.malformed_after = self.stream_faults = None
+        self.null_after = self.end_after = None
+        self.hold_headers = self.plain_reply = self.fail_echo_key = False
         self.requests.clear()
         self._released.set()
         self._released = threading.Event()
@@ -121,7 +135,8 @@ class FaultProxy:
     def _stream_fault(self) -> tuple[str, int] | None:
         with self._lock:
             faults = [(name, k) for name, k in (("cut", self.cut_after), ("stall", self.stall_after),
-                                                 ("malformed", self.malformed_after)) if k is not None]
+                                                 ("malformed", self.malformed_after), ("null", self.null_after),
+                                                 ("end", self.end_after)) if k is not None]
             if not faults or self.stream_faults == 0:
                 return None
             if self.stream_faults is not None:
@@ -133,6 +148,12 @@ class FaultProxy:
         self.requests.append(SeenRequest(h.command, h.path, {k.lower(): v for k, v in h.headers.items()}, body))
         if h.command in self.fail_methods and self._take_failure():
             return self._fail(h)
+        if self.hold_headers:
+            self._released.wait()
+            h.close_connection = True
+            return
+        if self.plain_reply and h.command == "POST":
+            return self._send(h, 200, {"object": "chat.completion", "choices": []})
         upstream = http.client.HTTPConnection(self.upstream_host, self.upstream_port, timeout=600)
         try:
             headers = {k: v for k, v in h.headers.items() if k.lower() not in HOP_BY_HOP}
@@ -166,19 +187,22 @@ class FaultProxy:
             buffer = (buffer + chunk).replace(b"\r\n", b"\n")
             while b"\n\n" in buffer or (not chunk and buffer):  # forward each complete event as it arrives
                 if fault and events == fault[1]:
-                    if fault[0] != "malformed":
+                    if fault[0] == "end":
+                        response.close()
+                        return _write_chunk(h, b"")
+                    if fault[0] not in INJECTED:
                         return self._cut(h, response, stall=fault[0] == "stall")
-                    _write_chunk(h, MALFORMED_EVENT)
+                    _write_chunk(h, INJECTED[fault[0]])
                     fault = None
                 event, _, buffer = buffer.partition(b"\n\n")
                 _write_chunk(h, event + b"\n\n")
                 events += any(line.startswith(b"data:") for line in event.split(b"\n"))  # not ": keepalive"
             if not chunk:
                 break
-        if fault and events == fault[1] and fault[0] != "malformed":  # a fault after the last event
+        if fault and events == fault[1] and fault[0] in ("cut", "stall"):  # a fault after the last event
             return self._cut(h, response, stall=fault[0] == "stall")
-        if fault and events == fault[1]:
-            _write_chunk(h, MALFORMED_EVENT)
+        if fault and events == fault[1] and fault[0] in INJECTED:
+            _write_chunk(h, INJECTED[fault[0]])
         _write_chunk(h, b"")
 
     def _cut(self, h, response, stall: bool) -> None:
@@ -195,6 +219,8 @@ class FaultProxy:
 
     def _fail(self, h) -> None:
         message = "Rate limit reached" if self.fail_status == 429 else "Service unavailable"
+        if self.fail_echo_key:
+            message = f"Invalid API key: {h.headers.get('Authorization', '')}"
         extra = {"Retry-After": self.retry_after} if self.retry_after is not None else {}
         self._send(h, self.fail_status, {"error": {"message": f"fault proxy: {message}", "code": self.fail_status,
                                                    "type": "rate_limit_error" if self.fail_status == 429

@@ -52,7 +52,7 @@ def ask(
     reply = run.show(loaded, text, code)
     if not no_log:
         run.log(loaded, text, reply)
-    run.report(reply, stats)
+    run.report(reply, stats, logged=not no_log)
     if code is not None and code.error:
         raise code.error
     if code is not None and code.cut_off:

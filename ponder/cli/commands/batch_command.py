@@ -91,10 +91,10 @@ def batch(
         print(f"ponder: resuming: {len(tasks) - len(todo)} of {len(tasks)} tasks already in {output}",
               file=run.term.stderr)
     results = [r for r in done if r.get("id") in {t["id"] for t in tasks}]
+    if concurrency > 1 and not server:
+        raise UsageError("--concurrency needs --server: a local model runs one generation at a time")
     if todo:
         loaded = run.load(model, backend, ctx, threads, server, timeout, model_kind)
-        if concurrency > 1 and not hasattr(loaded, "lane"):
-            raise UsageError("--concurrency needs --server: a local model runs one generation at a time")
         sink = output.open("a", encoding="utf-8") if output else run.term.stdout
         try:
             with _progress(run.term, len(tasks), len(tasks) - len(todo)) as advance:
@@ -126,7 +126,7 @@ def _run_tasks(run, loaded, tasks: list[dict], samples: int, concurrency: int, f
     at a time; or in the order they end, with `concurrency` requests in flight."""
     if concurrency == 1:
         for task in tasks:
-            finished(_result(task, run.samples(loaded, _task_text(task), samples)))
+            finished(_result(task, run.samples(loaded, _task_text(task), samples, concurrency=1)))
         return
     from ponder.events import Message
     from ponder.samples import in_flight, sample_params

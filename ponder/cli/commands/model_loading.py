@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 
 from ponder.backends import LoadOptions, Model, get_backend, select_backend
-from ponder.cli.views.terminal import Terminal
+from ponder.cli.views.terminal import Terminal, Working
 from ponder.threads import call_in_thread
 
 # How a user sets each load option a backend may be unable to honour (ModelInfo.ignored).
@@ -21,7 +22,7 @@ def load_model(term: Terminal, model: str | None, backend: str, options: LoadOpt
     fit = fit_context(path, backend_name, options)
     if fit.note:
         term.stderr.write(fit.note + "\n")
-    with _working(term, f"Loading {os.path.basename(path)}…"):
+    with Working(term, f"Loading {os.path.basename(path)}…"):
         model = call_in_thread(lambda: chosen.load(path, fit.options))
     if model.info.ignored:
         names = ", ".join(IGNORED_OPTIONS.get(name, name) for name in model.info.ignored)
@@ -30,21 +31,25 @@ def load_model(term: Terminal, model: str | None, backend: str, options: LoadOpt
 
 
 def connect_server(term: Terminal, url: str, model: str | None, backend: str, options: LoadOptions,
-                   timeout: float | None, model_kind: str) -> Model:
-    """The model `model` on the server at `url` (its only one when None)."""
+                   timeout: float | None, model_kind: str, typed: Callable[[str], bool]) -> Model:
+    """The model `model` on the server at `url` (its only one when None). `typed(name)`: whether an
+    option was given on the command line; a model or backend from the environment or the config
+    file is meant for local runs, so with a server it is only a preference (or ignored)."""
     from ponder.backends.server import connect
     from ponder.backends.server_http import shown_url
     from ponder.errors import UsageError
 
-    if backend != "auto":
-        raise UsageError(f"--backend {backend} picks a local engine, but --server (or PONDER_SERVER) names a server",
-                         hint="drop one of them")
+    if backend != "auto" and typed("backend"):
+        raise UsageError(f"--backend {backend} picks a local engine, but a server is named (--server, PONDER_SERVER"
+                         " or the config file)", hint="drop one of them; --server '' runs locally")
     unused = [flag for flag, value in (("--ctx", options.context), ("--threads", options.threads)) if value]
     if unused:
-        term.stderr.write(f"ponder: note: {' and '.join(unused)} apply to local models; the server sets its own\n")
+        verb = "apply" if len(unused) > 1 else "applies"
+        term.stderr.write(f"ponder: note: {' and '.join(unused)} {verb} to local models; the server sets its own\n")
     reasoning = {"reasoning": True, "plain": False}.get(model_kind)
-    with _working(term, f"Connecting to {shown_url(url)}…"):
-        connected = call_in_thread(lambda: connect(url, model, timeout, reasoning))
+    named, preferred = (model, None) if typed("model") else (None, model)
+    with Working(term, f"Connecting to {shown_url(url)}…"):
+        connected = call_in_thread(lambda: connect(url, named, timeout, reasoning, preferred))
     from ponder.errors import debugging
 
     if debugging():
@@ -59,17 +64,6 @@ def set_model_kind(model: Model, model_kind: str) -> None:
         from dataclasses import replace
 
         model.info = replace(model.info, chat=replace(model.info.chat, reasoning=model_kind == "reasoning"))
-
-
-def _working(term: Terminal, label: str):
-    """A spinner on stderr while loading or connecting (a terminal only)."""
-    import contextlib
-
-    if not term.stderr_is_tty:
-        return contextlib.nullcontext()
-    from rich.console import Console
-
-    return Console(file=term.stderr, no_color=not term.color).status(label, spinner="dots")
 
 
 def _model_path(term: Terminal, model: str | None, backend: str) -> str:

@@ -17,6 +17,7 @@ class Run:
     mode: ReasoningMode
     output: OutputFormat
     params: GenerationParams
+    invocation: object = None  # the command's typer context: where each option's value came from
 
     @classmethod
     def start(cls, debug: bool = False, reasoning: ReasoningMode = "collapse", show_reasoning: bool = False,
@@ -33,7 +34,15 @@ class Run:
             mode=reasoning_mode(reasoning, show_reasoning, hide_reasoning, invocation),
             output=output_format(json, jsonl),
             params=GenerationParams(**sampling),
+            invocation=invocation,
         )
+
+    def typed(self, name: str) -> bool:
+        """Whether option `name` was given on the command line (not by the environment or config file)."""
+        if self.invocation is None:
+            return True
+        source = self.invocation.get_parameter_source(name)
+        return source is None or source.name in ("COMMANDLINE", "PROMPT")
 
     def prompt(self, argument: str | None) -> str:
         from ponder.cli.commands.user_input import user_prompt
@@ -47,9 +56,8 @@ class Run:
 
         options = LoadOptions(context=ctx, threads=threads)
         if server:
-            loaded = connect_server(self.term, server, model, backend, options, timeout, model_kind)
-        else:
-            loaded = load_model(self.term, model, backend, options)
+            return connect_server(self.term, server, model, backend, options, timeout, model_kind, self.typed)
+        loaded = load_model(self.term, model, backend, options)
         set_model_kind(loaded, model_kind)
         return loaded
 
@@ -90,7 +98,7 @@ class Run:
         if chat.history is not None:
             chat.history.close()
 
-    def report(self, reply: Reply | None, stats: bool) -> None:
+    def report(self, reply: Reply | None, stats: bool, logged: bool = False) -> None:
         """The closing lines; a reply the backend broke off then fails the command (exit 1)."""
         from ponder.cli.views.show_reply import report
 
@@ -98,4 +106,4 @@ class Run:
         if reply is not None and reply.error:
             from ponder.errors import BackendError
 
-            raise BackendError(reply.error, hint="what arrived is kept in the history")
+            raise BackendError(reply.error, hint="what arrived is kept in the history" if logged else None)

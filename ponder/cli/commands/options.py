@@ -81,8 +81,8 @@ def server_lines(url: str) -> tuple[dict, list[str]]:
                 [f"server {shown_url(url)}: not reachable · {why}"])
     kind = facts.kind + (f" ({facts.version})" if facts.version else "")
     row = {"name": "server", "url": facts.url, "usable": True, "kind": facts.kind, "version": facts.version,
-           "models": facts.models, "context": facts.context or None}
-    return row, [f"server {facts.url}: reachable · {kind} · models: {', '.join(facts.models) or 'none'}"]
+           "models": facts.models, "contexts": facts.contexts}
+    return row, [f"server {facts.url}: reachable · {kind} · models: {facts.listed()}"]
 
 
 class SamplingOptions:

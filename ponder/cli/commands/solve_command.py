@@ -69,19 +69,22 @@ def solve(
 def _vote(run, loaded, text: str, samples: int, stats: bool):
     """Draw the samples (sharing the loaded model and the prompt's cache) and vote."""
     from ponder.cli.views.json_output import reply_json, write_json_line
+    from ponder.cli.views.terminal import Working
     from ponder.reasoning import extract_boxed
     from ponder.solve import majority_vote
 
     def drawn(index: int, reply) -> None:
         answer = extract_boxed(reply.answer)
         run.report(reply, stats)
+        done.append(index)
         if run.output == "jsonl":
             write_json_line(run.term.stdout, {"type": "sample", "index": index, **reply_json(reply, loaded.info)})
         elif samples > 1 and run.output == "text":
-            print(f"sample {index + 1}/{samples}: {answer if answer is not None else '(no answer)'}",
-                  file=run.term.stderr)
+            working.say(f"sample {index + 1}/{samples}: {answer if answer is not None else '(no answer)'}")
+        working.update(f"Solving… {len(done)} of {samples} samples done")
 
-    with _working(run.term, f"Solving… {samples} samples" if samples > 1 else "Solving…"):
+    done: list[int] = []
+    with Working(run.term, f"Solving… 0 of {samples} samples done" if samples > 1 else "Solving…") as working:
         replies = run.samples(loaded, text, samples, drawn)
     answers = [extract_boxed(reply.answer) for reply in replies]
     vote = majority_vote(answers)
@@ -95,17 +98,6 @@ def _vote(run, loaded, text: str, samples: int, stats: bool):
     elif run.output == "jsonl":
         write_json_line(run.term.stdout, {"type": "vote", **summary})
     return vote
-
-
-def _working(term, label: str):
-    """A spinner on stderr while samples are drawn unshown (a terminal only)."""
-    import contextlib
-
-    if not term.stderr_is_tty:
-        return contextlib.nullcontext()
-    from rich.console import Console
-
-    return Console(file=term.stderr, no_color=not term.color).status(label)
 
 
 def _show_final_answer(run, answer: str) -> None:

@@ -70,3 +70,33 @@ def disable_echo(term: Terminal) -> Callable[[], None]:
     except (termios.error, OSError, ValueError):
         return lambda: None
     return lambda: termios.tcsetattr(fd, termios.TCSANOW, saved)
+
+
+class Working:
+    """A spinner with a label on stderr while work goes on unshown (a terminal only); `say` prints a
+    line above it (or plainly, without a terminal)."""
+
+    def __init__(self, term: Terminal, label: str):
+        self.term, self.label, self._status = term, label, None
+
+    def __enter__(self) -> Working:
+        if self.term.stderr_is_tty:
+            from rich.console import Console
+
+            self._status = Console(file=self.term.stderr, no_color=not self.term.color).status(self.label)
+            self._status.start()
+        return self
+
+    def say(self, line: str) -> None:
+        if self._status is not None:
+            self._status.console.print(line, markup=False, highlight=False)
+        else:
+            print(line, file=self.term.stderr)
+
+    def update(self, label: str) -> None:
+        if self._status is not None:
+            self._status.update(label)
+
+    def __exit__(self, *exc) -> None:
+        if self._status is not None:
+            self._status.stop()
