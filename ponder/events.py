@@ -8,6 +8,9 @@ from typing import Literal, Union
 Role = Literal["system", "user", "assistant"]
 # "cancelled": the user stopped it; "interrupted": the backend failed mid-reply (a server's stream broke).
 FinishReason = Literal["stop", "length", "cancelled", "interrupted"]
+# How the reasoning ended: the model closed it; the token budget ran out (length); the user stopped the
+# reply (cancelled) or the backend broke it off (interrupted: also "cancelled", nothing chose to end it).
+ReasoningEnd = Literal["model", "length", "cancelled"]
 
 
 @dataclass(frozen=True)
@@ -97,6 +100,7 @@ class Stats:
     total_s: float
     peak_memory_bytes: int | None = None
     route: str | None = None  # BackendStats.route
+    reasoning_end: ReasoningEnd | None = None  # None: the reply had no reasoning
 
 
 @dataclass(frozen=True)

@@ -87,16 +87,20 @@ def split_reply(stream: Iterator, starts_in_reasoning: bool, started: float,
                 yield ReasoningDelta(text, counted["reasoning"]) if kind == "reasoning" else AnswerDelta(text)
             if reasoning:  # cut off while thinking
                 thinking_s = clock() - started
+                end = "length" if event.finish_reason == "length" else \
+                    "model" if event.finish_reason == "stop" else "cancelled"
+            else:
+                end = "model" if counted["reasoning"] or parts["reasoning"] else None
             yield Reply(
                 reasoning="".join(parts["reasoning"]),
                 answer="".join(parts["answer"]),
                 finish_reason=event.finish_reason,
-                stats=_stats(event.stats, counted, thinking_s),
+                stats=_stats(event.stats, counted, thinking_s, end),
                 error=event.error,
             )
 
 
-def _stats(backend: BackendStats, counted: dict, thinking_s: float | None) -> Stats:
+def _stats(backend: BackendStats, counted: dict, thinking_s: float | None, reasoning_end: str | None) -> Stats:
     """Token counts as counted, unless the backend knows them (a server's usage figures)."""
     reasoning_tokens, answer_tokens = counted["reasoning"], counted["answer"]
     if backend.reasoning_tokens is not None:
@@ -114,6 +118,7 @@ def _stats(backend: BackendStats, counted: dict, thinking_s: float | None) -> St
         total_s=backend.total_s,
         peak_memory_bytes=backend.peak_memory_bytes,
         route=backend.route,
+        reasoning_end=reasoning_end,
     )
 
 

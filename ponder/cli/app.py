@@ -1,6 +1,6 @@
 """The `ponder` command: sub-commands, global options, and errors mapped to exit codes here alone.
 
-Exit codes: 0 ok, 1 model or runtime failure, 2 usage error, 130 interrupted,
+Exit codes: 0 ok, 1 model or runtime failure, 2 usage error, 3 no answer (ask), 130 interrupted,
 141 stdout closed early (as a program killed by SIGPIPE would report).
 """
 

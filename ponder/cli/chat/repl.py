@@ -19,6 +19,7 @@ class ChatRepl:
         self.pending = ""  # a message to offer again at the next prompt (its turn failed)
         self.history_warned = False
         self.running = True
+        self.last_reply = None  # the last finished reply: piped chat's exit status tells if it answered
 
     # --- the loop -----------------------------------------------------------------------
 
@@ -88,6 +89,7 @@ class ChatRepl:
             self.note(f"error: {describe_error(exc, self.run.term)}. Your message is back in the input line.", "red")
             return
         self.chat.replied(reply)
+        self.last_reply = reply
         if reply.error:
             self.note(f"error: {reply.error}. What arrived is kept; /retry asks again.", "red")
         if reply.finish_reason == "length" and 0 < self.chat.model.info.context <= self.chat.context_used():

@@ -39,8 +39,8 @@ def ask(
 ) -> None:
     """Ask one question and stream the answer (reasoning to stderr when piped).
 
-    Exit codes: 0 answered, 1 model or runtime failure, 2 usage error, 130 interrupted,
-    141 stdout closed early.
+    Exit codes: 0 answered, 1 model or runtime failure, 2 usage error, 3 no answer (the reply ended
+    before one, e.g. out of tokens while thinking), 130 interrupted, 141 stdout closed early.
     """
     from ponder.cli.commands.model_run import Run
 
@@ -53,6 +53,10 @@ def ask(
     if not no_log:
         run.log(loaded, text, reply)
     run.report(reply, stats, logged=not no_log)
+    if reply is not None and not reply.answer.strip():
+        from ponder.cli.views.show_reply import EXIT_NO_ANSWER
+
+        raise typer.Exit(EXIT_NO_ANSWER)
     if code is not None and code.error:
         raise code.error
     if code is not None and code.cut_off:

@@ -42,6 +42,11 @@ def chat(
     repl.chat.resume(resume, resume_last)  # before loading: a bad ID fails fast
     repl.chat.use(run.load(model, backend, ctx, threads, server, timeout, model_kind))
     repl.loop()
+    last = repl.last_reply
+    if not repl.input.interactive and last is not None and not last.answer.strip():
+        from ponder.cli.views.show_reply import EXIT_NO_ANSWER
+
+        raise typer.Exit(EXIT_NO_ANSWER)
 
 
 def register(app: typer.Typer) -> None:

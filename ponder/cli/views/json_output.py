@@ -34,6 +34,7 @@ def reply_json(reply: Reply, info: ModelInfo) -> dict[str, Any]:
         "boxed": extract_boxed(reply.answer),
         "code": [{"lang": block.lang, "text": block.text} for block in code_blocks(reply.answer)],
         "finish_reason": reply.finish_reason,
+        "reasoning_end": reply.stats.reasoning_end,  # model, length or cancelled; null without reasoning
         "error": reply.error,  # why an "interrupted" reply broke off
         "stats": stats_json(reply.stats),
     }

@@ -17,8 +17,9 @@ ReasoningMode = Literal["collapse", "show", "hide"]
 DIM, RESET = "\x1b[2m", "\x1b[0m"
 
 
-def thought_summary(seconds: float, tokens: int, cut_off: bool = False) -> str:
-    return f"Thought for {seconds:.1f} s · {tokens} tokens" + (" (cut off)" if cut_off else "")
+def thought_summary(seconds: float, tokens: int, ending: str = "") -> str:
+    """"Thought for 3.2 s · 57 tokens", and how it ended when the model did not close it ("no answer")."""
+    return f"Thought for {seconds:.1f} s · {tokens} tokens" + (f" ({ending})" if ending else "")
 
 
 class Renderer(Protocol):
@@ -92,6 +93,7 @@ class TerminalRenderer:
         self._started = time.perf_counter()
         self._thinking = True
         self._reasoning = ""  # in "show" mode: only the part not yet printed
+        self._thought: list[str] = []  # all of it, to show when no answer follows
         self._tokens = 0
         self._answer = ""
         self._block_start = 0  # the answer before this index is printed for good
@@ -117,6 +119,7 @@ class TerminalRenderer:
         self._tokens = tokens
         if self.mode == "hide":
             return
+        self._thought.append(text)
         self._reasoning += text
         if self.mode == "show" and "\n" in text:
             done, _, rest = self._reasoning.rpartition("\n")
@@ -125,14 +128,18 @@ class TerminalRenderer:
         elif len(self._reasoning) > 8192:  # the live tail needs only the end
             self._reasoning = self._reasoning[-4096:]
 
-    def reasoning_done(self, seconds: float, tokens: int, cut_off: bool = False) -> None:
+    def reasoning_done(self, seconds: float, tokens: int, ending: str = "") -> None:
+        """The reasoning closed (or, with `ending`, stopped unclosed): in "collapse" mode it folds to a
+        summary line, unless no answer follows: then what the model thought stays on screen."""
         if not self._thinking:
             return
         self._thinking = False
         if self.mode == "show" and self._reasoning.strip():
             self._print_dim(self._reasoning)
+        elif self.mode == "collapse" and ending and "".join(self._thought).strip():
+            self._print_dim("".join(self._thought).strip())
         self._reasoning = ""
-        self._print_dim(thought_summary(seconds, tokens, cut_off))
+        self._print_dim(thought_summary(seconds, tokens, ending))
 
     def answer(self, text: str) -> None:
         if self._thinking:  # a model that does not reason, or reasoning already closed
@@ -147,8 +154,12 @@ class TerminalRenderer:
 
     def finish(self, reply: Reply | None) -> None:
         try:
-            if reply is not None and self._thinking and reply.reasoning:
-                self.reasoning_done(reply.stats.thinking_s, reply.stats.reasoning_tokens, cut_off=True)
+            if reply is None and self._thinking and self._thought:  # stopped (Ctrl-C) mid-thought
+                self.reasoning_done(time.perf_counter() - self._started, self._tokens, "stopped")
+            elif reply is not None and self._thinking and reply.reasoning:
+                self.reasoning_done(reply.stats.thinking_s, reply.stats.reasoning_tokens, "no answer")
+            elif reply is not None and not reply.answer.strip() and self.mode == "collapse" and reply.reasoning.strip():
+                self._print_dim(reply.reasoning.strip())  # closed, then nothing: show what it thought
             self._render_answer(final=True)
         finally:
             self._live.stop()

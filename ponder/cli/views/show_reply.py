@@ -12,6 +12,7 @@ from ponder.cli.views.terminal import Terminal
 from ponder.events import AnswerDelta, ReasoningDelta, ReasoningDone, Reply, ReplyEvent, Stats
 
 EXIT_BROKEN_PIPE = 141
+EXIT_NO_ANSWER = 3  # the reply ended without an answer (ask; chat with piped input)
 
 
 def show_reply(events: Iterator[ReplyEvent], renderer: Renderer, term: Terminal) -> Reply | None:
@@ -50,7 +51,8 @@ def _stop(events, renderer: Renderer) -> None:
 
 
 def report(reply: Reply | None, stats: bool, err: TextIO) -> None:
-    """The closing lines on `err` (stderr): a cut-off warning, and figures when asked for."""
+    """The closing lines on `err` (stderr): a cut-off warning, why there is no answer, and figures
+    when asked for."""
     if reply is None:
         return
     if reply.finish_reason == "length":
@@ -59,8 +61,21 @@ def report(reply: Reply | None, stats: bool, err: TextIO) -> None:
             "(the --max-tokens budget or the context is used up)",
             file=err,
         )
+    if not reply.answer.strip() and reply.finish_reason != "interrupted":  # (interrupted: the error says why)
+        print(f"ponder: no answer: {no_answer_reason(reply)}", file=err)
     if stats:
         print(format_stats(reply.stats), file=err)
+
+
+def no_answer_reason(reply: Reply) -> str:
+    if reply.finish_reason == "length":
+        return "the token budget ran out " + ("while the model was still thinking" if reply.stats.reasoning_end ==
+                                                "length" else "before it answered")
+    if reply.finish_reason == "cancelled":
+        return "stopped before the model answered"
+    if reply.stats.reasoning_end == "model" and reply.reasoning:
+        return "the model wrote nothing after its reasoning"
+    return "the model wrote nothing"
 
 
 def format_stats(stats: Stats) -> str:
@@ -71,6 +86,8 @@ def format_stats(stats: Stats) -> str:
     )
     if stats.peak_memory_bytes is not None:
         line += f" · peak memory {stats.peak_memory_bytes / 2**30:.2f} GiB"
+    if stats.reasoning_end:
+        line += f" · reasoning end: {stats.reasoning_end}"
     if stats.route:
         line += f" · via {stats.route}"
     return line
