@@ -62,13 +62,14 @@ def test_stats_on_stderr_count_the_real_tokens(tiny_r1):
     assert line.startswith(
         f"prompt {prompt} tokens · reasoning {reasoning_tokens} tokens · answer {answer_tokens} tokens · first token "
     )
-    assert re.search(r"decode \d+\.\d tokens/s$", line)
+    assert re.search(r"decode \d+\.\d tokens/s · reasoning end: model$", line)
     assert result.stdout.decode() == "The answer is \\boxed{4}.\n"
 
 
 def test_invalid_utf8_on_stdin_is_replaced_not_fatal(tiny_r1):
     result = run_ponder("ask", "--model", tiny_r1, "--max-tokens", "5", stdin=b"caf\xe9 \xff\xfe question")
-    assert result.returncode == 0, result.stderr
+    assert result.returncode == 3, result.stderr  # 5 tokens end it while thinking: no answer, said so
+    assert b"ponder: no answer: the token budget ran out while the model was still thinking" in result.stderr
     assert b"not valid UTF-8" in result.stderr
     assert b"Traceback" not in result.stderr
 

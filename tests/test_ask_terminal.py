@@ -158,3 +158,25 @@ def test_ctrl_c_leaves_no_stale_line_on_screen(story, words):
     assert "ponder: interrupted\nEXIT=130" in screen  # stopped by the Ctrl-C, not finished
     shown = screen.split("ponder: interrupted")[0].split()
     assert len(shown) >= words and " ".join(full).startswith(" ".join(shown))  # the last word may be cut
+
+
+def test_a_reply_cut_off_while_thinking_keeps_its_reasoning_on_screen_and_says_why(tiny_r1):
+    screen = final_screen("ask", "--model", tiny_r1, "--temperature", "0", "--max-tokens", "12", "What is 12*7?")
+    assert "EXIT=3" in screen  # no answer: not a success
+    assert "Okay, 12 times 7." in screen  # what the model thought, not folded away
+    assert re.search(r"Thought for [0-9.]+ s · 12 tokens \(no answer\)", screen)
+    assert "ponder: no answer: the token budget ran out while the model was still thinking" in screen
+
+
+def test_ctrl_c_while_thinking_shows_what_was_thought(smollm2):
+    child = spawn_in_pty("ask", "--model", smollm2, "--model-kind", "reasoning", "--max-tokens", "2000", "--seed", "1",
+                         "Write a long story about a dragon.")
+    child.expect("Thinking…")
+    time.sleep(1.5)
+    child.sendintr()
+    child.expect(pexpect.EOF)
+    child.close()
+    text = strip_ansi(child.before)
+    assert child.exitstatus == 130
+    assert re.search(r"Thought for [0-9.]+ s · \d+ tokens \(stopped\)", text)
+    assert "dragon" in text.lower() or len(text.split("Thought for")[0].split()) > 5  # the reasoning itself, shown

@@ -116,7 +116,7 @@ def test_models_rm_removes_hub_downloads_only(stores):
 def test_every_listed_name_runs_with_model(stores):
     for name in models(stores):  # hub owner/repo/file.gguf, Ollama names, LM Studio paths (GGUF and MLX)
         result = run_ponder("ask", "--model", name, "--max-tokens", "2", "What is 12*7?", env=stores)
-        assert result.returncode == 0, (name, result.stderr)
+        assert result.returncode in (0, 3), (name, result.stderr)  # ran (3: two tokens left no room to answer)
     result = run_ponder("ask", "--model", "someone/Tiny-R1-GGUF/Tiny-R1-F16.gguf", "What is 12*7?", env=stores)
     assert result.returncode == 0, result.stderr
     assert result.stdout.decode().endswith("12 × 7 = 84, so the answer is \\boxed{84}.\n")
@@ -129,7 +129,7 @@ def test_hub_mlx_names_run_with_model(hub_cache, tiny_r1_mlx):
     hub_repo(hub, "tiny", files)  # an id without an owner, as the hub's oldest repos have
     for name in ("mlx-community/Tiny-R1", "tiny"):
         result = run_ponder("ask", "--model", name, "--max-tokens", "2", "What is 12*7?", env=env)
-        assert result.returncode == 0, (name, result.stderr)
+        assert result.returncode in (0, 3), (name, result.stderr)  # ran (3: two tokens left no room to answer)
 
 
 @pytest.fixture
@@ -203,7 +203,7 @@ def test_doctor(stores):
 def test_config_precedence_defaults_file_env_flags(stores, tiny_r1, smollm2):
     def model_used(*args, **env):
         result = run_ponder("ask", "--json", "--max-tokens", "5", *args, "What is 12*7?", env={**stores, **env})
-        assert result.returncode == 0, result.stderr
+        assert result.returncode in (0, 3), result.stderr  # 3: five tokens leave the tiny R1 no room to answer
         return json.loads(result.stdout)["model"]
 
     assert run_ponder("config", "set", "model", tiny_r1, env=stores).returncode == 0

@@ -74,5 +74,6 @@ def test_ask_closing_report_goes_to_the_terminal(tiny_r1, capfd):
     assert err.rstrip("\n").splitlines()[-1].startswith("prompt ")  # the --stats line closes stderr
 
     code, out, err = ponder(capfd, "ask", "--model", tiny_r1, "--max-tokens", "4", "--hide-reasoning", "What is 12*7?")
-    assert (code, out) == (0, "")  # cut off while reasoning: no answer
-    assert err == "ponder: warning: stopped after 4 tokens (the --max-tokens budget or the context is used up)\n"
+    assert (code, out) == (3, "")  # cut off while reasoning: no answer
+    assert err == ("ponder: warning: stopped after 4 tokens (the --max-tokens budget or the context is used up)\n"
+                   "ponder: no answer: the token budget ran out while the model was still thinking\n")

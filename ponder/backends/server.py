@@ -239,7 +239,11 @@ class ServerModel:
                         yield index, delta
                 if cancel.is_set():
                     break
-            if not cancel.is_set() and (not choices or any(c.finish is None for c in choices.values())):
+            if not cancel.is_set() and not choices:
+                raise BackendError("the server's stream held no choices: it is not the OpenAI API",
+                                   hint="--server is the API's base URL, usually ending in /v1, e.g. "
+                                        f"{self.facts.url.rstrip('/')}/v1")
+            if not cancel.is_set() and any(c.finish is None for c in choices.values()):
                 raise StreamBroken("the server ended the stream before the reply finished")
         except StreamBroken as exc:
             error = exc.message + (f" ({exc.hint})" if exc.hint else "")

@@ -148,10 +148,10 @@ class ServerClient:
                 return
             raise StreamBroken(f"the server sent nothing for {self.read_timeout:g} s",
                                hint="--timeout SECONDS waits longer") from None
-        except (httpx2.TransportError, httpx2.StreamError) as exc:
+        except (httpx2.TransportError, httpx2.StreamError):
             if cancel is not None and cancel.is_set():
                 return  # we shut the connection ourselves
-            raise StreamBroken(f"the server closed the stream mid-reply ({type(exc).__name__})") from None
+            raise StreamBroken("the server closed the stream mid-reply") from None
         finally:
             response.close()
             self._release(held)
@@ -208,9 +208,12 @@ class ServerClient:
                     return None  # we shut the connection while it waited for the server
                 if isinstance(exc, httpx2.ConnectError):
                     raise self._unreachable(exc) from None
-                if isinstance(exc, httpx2.TimeoutException):
-                    raise BackendError(f"the server at {self.shown} did not answer in time",
-                                       hint="--timeout SECONDS waits longer") from None
+                if isinstance(exc, httpx2.TimeoutException) or "ssl" in str(exc).lower():
+                    plain = self.url.lower().startswith("https://")  # TLS to a plain-HTTP server stalls or fails
+                    raise BackendError(f"the server at {self.shown} did not answer" + (" over https" if plain else
+                                                                                      " in time"),
+                                       hint="is it an http:// server?" if plain else "--timeout SECONDS waits longer"
+                                       ) from None
                 raise BackendError(f"the request to {self.shown} failed: {type(exc).__name__}: "
                                    f"{self.redact(str(exc)[:300])}") from None
             if response.status_code < 300:
