@@ -24,10 +24,13 @@ _ponder() {
                 --top-p) COMPREPLY=(); return ;;
                 --max-tokens) COMPREPLY=(); return ;;
                 --seed) COMPREPLY=(); return ;;
+                --think-budget) COMPREPLY=(); return ;;
+                --budget-message) COMPREPLY=(); return ;;
+                --on-loop) COMPREPLY=($(compgen -W "answer stop continue" -- "$cur")); return ;;
                 --reasoning) COMPREPLY=($(compgen -W "show collapse hide" -- "$cur")); return ;;
                 --lang) COMPREPLY=(); return ;;
             esac
-            COMPREPLY=($(compgen -W "--model -m --backend --ctx --threads -t --server --timeout --model-kind --temperature --top-p --max-tokens --seed --reasoning --show-reasoning --hide-reasoning --stats --json --jsonl --extract -x --extract-last --lang --no-log --debug --help -h" -- "$cur")) ;;
+            COMPREPLY=($(compgen -W "--model -m --backend --ctx --threads -t --server --timeout --model-kind --temperature --top-p --max-tokens --seed --think-budget --no-think --budget-message --on-loop --reasoning --show-reasoning --hide-reasoning --stats --json --jsonl --extract -x --extract-last --lang --no-log --debug --help -h" -- "$cur")) ;;
         "backends")
             case "$prev" in
                 --server) COMPREPLY=(); return ;;
@@ -49,8 +52,11 @@ _ponder() {
                 --top-p) COMPREPLY=(); return ;;
                 --max-tokens) COMPREPLY=(); return ;;
                 --seed) COMPREPLY=(); return ;;
+                --think-budget) COMPREPLY=(); return ;;
+                --budget-message) COMPREPLY=(); return ;;
+                --on-loop) COMPREPLY=($(compgen -W "answer stop continue" -- "$cur")); return ;;
             esac
-            COMPREPLY=($(compgen -W "--output -o --samples -n --concurrency -k --model -m --backend --ctx --threads -t --server --timeout --model-kind --temperature --top-p --max-tokens --seed --help -h" -- "$cur") $(compgen -f -- "$cur")) ;;
+            COMPREPLY=($(compgen -W "--output -o --samples -n --concurrency -k --model -m --backend --ctx --threads -t --server --timeout --model-kind --temperature --top-p --max-tokens --seed --think-budget --no-think --budget-message --on-loop --help -h" -- "$cur") $(compgen -f -- "$cur")) ;;
         "chat")
             case "$prev" in
                 --model|-m) compopt -o filenames; COMPREPLY=($(compgen -f -- "$cur")); return ;;
@@ -64,10 +70,13 @@ _ponder() {
                 --top-p) COMPREPLY=(); return ;;
                 --max-tokens) COMPREPLY=(); return ;;
                 --seed) COMPREPLY=(); return ;;
+                --think-budget) COMPREPLY=(); return ;;
+                --budget-message) COMPREPLY=(); return ;;
+                --on-loop) COMPREPLY=($(compgen -W "answer stop continue" -- "$cur")); return ;;
                 --reasoning) COMPREPLY=($(compgen -W "show collapse hide" -- "$cur")); return ;;
                 --resume) COMPREPLY=(); return ;;
             esac
-            COMPREPLY=($(compgen -W "--model -m --backend --ctx --threads -t --server --timeout --model-kind --temperature --top-p --max-tokens --seed --reasoning --show-reasoning --hide-reasoning --continue -c --resume --no-log --debug --help -h" -- "$cur")) ;;
+            COMPREPLY=($(compgen -W "--model -m --backend --ctx --threads -t --server --timeout --model-kind --temperature --top-p --max-tokens --seed --think-budget --no-think --budget-message --on-loop --reasoning --show-reasoning --hide-reasoning --continue -c --resume --no-log --debug --help -h" -- "$cur")) ;;
         "config")
             case "$prev" in
             esac
@@ -114,9 +123,12 @@ _ponder() {
                 --top-p) COMPREPLY=(); return ;;
                 --max-tokens) COMPREPLY=(); return ;;
                 --seed) COMPREPLY=(); return ;;
+                --think-budget) COMPREPLY=(); return ;;
+                --budget-message) COMPREPLY=(); return ;;
+                --on-loop) COMPREPLY=($(compgen -W "answer stop continue" -- "$cur")); return ;;
                 --reasoning) COMPREPLY=($(compgen -W "show collapse hide" -- "$cur")); return ;;
             esac
-            COMPREPLY=($(compgen -W "--answer-only --samples -n --model -m --backend --ctx --threads -t --server --timeout --model-kind --temperature --top-p --max-tokens --seed --reasoning --show-reasoning --hide-reasoning --stats --json --jsonl --debug --help -h" -- "$cur")) ;;
+            COMPREPLY=($(compgen -W "--answer-only --samples -n --model -m --backend --ctx --threads -t --server --timeout --model-kind --temperature --top-p --max-tokens --seed --think-budget --no-think --budget-message --on-loop --reasoning --show-reasoning --hide-reasoning --stats --json --jsonl --debug --help -h" -- "$cur")) ;;
     esac
 }
 complete -F _ponder ponder

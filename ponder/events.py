@@ -7,10 +7,12 @@ from typing import Literal, Union
 
 Role = Literal["system", "user", "assistant"]
 # "cancelled": the user stopped it; "interrupted": the backend failed mid-reply (a server's stream broke).
-FinishReason = Literal["stop", "length", "cancelled", "interrupted"]
-# How the reasoning ended: the model closed it; the token budget ran out (length); the user stopped the
-# reply (cancelled) or the backend broke it off (interrupted: also "cancelled", nothing chose to end it).
-ReasoningEnd = Literal["model", "length", "cancelled"]
+# "loop": ponder stopped a reply that kept repeating itself.
+FinishReason = Literal["stop", "length", "cancelled", "interrupted", "loop"]
+# How the reasoning ended: the model closed it; ponder closed it at --think-budget (budget), at the
+# user's "answer now" (user) or to rescue a loop (loop); the token budget ran out (length); the user
+# stopped the reply (cancelled) or the backend broke it off (also "cancelled": nothing chose to end it).
+ReasoningEnd = Literal["model", "budget", "user", "loop", "length", "cancelled"]
 
 
 @dataclass(frozen=True)
@@ -27,6 +29,9 @@ class GenerationParams:
     top_p: float = 0.95
     max_tokens: int = 32768
     seed: int | None = None
+    think_budget: int | None = None  # reasoning tokens before ponder closes the reasoning; 0: no thinking
+    budget_message: str | None = None  # the text that closes it (None: Qwen's documented message)
+    on_loop: Literal["answer", "stop", "continue"] = "answer"  # a reasoning that repeats itself
 
 
 # --- what a backend yields -------------------------------------------------
@@ -43,6 +48,19 @@ class TextDelta:
     text: str
     tokens: int = 1
     part: Literal["reasoning", "answer"] | None = None
+    ids: tuple[int, ...] = ()  # the token ids, where the backend has them (local backends)
+
+
+@dataclass(frozen=True)
+class Continuation:
+    """A prompt that goes on after what the model generated: the prompt, the generated tokens exactly
+    as generated (`ids`; never re-tokenized from `text`, so a backend's cache holds them already), then
+    `forced` text, fed as tokens rather than sampled (a budget's closing message)."""
+
+    prompt: str
+    ids: tuple[int, ...]
+    text: str
+    forced: str
 
 
 @dataclass(frozen=True)
@@ -54,6 +72,7 @@ class BackendStats:
     total_s: float
     peak_memory_bytes: int | None = None  # where the backend measures it (MLX)
     reasoning_tokens: int | None = None  # where the backend knows better than counting (a server's usage)
+    prefilled_tokens: int | None = None  # prompt tokens processed, the rest came from the cache (local backends)
     route: str | None = None  # how a server was asked, e.g. "/v1/completions, prompt rendered by ponder"
 
 

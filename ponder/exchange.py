@@ -5,15 +5,18 @@ No terminal I/O here; front ends consume the events.
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import closing
+from dataclasses import replace
 
-from ponder.backends.base import Model
+from ponder.backends.base import Model, backend_stats
 from ponder.errors import BackendError
 from ponder.events import (
     AnswerDelta,
     BackendStats,
+    Continuation,
     Finished,
     GenerationParams,
     Message,
@@ -26,6 +29,7 @@ from ponder.events import (
 )
 from ponder.prompt import render_prompt
 from ponder.reasoning import ThinkSplitter, strip_reasoning
+from ponder.thinking import STOP, ReasoningGuard
 from ponder.threads import model_thread
 
 
@@ -37,19 +41,101 @@ def model_prompt(model: Model, messages: Sequence[Message]) -> str | list[Messag
     return [Message(m.role, strip_reasoning(m.content)) if m.role == "assistant" else m for m in messages]
 
 
-def generate_reply(model: Model, messages: Sequence[Message], params: GenerationParams) -> Iterator[ReplyEvent]:
-    """Stream a reply to `messages`: reasoning and answer deltas, then one Reply."""
+def generate_reply(model: Model, messages: Sequence[Message], params: GenerationParams,
+                   answer_now: threading.Event | None = None) -> Iterator[ReplyEvent]:
+    """Stream a reply to `messages`: reasoning and answer deltas, then one Reply. The reasoning ends
+    early at `params.think_budget`, when `answer_now` is set, or when it loops (see ponder.thinking)."""
     prompt = model_prompt(model, messages)
-    # Closed explicitly when this generator is: its wait for the model to stop may raise a held Ctrl-C.
-    stream = model_thread(model).iterate(lambda cancel: model.stream(prompt, params, cancel))
+    if params.think_budget is not None and not isinstance(prompt, str):
+        raise BackendError(f"{model.info.backend} is asked through its chat endpoint, where ponder cannot end the"
+                           " reasoning for the model", hint="drop --think-budget (and --no-think) for this server")
+    guard = ReasoningGuard(params, model.info.chat.reasoning, answer_now if isinstance(prompt, str) else None)
+    started = time.perf_counter()
+    yield from split_reply(_guarded(model, prompt, params, guard, started), model.info.chat.reasoning, started,
+                           guard=guard)
+
+
+def _guarded(model: Model, prompt, params: GenerationParams, guard: ReasoningGuard, started: float) -> Iterator:
+    """The model's events, until the guard ends the reasoning: then the closing text, and the model's
+    answer after it (a Continuation: the cache already holds every token before the cut)."""
+    thread = model_thread(model)
+    taken = _Taken(started)
+    decision = None
+    if guard.cut is None:  # think first
+        # Closed explicitly when this generator is: its wait for the model to stop may raise a held Ctrl-C.
+        stream = thread.iterate(lambda cancel: model.stream(prompt, params, cancel))
+        with closing(stream):
+            for event in stream:
+                if isinstance(event, Finished):
+                    yield event
+                    return
+                decision = guard.before(event)
+                if decision is not None:
+                    break
+                taken.add(event)
+                yield event
+        if decision == STOP or not isinstance(prompt, str):  # (a chat endpoint cannot be continued: stop)
+            yield Finished("loop", taken.stats(model, prompt))
+            return
+    yield TextDelta(guard.cut.forced, tokens=0)
+    rest = replace(params, max_tokens=max(params.max_tokens - taken.generated, 1))
+    continuation = Continuation(prompt, tuple(taken.ids), "".join(taken.texts), guard.cut.forced)
+    stream = thread.iterate(lambda cancel: model.stream(continuation, rest, cancel))
     with closing(stream):
-        yield from split_reply(stream, model.info.chat.reasoning, time.perf_counter())
+        for event in stream:
+            if isinstance(event, Finished):
+                yield replace(event, stats=taken.merged(model, prompt, event.stats))
+                return
+            if guard.before(event) == STOP:
+                break
+            yield event
+    yield Finished("loop", taken.stats(model, prompt))
+
+
+class _Taken:
+    """What the model generated before the cut, and its timing, for the reply's figures."""
+
+    def __init__(self, started: float):
+        self.started, self.ids, self.texts, self.generated = started, [], [], 0
+        self.first = self.last = None
+
+    def add(self, event: TextDelta) -> None:
+        now = time.perf_counter()
+        self.first, self.last = self.first or now, now
+        self.ids.extend(event.ids)
+        self.texts.append(event.text)
+        self.generated += event.tokens
+
+    def stats(self, model: Model, prompt) -> BackendStats:
+        now = time.perf_counter()
+        return backend_stats(_prompt_length(model, prompt), self.generated, self.started, self.first or now,
+                             self.last or now, now)
+
+    def merged(self, model: Model, prompt, after: BackendStats) -> BackendStats:
+        """The figures of the whole reply: before the cut, and the continuation's."""
+        generated = self.generated + after.generated_tokens
+        now = time.perf_counter()
+        first = self.first or (now - after.total_s + after.time_to_first_token_s)
+        span = now - first
+        return replace(after, prompt_tokens=_prompt_length(model, prompt), generated_tokens=generated,
+                       time_to_first_token_s=first - self.started,
+                       decode_tokens_per_s=(generated - 1) / span if generated > 1 and span > 0 else 0.0,
+                       total_s=now - self.started)
+
+
+def _prompt_length(model: Model, prompt) -> int:
+    try:
+        return len(model.tokenize(prompt))
+    except BackendError:  # a server that does not tokenize
+        return 0
 
 
 def split_reply(stream: Iterator, starts_in_reasoning: bool, started: float,
-                clock: Callable[[], float] = time.perf_counter) -> Iterator[ReplyEvent]:
+                clock: Callable[[], float] = time.perf_counter, guard: ReasoningGuard | None = None,
+                ) -> Iterator[ReplyEvent]:
     """Backend events to reply events: raw text through the `<think>` splitter, text a server
-    already filed under reasoning or answer as it says. `clock` tells when the current event came."""
+    already filed under reasoning or answer as it says. `clock` tells when the current event came;
+    `guard` is told where the reply stands after each, and why the reasoning ended early."""
     splitter = ThinkSplitter(starts_in_reasoning=starts_in_reasoning)
     parts = {"reasoning": [], "answer": []}
     counted = {"reasoning": 0, "answer": 0}
@@ -81,16 +167,18 @@ def split_reply(stream: Iterator, starts_in_reasoning: bool, started: float,
                 thinking_s = clock() - started
                 yield ReasoningDone(thinking_s, counted["reasoning"])
             reasoning = now_reasoning
+            if guard is not None:
+                guard.observe(reasoning, counted["reasoning"])
         elif isinstance(event, Finished):
             for kind, text in splitter.flush():
                 parts[kind].append(text)
                 yield ReasoningDelta(text, counted["reasoning"]) if kind == "reasoning" else AnswerDelta(text)
+            cut = guard.cut.reason if guard is not None and guard.cut is not None else None
             if reasoning:  # cut off while thinking
                 thinking_s = clock() - started
-                end = "length" if event.finish_reason == "length" else \
-                    "model" if event.finish_reason == "stop" else "cancelled"
+                end = {"length": "length", "stop": "model", "loop": "loop"}.get(event.finish_reason, "cancelled")
             else:
-                end = "model" if counted["reasoning"] or parts["reasoning"] else None
+                end = cut or ("model" if counted["reasoning"] or parts["reasoning"] else None)
             yield Reply(
                 reasoning="".join(parts["reasoning"]),
                 answer="".join(parts["answer"]),

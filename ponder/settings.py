@@ -23,6 +23,8 @@ Reasoning = Literal["show", "collapse", "hide"]  # how reasoning is shown (--rea
 REASONING = get_args(Reasoning)
 ModelKind = Literal["auto", "reasoning", "plain"]  # whether the model thinks in <think> tags (--model-kind)
 MODEL_KINDS = get_args(ModelKind)
+OnLoop = Literal["answer", "stop", "continue"]  # what a reasoning that repeats itself gets (--on-loop)
+ON_LOOP = get_args(OnLoop)
 
 # name -> (type, check, what a valid value is). Floats must be finite as well: `inf >= 0` holds,
 # and no sampler can use inf or nan.
@@ -39,6 +41,9 @@ RULES = {
     "server": (str, lambda v: v == "" or _is_server_url(v), "a URL starting with http:// or https:// (or '' for none)"),
     "timeout": (float, lambda v: v > 0, "a number of seconds above 0"),
     "model_kind": (str, lambda v: v in MODEL_KINDS, "one of " + ", ".join(MODEL_KINDS)),
+    "think_budget": (int, lambda v: v >= 0, "a whole number, 0 or more (0: no thinking)"),
+    "budget_message": (str, lambda v: "</think>" in v, "text that ends the reasoning with </think>"),
+    "on_loop": (str, lambda v: v in ON_LOOP, "one of " + ", ".join(ON_LOOP)),
 }
 def _is_server_url(value: str) -> bool:
     from urllib.parse import urlsplit
@@ -52,7 +57,8 @@ def _is_server_url(value: str) -> bool:
 
 
 # What the file may set.
-KEYS = ("model", "backend", "temperature", "top_p", "max_tokens", "reasoning", "server", "timeout", "model_kind")
+KEYS = ("model", "backend", "temperature", "top_p", "max_tokens", "reasoning", "server", "timeout", "model_kind",
+        "think_budget", "on_loop")
 FILE_HEADER = "# ponder settings: defaults for ask, chat, solve and batch (flags and PONDER_* variables win)\n"
 
 

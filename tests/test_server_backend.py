@@ -238,3 +238,18 @@ def test_the_server_named_in_the_config_file(llama_server, tmp_path):
     assert run_ponder("config", "set", "server", llama_server.url, env=env).returncode == 0
     out = run_ponder("solve", "--answer-only", "--temperature", "0", "What is 12*7?", env=env)
     assert (out.returncode, out.stdout.decode()) == (0, "84\n")
+
+
+def test_a_thinking_budget_through_a_server_continues_its_raw_prompt(llama_server, tmp_path):
+    env = ponder_env(PONDER_DATA_DIR=str(tmp_path), PONDER_SERVER=llama_server.url)
+    out = run_ponder("ask", "--temperature", "0", "--think-budget", "10", "--json", "What is 12*7?", env=env)
+    data = json.loads(out.stdout)
+    assert data["reasoning_end"] == "budget" and data["reasoning"].startswith("Okay, 12 times 7.")
+    assert "Considering the limited time by the user" in data["reasoning"] and data["answer"]
+
+
+def test_a_thinking_budget_is_refused_where_the_server_renders_the_prompt(mlx_lm_server, tmp_path):
+    out = run_ponder("ask", "--server", mlx_lm_server.url, "--think-budget", "10", "What is 12*7?",
+                     env=ponder_env(PONDER_DATA_DIR=str(tmp_path)))
+    assert out.returncode == 1
+    assert b"asked through its chat endpoint, where ponder cannot end the reasoning" in out.stderr

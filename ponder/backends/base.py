@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Protocol
 
 from ponder.errors import ContextOverflow
-from ponder.events import BackendEvent, BackendStats, GenerationParams, Message
+from ponder.events import BackendEvent, BackendStats, Continuation, GenerationParams, Message
 from ponder.prompt import ChatFormat
 
 
@@ -60,10 +60,11 @@ class Model(Protocol):
         """Token ids of prompt text (special tokens parsed, no BOS added twice)."""
 
     def stream(
-        self, prompt: str | list[Message], params: GenerationParams, cancel: threading.Event | None = None
+        self, prompt: str | list[Message] | Continuation, params: GenerationParams,
+        cancel: threading.Event | None = None,
     ) -> Iterator[BackendEvent]:
         """Complete `prompt`: TextDelta events, then exactly one Finished. `prompt` is text in the
-        model's template, or messages where `info.renders_prompt` is False.
+        model's template (or a Continuation of it), or messages where `info.renders_prompt` is False.
 
         Checks `cancel` between tokens (and between prompt chunks) and then finishes
         with reason "cancelled". Raises ContextOverflow if the prompt does not fit (see
@@ -105,8 +106,17 @@ def shared_prefix(cached: list[int], tokens: list[int]) -> int:
     return keep
 
 
+def prompt_tokens(prompt: str | Continuation, tokenize: Callable[[str], list[int]],
+                  tokenize_plain: Callable[[str], list[int]]) -> list[int]:
+    """The token ids of a prompt: its text's, or for a Continuation the prompt's, then the generated ids
+    as they were, then the forced text's (without a BOS)."""
+    if isinstance(prompt, Continuation):
+        return tokenize(prompt.prompt) + list(prompt.ids) + tokenize_plain(prompt.forced)
+    return tokenize(prompt)
+
+
 def backend_stats(prompt_tokens: int, generated: int, started: float, first: float, last: float, now: float,
-                  peak_memory_bytes: int | None = None) -> BackendStats:
+                  peak_memory_bytes: int | None = None, prefilled: int | None = None) -> BackendStats:
     """Figures from timestamps: the first and last generated tokens, after starting at `started`."""
     decode_time = last - first
     return BackendStats(
@@ -116,4 +126,5 @@ def backend_stats(prompt_tokens: int, generated: int, started: float, first: flo
         decode_tokens_per_s=(generated - 1) / decode_time if generated > 1 and decode_time > 0 else 0.0,
         total_s=now - started,
         peak_memory_bytes=peak_memory_bytes,
+        prefilled_tokens=prefilled,
     )

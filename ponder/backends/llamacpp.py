@@ -23,7 +23,8 @@ from pathlib import Path
 import llama_cpp as lib
 import numpy as np
 
-from ponder.backends.base import BackendProbe, LoadOptions, ModelInfo, backend_stats, generation_budget, shared_prefix
+from ponder.backends.base import (BackendProbe, LoadOptions, ModelInfo, backend_stats, generation_budget, prompt_tokens,
+                                 shared_prefix)
 from ponder.defaults import DEFAULT_CONTEXT
 from ponder.errors import BackendError, ModelError, debugging
 from ponder.events import BackendEvent, Finished, GenerationParams, TextDelta
@@ -211,9 +212,10 @@ class LlamaCppModel:
         self, prompt: str, params: GenerationParams, cancel: threading.Event | None = None
     ) -> Iterator[BackendEvent]:
         started = time.perf_counter()
-        tokens = self.tokenize(prompt)
+        tokens = prompt_tokens(prompt, self.tokenize, lambda text: self._tokenize(text, False))
         budget = generation_budget(len(tokens), self.info.context, params.max_tokens)
         cancel = cancel or threading.Event()
+        prefilled = len(tokens) - shared_prefix(self._cached, tokens)
         if not self._prefill(tokens, cancel):
             now = time.perf_counter()
             yield Finished("cancelled", backend_stats(len(tokens), 0, started, now, now, now))
@@ -241,7 +243,7 @@ class LlamaCppModel:
                 break
             generated += 1
             n = lib.llama_token_to_piece(vocab, token, piece, 256, 0, False)
-            yield TextDelta(decoder.decode(piece.raw[:n]))
+            yield TextDelta(decoder.decode(piece.raw[:n]), ids=(token,))
             if generated == budget:
                 break
             token_slot[0] = token
@@ -251,7 +253,8 @@ class LlamaCppModel:
         tail = decoder.decode(b"", final=True)
         if tail:
             yield TextDelta(tail, tokens=0)
-        yield Finished(reason, backend_stats(len(tokens), generated, started, first, last, time.perf_counter()))
+        yield Finished(reason, backend_stats(len(tokens), generated, started, first, last, time.perf_counter(),
+                                             prefilled=prefilled))
 
     def _prefill(self, tokens: list[int], cancel: threading.Event) -> bool:
         """Bring the cache to `tokens`, reusing the longest cached prefix. False if cancelled."""

@@ -22,7 +22,8 @@ from mlx_lm.models.cache import can_trim_prompt_cache, make_prompt_cache, trim_p
 from mlx_lm.sample_utils import apply_top_p
 from mlx_lm.utils import load as mlx_load
 
-from ponder.backends.base import BackendProbe, LoadOptions, ModelInfo, backend_stats, generation_budget, shared_prefix
+from ponder.backends.base import (BackendProbe, LoadOptions, ModelInfo, backend_stats, generation_budget, prompt_tokens,
+                                 shared_prefix)
 from ponder.defaults import DEFAULT_CONTEXT
 from ponder.errors import BackendError, ModelError
 from ponder.events import BackendEvent, Finished, GenerationParams, TextDelta
@@ -165,7 +166,8 @@ class MlxModel:
         self, prompt: str, params: GenerationParams, cancel: threading.Event | None = None
     ) -> Iterator[BackendEvent]:
         started = time.perf_counter()
-        tokens = self.tokenize(prompt)
+        tokens = prompt_tokens(prompt, self.tokenize,
+                               lambda text: list(self._tokenizer.encode(text, add_special_tokens=False)))
         budget = generation_budget(len(tokens), self.info.context, params.max_tokens)
         cancel = cancel or threading.Event()
         mx.reset_peak_memory()
@@ -175,10 +177,12 @@ class MlxModel:
                 raise _Cancelled
 
         generated: list[int] = []
+        prefilled = None
         reason = "length"
         first = last = started
         try:
             new = self._reuse_cache(tokens)
+            prefilled = len(new)
             responses = stream_generate(
                 self._model, self._tokenizer, mx.array(new), max_tokens=budget,
                 sampler=_sampler(params.temperature, params.top_p, params.seed), prompt_cache=self._cache,
@@ -194,7 +198,7 @@ class MlxModel:
                         yield TextDelta(response.text, tokens=0)
                     break
                 generated.append(response.token)
-                yield TextDelta(response.text)
+                yield TextDelta(response.text, ids=(response.token,))
                 if cancel.is_set() and response.finish_reason is None:
                     reason = "cancelled"
                     break
@@ -208,7 +212,8 @@ class MlxModel:
         finally:
             self._settle_cache(tokens + generated)
         now = time.perf_counter()
-        stats = backend_stats(len(tokens), len(generated), started, first, last, now, mx.get_peak_memory())
+        stats = backend_stats(len(tokens), len(generated), started, first, last, now, mx.get_peak_memory(),
+                              prefilled)
         yield Finished(reason, stats)
 
     def _reuse_cache(self, tokens: list[int]) -> list[int]:

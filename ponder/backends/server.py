@@ -24,7 +24,7 @@ from pathlib import Path
 from ponder.backends.base import ModelInfo
 from ponder.backends.server_http import ServerClient, ServerRefused, StreamBroken
 from ponder.errors import BackendError, ModelError, PonderError
-from ponder.events import BackendStats, Finished, GenerationParams, Message, TextDelta
+from ponder.events import BackendStats, Continuation, Finished, GenerationParams, Message, TextDelta
 from ponder.prompt import ChatFormat, is_reasoning_model
 
 NAME = "server"
@@ -270,6 +270,8 @@ class ServerModel:
                       "temperature": params.temperature, "top_p": params.top_p, "max_tokens": params.max_tokens}
         if params.seed is not None:
             body["seed"] = params.seed
+        if isinstance(prompt, Continuation):  # raw text goes on as text: the server tokenizes it again
+            prompt = prompt.prompt + prompt.text + prompt.forced
         if isinstance(prompt, str):
             path = "/completions"
             # The server adds the BOS token itself, as it tokenizes the text.

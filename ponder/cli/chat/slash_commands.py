@@ -71,7 +71,7 @@ def _think(repl, args: str) -> None:
     repl.note(f"reasoning: {args}")
 
 
-SETTABLE = ("temperature", "top_p", "max_tokens", "seed")
+SETTABLE = ("temperature", "top_p", "max_tokens", "seed", "think_budget", "on_loop")
 
 
 def _set(repl, args: str) -> None:
@@ -84,7 +84,8 @@ def _set(repl, args: str) -> None:
         current = ", ".join(f"{key} {getattr(repl.run.params, key)}" for key in SETTABLE)
         raise CommandError(f"usage: /set NAME VALUE, NAME one of {', '.join(SETTABLE)} (now: {current})")
     try:
-        parsed = None if name == "seed" and value.lower() == "none" else parse(name, value)
+        none = name in ("seed", "think_budget") and value.lower() == "none"
+        parsed = None if none else parse(name, value)
     except UsageError as exc:  # the rules flags and the config file follow too
         raise CommandError(exc.message) from None
     repl.run.params = replace(repl.run.params, **{name: parsed})
@@ -100,7 +101,9 @@ def _stats(repl, _args: str) -> None:
     total = repl.chat.model.info.context
     used = repl.chat.context_used()
     context = f"context {used} of {total} tokens ({used / total:.0%})" if total else f"context {used} tokens"
-    repl.note(f"{format_stats(stats)} · thinking {stats.thinking_s:.1f} s · {context}", "")
+    budget = repl.run.params.think_budget
+    repl.note(f"{format_stats(stats)} · thinking {stats.thinking_s:.1f} s · {context} · think_budget "
+              f"{'none' if budget is None else budget}", "")
 
 
 def _save(repl, args: str) -> None:

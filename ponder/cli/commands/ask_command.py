@@ -6,8 +6,8 @@ from typing import Optional
 
 import typer
 
-from ponder.cli.commands.options import ModelOptions, OutputOptions, SamplingOptions, ServerOptions
-from ponder.settings import ModelKind, Reasoning
+from ponder.cli.commands.options import ModelOptions, OutputOptions, SamplingOptions, ServerOptions, ThinkingOptions, thinking
+from ponder.settings import ModelKind, OnLoop, Reasoning
 
 
 def ask(
@@ -24,6 +24,10 @@ def ask(
     top_p: float = SamplingOptions.top_p,
     max_tokens: int = SamplingOptions.max_tokens,
     seed: Optional[int] = SamplingOptions.seed,
+    think_budget: Optional[int] = ThinkingOptions.think_budget,
+    no_think: bool = ThinkingOptions.no_think,
+    budget_message: Optional[str] = ThinkingOptions.budget_message,
+    on_loop: OnLoop = ThinkingOptions.on_loop,
     reasoning: Reasoning = OutputOptions.reasoning,
     show_reasoning: bool = OutputOptions.show_reasoning,
     hide_reasoning: bool = OutputOptions.hide_reasoning,
@@ -45,7 +49,8 @@ def ask(
     from ponder.cli.commands.model_run import Run
 
     run = Run.start(debug, reasoning, show_reasoning, hide_reasoning, json, jsonl, invocation=invocation,
-                    temperature=temperature, top_p=top_p, max_tokens=max_tokens, seed=seed)
+                    temperature=temperature, top_p=top_p, max_tokens=max_tokens, seed=seed,
+                    **thinking(think_budget, no_think, budget_message, on_loop))
     code = _code_renderer(run, extract, extract_last, lang)
     text = run.prompt(prompt)
     loaded = run.load(model, backend, ctx, threads, server, timeout, model_kind)

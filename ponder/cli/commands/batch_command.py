@@ -9,9 +9,9 @@ from typing import Optional, TextIO
 
 import typer
 
-from ponder.cli.commands.options import ModelOptions, SamplingOptions, ServerOptions
+from ponder.cli.commands.options import ModelOptions, SamplingOptions, ServerOptions, ThinkingOptions, thinking
 from ponder.errors import UsageError
-from ponder.settings import ModelKind
+from ponder.settings import ModelKind, OnLoop
 
 
 def read_tasks(lines: list[str]) -> list[dict]:
@@ -71,6 +71,10 @@ def batch(
     top_p: float = SamplingOptions.top_p,
     max_tokens: int = SamplingOptions.max_tokens,
     seed: Optional[int] = SamplingOptions.seed,
+    think_budget: Optional[int] = ThinkingOptions.think_budget,
+    no_think: bool = ThinkingOptions.no_think,
+    budget_message: Optional[str] = ThinkingOptions.budget_message,
+    on_loop: OnLoop = ThinkingOptions.on_loop,
 ) -> None:
     """Run tasks from JSON lines, one result line each (flushed and synced as it finishes).
 
@@ -82,7 +86,8 @@ def batch(
     """
     from ponder.cli.commands.model_run import Run
 
-    run = Run.start(invocation=invocation, temperature=temperature, top_p=top_p, max_tokens=max_tokens, seed=seed)
+    run = Run.start(invocation=invocation, temperature=temperature, top_p=top_p, max_tokens=max_tokens, seed=seed,
+                    **thinking(think_budget, no_think, budget_message, on_loop))
     tasks = read_tasks(_read_input(input, run.term))
     done = finished_results(output) if output else []
     done_ids = {result.get("id") for result in done}

@@ -6,8 +6,8 @@ from typing import Optional
 
 import typer
 
-from ponder.cli.commands.options import ModelOptions, OutputOptions, SamplingOptions, ServerOptions
-from ponder.settings import ModelKind, Reasoning
+from ponder.cli.commands.options import ModelOptions, OutputOptions, SamplingOptions, ServerOptions, ThinkingOptions, thinking
+from ponder.settings import ModelKind, OnLoop, Reasoning
 
 
 def chat(
@@ -23,6 +23,10 @@ def chat(
     top_p: float = SamplingOptions.top_p,
     max_tokens: int = SamplingOptions.max_tokens,
     seed: Optional[int] = SamplingOptions.seed,
+    think_budget: Optional[int] = ThinkingOptions.think_budget,
+    no_think: bool = ThinkingOptions.no_think,
+    budget_message: Optional[str] = ThinkingOptions.budget_message,
+    on_loop: OnLoop = ThinkingOptions.on_loop,
     reasoning: Reasoning = OutputOptions.reasoning,
     show_reasoning: bool = OutputOptions.show_reasoning,
     hide_reasoning: bool = OutputOptions.hide_reasoning,
@@ -37,7 +41,8 @@ def chat(
     from ponder.cli.commands.model_run import Run
 
     run = Run.start(debug, reasoning, show_reasoning, hide_reasoning, invocation=invocation,
-                    temperature=temperature, top_p=top_p, max_tokens=max_tokens, seed=seed)
+                    temperature=temperature, top_p=top_p, max_tokens=max_tokens, seed=seed,
+                    **thinking(think_budget, no_think, budget_message, on_loop))
     repl = ChatRepl(run, log=not no_log)
     repl.chat.resume(resume, resume_last)  # before loading: a bad ID fails fast
     repl.chat.use(run.load(model, backend, ctx, threads, server, timeout, model_kind))

@@ -85,6 +85,30 @@ def server_lines(url: str) -> tuple[dict, list[str]]:
     return row, [f"server {facts.url}: reachable · {kind} · models: {facts.listed()}"]
 
 
+class ThinkingOptions:
+    think_budget = typer.Option(
+        None, "--think-budget", callback=_checked("think_budget"), show_default=False,
+        help="Reasoning tokens before ponder ends the reasoning (a closing message fed to the model) and lets it"
+             " answer; 0: no thinking [default: none].",
+    )
+    no_think = typer.Option(False, "--no-think", help="Answer without thinking: short for --think-budget 0.")
+    budget_message = typer.Option(
+        None, "--budget-message", callback=_checked("budget_message"), show_default=False,
+        help="The text that ends the reasoning at the budget; it must contain </think> [default: Qwen's message].",
+    )
+    on_loop = typer.Option(
+        "answer", "--on-loop", callback=_checked("on_loop"),
+        help="When the reasoning repeats itself: answer (end it as a budget would), stop, or continue.",
+    )
+
+
+def thinking(think_budget: int | None, no_think: bool, budget_message: str | None, on_loop: str) -> dict:
+    """The generation settings the thinking options give."""
+    if no_think and think_budget not in (None, 0):
+        raise UsageError(f"--no-think contradicts --think-budget {think_budget}")
+    return {"think_budget": 0 if no_think else think_budget, "budget_message": budget_message, "on_loop": on_loop}
+
+
 class SamplingOptions:
     temperature = typer.Option(defaults.DEFAULT_TEMPERATURE, "--temperature", help="Sampling temperature (0: greedy).",
                                callback=_checked("temperature"))

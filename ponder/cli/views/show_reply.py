@@ -61,6 +61,10 @@ def report(reply: Reply | None, stats: bool, err: TextIO) -> None:
             "(the --max-tokens budget or the context is used up)",
             file=err,
         )
+    if reply.stats.reasoning_end == "loop" and reply.finish_reason != "loop":
+        print("ponder: warning: the reasoning repeated itself; ponder ended it, and the model answered", file=err)
+    if reply.finish_reason == "loop":
+        print("ponder: warning: the reply repeated itself; ponder stopped it (--on-loop)", file=err)
     if not reply.answer.strip() and reply.finish_reason != "interrupted":  # (interrupted: the error says why)
         print(f"ponder: no answer: {no_answer_reason(reply)}", file=err)
     if stats:
