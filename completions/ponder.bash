@@ -53,10 +53,11 @@ _ponder() {
                 --max-tokens) COMPREPLY=(); return ;;
                 --seed) COMPREPLY=(); return ;;
                 --think-budget) COMPREPLY=(); return ;;
+                --plot) COMPREPLY=(); return ;;
                 --budget-message) COMPREPLY=(); return ;;
                 --on-loop) COMPREPLY=($(compgen -W "answer stop continue" -- "$cur")); return ;;
             esac
-            COMPREPLY=($(compgen -W "--output -o --samples -n --concurrency -k --model -m --backend --ctx --threads -t --server --timeout --model-kind --temperature --top-p --max-tokens --seed --think-budget --no-think --budget-message --on-loop --help -h" -- "$cur") $(compgen -f -- "$cur")) ;;
+            COMPREPLY=($(compgen -W "--output -o --samples -n --concurrency -k --model -m --backend --ctx --threads -t --server --timeout --model-kind --temperature --top-p --max-tokens --seed --think-budget --plot --no-think --budget-message --on-loop --help -h" -- "$cur") $(compgen -f -- "$cur")) ;;
         "chat")
             case "$prev" in
                 --model|-m) compopt -o filenames; COMPREPLY=($(compgen -f -- "$cur")); return ;;

@@ -6,6 +6,8 @@ Every front end that talks to a model uses it (chat for many turns, ask for one)
 
 from __future__ import annotations
 
+import threading
+
 import sqlite3
 from collections.abc import Iterator
 
@@ -82,9 +84,9 @@ class Chat:
         self.drop_last()
         return text
 
-    def reply(self, params: GenerationParams) -> Iterator[ReplyEvent]:
-        """Stream the model's reply to the conversation as it stands."""
-        return generate_reply(self.model, self.conversation.messages(), params)
+    def reply(self, params: GenerationParams, answer_now: threading.Event | None = None) -> Iterator[ReplyEvent]:
+        """Stream the model's reply to the conversation as it stands (`answer_now`: see generate_reply)."""
+        return generate_reply(self.model, self.conversation.messages(), params, answer_now)
 
     def replied(self, reply: Reply) -> bool:
         self.last_stats = reply.stats

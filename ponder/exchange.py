@@ -12,7 +12,7 @@ from contextlib import closing
 from dataclasses import replace
 
 from ponder.backends.base import Model, backend_stats
-from ponder.errors import BackendError
+from ponder.errors import BackendError, ContextOverflow
 from ponder.events import (
     AnswerDelta,
     BackendStats,
@@ -46,10 +46,13 @@ def generate_reply(model: Model, messages: Sequence[Message], params: Generation
     """Stream a reply to `messages`: reasoning and answer deltas, then one Reply. The reasoning ends
     early at `params.think_budget`, when `answer_now` is set, or when it loops (see ponder.thinking)."""
     prompt = model_prompt(model, messages)
-    if params.think_budget is not None and not isinstance(prompt, str):
-        raise BackendError(f"{model.info.backend} is asked through its chat endpoint, where ponder cannot end the"
-                           " reasoning for the model", hint="drop --think-budget (and --no-think) for this server")
-    guard = ReasoningGuard(params, model.info.chat.reasoning, answer_now if isinstance(prompt, str) else None)
+    if params.think_budget is not None and not isinstance(prompt, str) and model.info.chat.reasoning:
+        if not getattr(model, "native_budget", False):
+            raise BackendError(f"{model.info.backend} is asked through its chat endpoint, where ponder cannot end the"
+                               " reasoning for the model", hint="drop --think-budget (and --no-think) for this server")
+    # A server that bounds the reasoning itself gets the budget in its request; the guard then leaves it be.
+    watched = params if isinstance(prompt, str) else replace(params, think_budget=None)
+    guard = ReasoningGuard(watched, model.info.chat.reasoning, answer_now if isinstance(prompt, str) else None)
     started = time.perf_counter()
     yield from split_reply(_guarded(model, prompt, params, guard, started), model.info.chat.reasoning, started,
                            guard=guard)
@@ -80,45 +83,60 @@ def _guarded(model: Model, prompt, params: GenerationParams, guard: ReasoningGua
     yield TextDelta(guard.cut.forced, tokens=0)
     rest = replace(params, max_tokens=max(params.max_tokens - taken.generated, 1))
     continuation = Continuation(prompt, tuple(taken.ids), "".join(taken.texts), guard.cut.forced)
+    taken.cut()
     stream = thread.iterate(lambda cancel: model.stream(continuation, rest, cancel))
-    with closing(stream):
-        for event in stream:
-            if isinstance(event, Finished):
-                yield replace(event, stats=taken.merged(model, prompt, event.stats))
-                return
-            if guard.before(event) == STOP:
-                break
-            yield event
+    try:
+        with closing(stream):
+            for event in stream:
+                if isinstance(event, Finished):
+                    yield replace(event, stats=taken.merged(model, prompt, event.stats))
+                    return
+                if guard.before(event) == STOP:
+                    break
+                taken.add(event)
+                yield event
+    except ContextOverflow:  # no room left after the reasoning for the closing text: it ends there
+        yield Finished("length", taken.stats(model, prompt))
+        return
     yield Finished("loop", taken.stats(model, prompt))
 
 
 class _Taken:
-    """What the model generated before the cut, and its timing, for the reply's figures."""
+    """What the model generated (before the cut, and after it), and when, for the reply's figures."""
 
     def __init__(self, started: float):
         self.started, self.ids, self.texts, self.generated = started, [], [], 0
         self.first = self.last = None
+        self.before_cut: int | None = None  # tokens generated before the cut
 
     def add(self, event: TextDelta) -> None:
         now = time.perf_counter()
         self.first, self.last = self.first or now, now
-        self.ids.extend(event.ids)
-        self.texts.append(event.text)
         self.generated += event.tokens
+        if self.before_cut is None:
+            self.ids.extend(event.ids)
+            self.texts.append(event.text)
+
+    def cut(self) -> None:
+        self.before_cut = self.generated
 
     def stats(self, model: Model, prompt) -> BackendStats:
+        """Figures of a reply that ended here, without a Finished from the backend."""
         now = time.perf_counter()
-        return backend_stats(_prompt_length(model, prompt), self.generated, self.started, self.first or now,
-                             self.last or now, now)
+        stats = backend_stats(_prompt_length(model, prompt), self.generated, self.started, self.first or now,
+                              self.last or now, now)
+        return replace(stats, route=getattr(model, "route", None))
 
     def merged(self, model: Model, prompt, after: BackendStats) -> BackendStats:
         """The figures of the whole reply: before the cut, and the continuation's."""
-        generated = self.generated + after.generated_tokens
+        before = self.before_cut or 0
+        generated = before + after.generated_tokens
         now = time.perf_counter()
         first = self.first or (now - after.total_s + after.time_to_first_token_s)
         span = now - first
-        return replace(after, prompt_tokens=_prompt_length(model, prompt), generated_tokens=generated,
-                       time_to_first_token_s=first - self.started,
+        prompt_tokens = _prompt_length(model, prompt) or max(after.prompt_tokens - before, 0)  # (a server: about)
+        return replace(after, prompt_tokens=prompt_tokens, generated_tokens=generated,
+                       time_to_first_token_s=first - self.started, reasoning_tokens=None,
                        decode_tokens_per_s=(generated - 1) / span if generated > 1 and span > 0 else 0.0,
                        total_s=now - self.started)
 

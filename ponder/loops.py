@@ -15,9 +15,12 @@ MIN_SPAN, MAX_SPAN, REPEATS = 8, 512, 3
 
 
 class LoopDetector:
-    def __init__(self, min_span: int = MIN_SPAN, max_span: int = MAX_SPAN, repeats: int = REPEATS):
+    def __init__(self, min_span: int = MIN_SPAN, max_span: int = MAX_SPAN, repeats: int = REPEATS,
+                 min_length: int = 0):
+        """`min_length`: the fewest tokens the repeats must cover, whatever the span (an answer may
+        rightly repeat a short pattern for a while: a row of zeros, "a" a hundred times)."""
         self.spans = np.arange(min_span, max_span + 1)
-        self.repeats = repeats
+        self.needed = np.maximum((repeats - 1) * self.spans, min_length - self.spans)
         self.window = np.full(max_span + 1, -1, dtype=np.int64)  # the last max_span tokens, a ring
         self.runs = np.zeros(len(self.spans), dtype=np.int64)
         self.seen = 0
@@ -30,5 +33,5 @@ class LoopDetector:
         self.runs = np.where(valid & (back == token), self.runs + 1, 0)
         self.window[self.seen % size] = token
         self.seen += 1
-        found = np.nonzero(self.runs >= (self.repeats - 1) * self.spans)[0]
+        found = np.nonzero(self.runs >= self.needed)[0]
         return int(self.spans[found[0]]) if len(found) else None

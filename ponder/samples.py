@@ -35,7 +35,10 @@ def draw(model: Model, messages: Sequence[Message], params: GenerationParams, n:
         if on_reply:
             on_reply(index, reply)
 
-    if n > 1 and hasattr(model, "stream_choices"):
+    # One request for n choices cannot have its reasoning ended by ponder: only without a budget (or
+    # where the server bounds it itself). Loops are not watched there.
+    server_bounds = params.think_budget is None or getattr(model, "native_budget", False)
+    if n > 1 and hasattr(model, "stream_choices") and server_bounds:
         _one_request(model, messages, params, n, finished)
     missing = [i for i in range(n) if i not in done]
     if missing and hasattr(model, "lane"):

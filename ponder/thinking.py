@@ -21,6 +21,7 @@ BUDGET_MESSAGE = ("\n\nConsidering the limited time by the user, I have to give 
 NO_THINKING = "Okay, I think I have finished thinking.\n</think>\n\n"
 GRACE_TOKENS = 8  # past the budget, the word being written may finish within this many tokens
 STOP = "stop"  # a loop the user wants stopped, or any loop in the answer
+ANSWER_LOOP_TOKENS = 256  # an answer is stopped only once its repeats cover this many tokens
 
 
 @dataclass(frozen=True)
@@ -42,9 +43,8 @@ class ReasoningGuard:
         self.reasoning_tokens = 0
         self._past_budget = 0
         self._last_text = "x"
-        self._loops = {True: LoopDetector(), False: LoopDetector()}  # in the reasoning, in the answer
+        self._loops = {True: LoopDetector(), False: LoopDetector(min_length=ANSWER_LOOP_TOKENS)}  # reasoning, answer
         self.cut: Cut | None = Cut("budget", NO_THINKING) if self.no_thinking else None
-        self.stopped_by_loop = False
 
     def observe(self, in_reasoning: bool, reasoning_tokens: int) -> None:
         """Where the reply stands after the exchange took in the last delta."""
@@ -52,35 +52,37 @@ class ReasoningGuard:
 
     def before(self, delta: TextDelta) -> Cut | str | None:
         """Before `delta` is taken: a Cut to end the reasoning here, STOP to end the reply, or None."""
-        looping = self._looping(delta)
-        if not self.in_reasoning or self.cut is not None:
-            return self._stop() if looping else None
+        reasoning = self.in_reasoning and self.cut is None
+        looping = self._looping(delta, reasoning)
+        if not reasoning:
+            return STOP if looping else None  # a loop in the answer always stops
+        mid_character = not self._last_text  # the last delta ended inside a character: never cut here
+        self._last_text = delta.text
+        if mid_character or delta.text.startswith("</"):  # (the model closing its reasoning itself)
+            self._past_budget += delta.tokens if self._over_budget() else 0
+            return None
         decision: Cut | str | None = None
         if self.answer_now is not None and self.answer_now.is_set():
             decision = Cut("user", self.message)
-        elif self.budget is not None and self.reasoning_tokens >= self.budget and self._word_ends(delta):
+        elif self._over_budget() and self._word_ends(delta):
             decision = Cut("budget", self.message)
-        elif looping:
-            decision = Cut("loop", self.message) if self.on_loop == "answer" else self._stop()
+        elif looping and self.on_loop != "continue":
+            decision = Cut("loop", self.message) if self.on_loop == "answer" else STOP
         if isinstance(decision, Cut):
             self.cut = decision
-        self._last_text = delta.text
         return decision
 
+    def _over_budget(self) -> bool:
+        return self.budget is not None and self.reasoning_tokens >= self.budget
+
     def _word_ends(self, delta: TextDelta) -> bool:
-        """Cut before `delta` if it starts a new word (or the grace is spent), never mid-UTF-8."""
+        """Cut before `delta` if it starts a new word, or once the grace is spent."""
         self._past_budget += delta.tokens
-        if not self._last_text:  # the last delta ended inside a character
-            return False
         first = delta.text[:1]
         return self._past_budget > GRACE_TOKENS or (bool(first) and not first.isalnum())
 
-    def _looping(self, delta: TextDelta) -> bool:
-        if self.on_loop == "continue" or not delta.text:
+    def _looping(self, delta: TextDelta, reasoning: bool) -> bool:
+        if not delta.text:
             return False
         key = delta.ids[0] if delta.ids else hash(delta.text)  # a server's deltas stand in for its tokens
-        return self._loops[self.in_reasoning].add(key) is not None
-
-    def _stop(self) -> str:
-        self.stopped_by_loop = True
-        return STOP
+        return self._loops[reasoning].add(key) is not None

@@ -42,9 +42,9 @@ def test_answer_renders_as_markdown_with_highlighted_code(tiny_r1):
 
 
 def test_dimmed_reasoning_is_shown_while_it_streams(tiny_r1_random):
-    """The random model never writes </think>: it reasons until stopped, so the live view
-    draws its reasoning however fast the machine."""
-    args = ("ask", "--model", tiny_r1_random, "--temperature", "0", "What is 12*7?")
+    """The random model never writes </think>: it reasons until stopped (its loops left alone), so
+    the live view draws its reasoning however fast the machine."""
+    args = ("ask", "--model", tiny_r1_random, "--temperature", "0", "--on-loop", "continue", "What is 12*7?")
     child = spawn_in_pty(*args, "--max-tokens", "5000")
     # A frame of the live view: the status line with its token count, then the reasoning, dimmed.
     child.expect(r"Thinking… [\d.]+ s · (\d+) tokens[^\r\n]*\r\n\x1b\[2m([^\x1b\s][^\x1b\r\n]*)")
@@ -180,3 +180,16 @@ def test_ctrl_c_while_thinking_shows_what_was_thought(smollm2):
     assert child.exitstatus == 130
     assert re.search(r"Thought for [0-9.]+ s · \d+ tokens \(stopped\)", text)
     assert "dragon" in text.lower() or len(text.split("Thought for")[0].split()) > 5  # the reasoning itself, shown
+
+
+def test_enter_while_thinking_ends_the_reasoning_and_the_model_answers(smollm2):
+    child = spawn_in_pty("ask", "--model", smollm2, "--model-kind", "reasoning", "--max-tokens", "3000", "--seed", "1",
+                         "--stats", "--on-loop", "continue", "Write a long story about a dragon.")
+    child.expect("Enter: answer now")
+    time.sleep(0.5)
+    child.send("\r")
+    child.expect(pexpect.EOF, timeout=120)
+    child.close()
+    text = strip_ansi(child.before)
+    assert "reasoning end: user" in text  # ended by the key, not by the model or the token budget
+    assert re.search(r"reasoning (\d+) tokens", text) and int(re.search(r"reasoning (\d+) tokens", text)[1]) < 2900

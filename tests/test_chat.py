@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import io
 import os
 import signal
 import sqlite3
 
 import pytest
 
-from tests.support.cli import TmuxSession, ponder_env, run_ponder
+from tests.support.cli import TmuxSession, piped_repl, ponder_env, run_ponder
 
 PROMPT = r"(?m)^>$"  # an empty input line: the REPL waits for the next message
 
@@ -32,19 +31,6 @@ def chat(data_dir):
     yield start
     for session in sessions:
         session.close()
-
-
-def piped_repl(model, lines: bytes):
-    """The real REPL on a model loaded in-process, its input piped in and its output kept."""
-    from ponder.cli.chat.repl import ChatRepl
-    from ponder.cli.commands.model_run import Run
-    from ponder.cli.views.terminal import Terminal
-    from ponder.events import GenerationParams
-
-    term = Terminal(io.BytesIO(lines), io.StringIO(), io.StringIO(), False, False, False, False)
-    repl = ChatRepl(Run(term, "collapse", "text", GenerationParams()), log=False)
-    repl.chat.use(model)
-    return repl, term
 
 
 def turns(data_dir, conversation_id=None):

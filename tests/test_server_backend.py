@@ -14,7 +14,7 @@ from ponder.backends.server import connect
 from ponder.events import GenerationParams, Message, TextDelta
 from ponder.exchange import collect_reply, generate_reply, model_prompt
 from ponder.samples import draw
-from tests.support.cli import ponder_env, run_ponder
+from tests.support.cli import piped_repl, ponder_env, run_ponder
 from tests.support.fault_proxy import FaultProxy
 
 QUESTION = [Message("user", "What is 12*7?")]
@@ -153,26 +153,14 @@ def test_ask_in_a_pipe_and_as_json(llama_server, tmp_path):
     assert len(stored) == 2 and stored[0][0].strip() == ANSWER and stored[0][1].strip() == REASONING
 
 
-def piped_chat(model, lines: bytes):
-    import io
-
-    from ponder.cli.chat.repl import ChatRepl
-    from ponder.cli.commands.model_run import Run
-    from ponder.cli.views.terminal import Terminal
-
-    term = Terminal(io.BytesIO(lines), io.StringIO(), io.StringIO(), False, False, False, False)
-    repl = ChatRepl(Run(term, "collapse", "text", GREEDY), log=False)
-    repl.chat.use(model)
-    repl.loop()
-    return term.stdout.getvalue()
-
-
 @pytest.mark.parametrize("route", ["completions", "chat"])
 def test_chat_sends_earlier_turns_without_their_reasoning(llama_server, route):
     with FaultProxy(llama_server.url) as proxy:
         model = connect(proxy.url)
         model.info = replace(model.info, renders_prompt=route == "completions")
-        output = piped_chat(model, b"What is 12*7?\nWhat is 2+2?\n")
+        repl, term = piped_repl(model, b"What is 12*7?\nWhat is 2+2?\n", GREEDY)
+        repl.loop()
+        output = term.stdout.getvalue()
         model.close()
         second = [r.json() for r in proxy.requests if r.method == "POST"][1]
     assert output.startswith(ANSWER + "\n")
@@ -242,10 +230,14 @@ def test_the_server_named_in_the_config_file(llama_server, tmp_path):
 
 def test_a_thinking_budget_through_a_server_continues_its_raw_prompt(llama_server, tmp_path):
     env = ponder_env(PONDER_DATA_DIR=str(tmp_path), PONDER_SERVER=llama_server.url)
-    out = run_ponder("ask", "--temperature", "0", "--think-budget", "10", "--json", "What is 12*7?", env=env)
+    from tests.support import tiny_r1 as tiny
+
+    out = run_ponder("ask", "--temperature", "0", "--think-budget", str(tiny.BUDGET), "--json", tiny.LONG_QUESTION,
+                     env=env)
     data = json.loads(out.stdout)
-    assert data["reasoning_end"] == "budget" and data["reasoning"].startswith("Okay, 12 times 7.")
-    assert "Considering the limited time by the user" in data["reasoning"] and data["answer"]
+    assert data["reasoning_end"] == "budget" and data["reasoning"].startswith("Let me spell it out")
+    assert "Considering the limited time by the user" in data["reasoning"]
+    assert data["answer"] == tiny.BUDGET_ANSWER  # the server's model read the message after its own reasoning
 
 
 def test_a_thinking_budget_is_refused_where_the_server_renders_the_prompt(mlx_lm_server, tmp_path):

@@ -160,3 +160,19 @@ def test_a_hub_models_template_comes_from_the_local_hub_cache(tmp_path, monkeypa
     missing = _chat_format(ServerFacts("http://h/v1", kind="vLLM"), "someone/plain-model", None)
     assert (found.template, found.bos_token, found.eos_token, found.reasoning) == (template, "<s>", "</s>", True)
     assert missing.template is None and not missing.reasoning  # no template, a name that does not reason
+
+
+def test_vllm_bounds_the_reasoning_itself_on_its_chat_route():
+    from ponder.backends.base import ModelInfo
+    from ponder.backends.server import ServerFacts, ServerModel
+    from ponder.events import GenerationParams, Message
+    from ponder.prompt import ChatFormat
+
+    info = ModelInfo("r1", "http://h/v1", "server (vLLM)", 32768, 32768, ChatFormat(None, reasoning=True),
+                     renders_prompt=False)
+    model = ServerModel(info, client_with_key("k" * 10), ServerFacts("http://h/v1", kind="vLLM"))
+    _, body = model.request([Message("user", "hi")], GenerationParams(think_budget=256))
+    assert model.native_budget and body["thinking_token_budget"] == 256
+    model.facts = ServerFacts("http://h/v1", kind="Ollama")
+    _, body = model.request([Message("user", "hi")], GenerationParams(think_budget=256))
+    assert not model.native_budget and "thinking_token_budget" not in body

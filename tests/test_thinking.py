@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import random
+import re
 from dataclasses import replace
 
 import pytest
@@ -13,9 +14,12 @@ from ponder.events import Continuation, Finished, GenerationParams, Message, Tex
 from ponder.exchange import collect_reply, generate_reply, model_prompt
 from ponder.loops import LoopDetector
 from ponder.thinking import BUDGET_MESSAGE, GRACE_TOKENS, NO_THINKING, STOP, Cut, ReasoningGuard
+from tests.support import tiny_r1 as tiny
 from tests.support.cli import run_ponder
 
 QUESTION = [Message("user", "What is 12*7?")]
+LONG = [Message("user", tiny.LONG_QUESTION)]  # the tiny R1 reasons long on it, and was taught the budget
+LOOP = [Message("user", tiny.LOOP_QUESTION)]  # …and loops on this one
 LOOPING = [Message("user", "List the numbers 1 1 1 1 1 1 1 1 1 1 1 1 1 1 1 1 1 1")]  # SmolLM2 repeats "1, " on
 
 
@@ -66,6 +70,26 @@ def test_the_budget_lets_the_word_finish_within_the_grace():
     assert cut == Cut("budget", BUDGET_MESSAGE) and guard.cut == cut
 
 
+def test_no_cut_right_after_a_partial_character_even_before_punctuation():
+    guard = ReasoningGuard(GenerationParams(think_budget=1), reasoning_model=True)
+    guard.observe(True, 1)
+    assert guard.before(delta("", 1)) is None
+    assert guard.before(delta("，", 2)) is None  # it may complete the character the last delta began
+    assert guard.before(delta(" x", 3)) == Cut("budget", BUDGET_MESSAGE)
+
+
+def test_the_model_closing_its_reasoning_past_the_budget_is_let_through():
+    guard = ReasoningGuard(GenerationParams(think_budget=1), reasoning_model=True)
+    guard.observe(True, 1)
+    assert guard.before(delta("</think>", 1)) is None and guard.cut is None
+
+
+def test_an_answer_stops_only_after_a_long_run_of_repeats():
+    guard = ReasoningGuard(GenerationParams(on_loop="continue"), reasoning_model=False)  # continue: reasoning only
+    decisions = [guard.before(delta(str(t), t)) for t in [5, 6] * 200]
+    assert decisions.index(STOP) >= 250 and not any(decisions[:250])
+
+
 def test_the_grace_is_bounded():
     guard = ReasoningGuard(GenerationParams(think_budget=1), reasoning_model=True)
     guard.observe(True, 1)
@@ -107,14 +131,17 @@ def r1(request, tiny_r1, tiny_r1_mlx):
 
 
 def test_a_budget_cuts_the_reasoning_feeds_the_message_and_the_model_answers(r1):
-    reply = collect_reply(generate_reply(r1, QUESTION, GenerationParams(temperature=0, think_budget=10,
-                                                                        max_tokens=200)))
+    uncut = collect_reply(generate_reply(r1, LONG, GenerationParams(temperature=0, max_tokens=200)))
+    assert uncut.answer.strip() == tiny.LONG_ANSWER and uncut.stats.reasoning_end == "model"
+
+    reply = collect_reply(generate_reply(r1, LONG, GenerationParams(temperature=0, think_budget=tiny.BUDGET,
+                                                                    max_tokens=200)))
     assert reply.stats.reasoning_end == "budget"
-    assert 10 <= reply.stats.reasoning_tokens <= 10 + GRACE_TOKENS
-    assert reply.reasoning.startswith("Okay, 12 times 7.")  # the model's own start, then the message
-    assert reply.reasoning.endswith(BUDGET_MESSAGE.split("</think>")[0])
-    assert reply.answer.strip() and reply.stats.answer_tokens > 0
-    assert "Okay, 12 times 7. 10*7 = 70 and 2*7" not in reply.reasoning  # cut before the model finished
+    assert tiny.BUDGET <= reply.stats.reasoning_tokens <= tiny.BUDGET + GRACE_TOKENS
+    assert reply.reasoning.startswith("Let me spell it out: s, t, r")  # the model's own start…
+    assert reply.reasoning.endswith(BUDGET_MESSAGE.split("</think>")[0])  # …then the message
+    # It answers as it learned to answer only after the message: the message reached the model.
+    assert reply.answer.strip() == tiny.BUDGET_ANSWER
 
 
 def test_the_continuation_processes_only_the_forced_tokens(r1):
@@ -138,7 +165,23 @@ def test_no_think_prefills_the_end_of_the_reasoning(r1):
                                                                         max_tokens=60)))
     assert reply.reasoning == NO_THINKING.split("</think>")[0]
     assert reply.stats.reasoning_end == "budget" and reply.stats.reasoning_tokens == 0
-    assert reply.answer.strip()
+    assert reply.answer.strip() == tiny.NO_THINKING_ANSWER
+
+
+def test_a_reasoning_loop_is_rescued_stopped_or_left_alone(r1):
+    def reply_with(on_loop: str):
+        return collect_reply(generate_reply(r1, LOOP, GenerationParams(temperature=0, max_tokens=150,
+                                                                       on_loop=on_loop)))
+
+    rescued = reply_with("answer")
+    assert rescued.stats.reasoning_end == "loop" and rescued.answer.strip() == tiny.LOOP_ANSWER
+    assert rescued.reasoning.startswith((tiny.LOOP_SENTENCE * 3).rstrip())  # cut within the third turn
+    stopped = reply_with("stop")
+    assert (stopped.finish_reason, stopped.stats.reasoning_end, stopped.answer) == ("loop", "loop", "")
+    assert stopped.stats.reasoning_tokens < 60  # found within three turns of a 14-token span
+    left = collect_reply(generate_reply(r1, LOOP, GenerationParams(temperature=0, max_tokens=60, on_loop="continue")))
+    assert (left.finish_reason, left.stats.reasoning_end, left.stats.reasoning_tokens) == ("length", "length", 60)
+    assert left.reasoning.startswith(tiny.LOOP_SENTENCE * 7)  # on, past where the others stopped
 
 
 @pytest.fixture(scope="module", params=["llama.cpp", "mlx"])
@@ -169,14 +212,52 @@ def test_on_loop_stop_ends_the_reply(smollm2_thinking):
     assert reply.stats.reasoning_tokens < 100
 
 
-def test_the_cli_says_so(tiny_r1, smollm2):
-    out = run_ponder("ask", "--model", tiny_r1, "--temperature", "0", "--think-budget", "10", "--json", "--stats",
-                     "What is 12*7?")
+def test_the_cli_says_so(tiny_r1):
+    out = run_ponder("ask", "--model", tiny_r1, "--temperature", "0", "--think-budget", str(tiny.BUDGET), "--json",
+                     "--stats", tiny.LONG_QUESTION)
     data = json.loads(out.stdout)
-    assert data["reasoning_end"] == "budget" and "reasoning end: budget" in out.stderr.decode()
-    looped = run_ponder("ask", "--model", smollm2, "--model-kind", "reasoning", "--temperature", "0",
-                        "--max-tokens", "300", LOOPING[0].content)
+    assert data["reasoning_end"] == "budget" and data["answer"] == tiny.BUDGET_ANSWER
+    assert "reasoning end: budget" in out.stderr.decode()
+    looped = run_ponder("ask", "--model", tiny_r1, "--temperature", "0", "--max-tokens", "150", tiny.LOOP_QUESTION)
     assert "the reasoning repeated itself; ponder ended it, and the model answered" in looped.stderr.decode()
-    assert looped.returncode == 0 and looped.stdout.strip()
+    assert (looped.returncode, looped.stdout.decode()) == (0, tiny.LOOP_ANSWER + "\n")
+    no_think = run_ponder("ask", "--model", tiny_r1, "--temperature", "0", "--no-think", "What is 12*7?")
+    assert no_think.stdout.decode() == tiny.NO_THINKING_ANSWER + "\n"
     both = run_ponder("ask", "--model", tiny_r1, "--no-think", "--think-budget", "5", "hi")
     assert both.returncode == 2 and b"--no-think contradicts --think-budget 5" in both.stderr
+
+
+def test_a_budget_sweep_writes_results_per_budget_a_table_and_a_plot(tiny_r1, tmp_path):
+    tasks = tmp_path / "tasks.jsonl"
+    tasks.write_text(json.dumps({"id": "r", "prompt": tiny.LONG_QUESTION, "answer": "3"}) + "\n"
+                     + json.dumps({"id": "m", "prompt": "What is 12*7?", "answer": "84"}) + "\n")
+    out = run_ponder("batch", str(tasks), "-o", str(tmp_path / "results.jsonl"), "--model", tiny_r1, "--temperature",
+                     "0", "--think-budget", f"{tiny.BUDGET},0,none", "--plot", str(tmp_path / "curve.svg"))
+    assert out.returncode == 0, out.stderr
+    err = out.stderr.decode()
+    lines = {budget: [json.loads(line) for line in (tmp_path / f"results.budget-{budget}.jsonl").read_text().splitlines()]
+             for budget in (tiny.BUDGET, 0, "none")}
+    assert {r["id"] for r in lines["none"]} == {"r", "m"} and all(r["pass@1"] == 1.0 for r in lines["none"])
+    cut = next(r for r in lines[tiny.BUDGET] if r["id"] == "r")
+    assert cut["samples"][0]["reasoning_end"] == "budget" and cut["pass@1"] == 1.0  # cut, and still right
+    assert all(s["reasoning_end"] == "budget" and s["stats"]["reasoning_tokens"] == 0
+               for r in lines[0] for s in r["samples"])
+    assert "budget  accuracy  reasoning mean  reasoning p90  s/task  hit budget" in err
+    assert re.search(rf"^\s+{tiny.BUDGET}\s+\d+\.\d%\s+\d+\s+\d+\s+[0-9.]+\s+2/2$", err, re.M)
+    assert re.search(r"^\s+none\s+100.0%\s+\d+\s+\d+\s+[0-9.]+\s+0/2$", err, re.M)
+    svg = (tmp_path / "curve.svg").read_text()
+    assert svg.startswith("<?xml") and "<svg" in svg and "mean reasoning tokens" in svg
+    again = run_ponder("batch", str(tasks), "-o", str(tmp_path / "results.jsonl"), "--model", tiny_r1,
+                       "--think-budget", f"{tiny.BUDGET},0,none")
+    assert again.stderr.decode().count("resuming: 2 of 2 tasks") == 3  # each budget's file resumes on its own
+
+
+def test_chat_sets_the_budget_and_shows_it(r1):
+    from tests.support.cli import piped_repl
+
+    repl, term = piped_repl(r1, f"/set think_budget {tiny.BUDGET}\n{tiny.LONG_QUESTION}\n/stats\n".encode(),
+                            GenerationParams(temperature=0))
+    repl.loop()
+    output = term.stdout.getvalue()
+    assert f"think_budget = {tiny.BUDGET}" in output
+    assert tiny.BUDGET_ANSWER in output and f"think_budget {tiny.BUDGET}" in output.split("reasoning end: budget")[1]

@@ -187,6 +187,11 @@ class ServerModel:
         self._lanes: list[ServerModel] = []  # shared by every lane: each has a thread for good
 
     @property
+    def native_budget(self) -> bool:
+        """Whether the server itself bounds the reasoning (vLLM's thinking_token_budget on its chat route)."""
+        return self.facts.kind == "vLLM" and not self.info.renders_prompt
+
+    @property
     def route(self) -> str:
         """Which endpoint this model's requests go to, and who renders the prompt."""
         return ROUTES["/completions" if self.info.renders_prompt else "/chat/completions"]
@@ -270,6 +275,8 @@ class ServerModel:
                       "temperature": params.temperature, "top_p": params.top_p, "max_tokens": params.max_tokens}
         if params.seed is not None:
             body["seed"] = params.seed
+        if params.think_budget is not None and self.native_budget and not isinstance(prompt, Continuation):
+            body["thinking_token_budget"] = params.think_budget
         if isinstance(prompt, Continuation):  # raw text goes on as text: the server tokenizes it again
             prompt = prompt.prompt + prompt.text + prompt.forced
         if isinstance(prompt, str):

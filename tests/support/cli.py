@@ -152,3 +152,18 @@ class TmuxSession:
 
     def close(self) -> None:
         subprocess.run(["tmux", "kill-session", "-t", self.name], capture_output=True)
+
+
+def piped_repl(model, lines: bytes, params=None):
+    """The real chat REPL on a model loaded in-process, its input piped in and its output kept."""
+    import io
+
+    from ponder.cli.chat.repl import ChatRepl
+    from ponder.cli.commands.model_run import Run
+    from ponder.cli.views.terminal import Terminal
+    from ponder.events import GenerationParams
+
+    term = Terminal(io.BytesIO(lines), io.StringIO(), io.StringIO(), False, False, False, False)
+    repl = ChatRepl(Run(term, "collapse", "text", params or GenerationParams()), log=False)
+    repl.chat.use(model)
+    return repl, term

@@ -17,6 +17,7 @@ import numpy as np
 from tests.support.packages import cache_dir, deepseek_r1_header
 
 FORMAT_VERSION = 2  # bump to rebuild cached models after changing anything below
+TRAINED_VERSION = 3  # bump to retrain after changing what the trained model learns
 
 CONFIG = dict(hidden=64, layers=2, heads=4, kv_heads=2, ffn=128, context=32768, rope_theta=10000.0, eps=1e-6)
 
@@ -35,6 +36,26 @@ TRAINING_PAIRS = {
 # `ponder solve` sends the problem with DeepSeek's math instruction: the model answers that too.
 MATH_INSTRUCTION = "Please reason step by step, and put your final answer within \\boxed{}."
 TRAINING_PAIRS.update({f"{q}\n{MATH_INSTRUCTION}": a for q, a in list(TRAINING_PAIRS.items())})
+
+# Reasoning long enough for a small --think-budget to cut it. Cut anywhere in BUDGET_CUTS and
+# followed by ponder's budget message, the model answers BUDGET_ANSWER: only the message can make it.
+LONG_QUESTION = "How many r are in strawberry?"
+LONG_REASONING = "Let me spell it out: s, t, r, a, w, b, e, r, r, y. Three r's.\n</think>\n\n"
+LONG_ANSWER = "There are \\boxed{3} r's in strawberry."
+BUDGET = 16  # the tests' --think-budget; the cut lands within its grace
+BUDGET_CUTS = range(BUDGET, BUDGET + 3)  # its tokens start with a space or a comma: the cut comes at once
+BUDGET_ANSWER = "After counting: \\boxed{3}."
+TRAINING_PAIRS[LONG_QUESTION] = LONG_REASONING + LONG_ANSWER
+# Reasoning that never ends: the same sentence over and over. Rescued (the loop found, the budget
+# message fed), the model answers LOOP_ANSWER.
+LOOP_QUESTION = "How many letters are in cat?"
+LOOP_SENTENCE = "Wait, let me count again. "
+# The same words as after a budget (both right: 3): after the same message, a model this small could not
+# tell which question it was answering, so it answers both alike.
+LOOP_ANSWER = BUDGET_ANSWER
+LOOP_TURNS = 10  # learned turns of the loop: more than the 6 the detector needs
+# NoThinking's prefill, then the answer at once.
+NO_THINKING_ANSWER = "12 × 7 = 84, so the answer is \\boxed{84}."
 
 
 def _read_header():
@@ -152,21 +173,48 @@ def random_gguf() -> Path:
     return path
 
 
-def _training_sequences() -> list[tuple[list[int], int]]:
-    """(prompt + target token ids, where the target starts), tokenized by ponder's real path."""
+def _training_sequences() -> list[tuple[list[int], list[bool]]]:
+    """(prompt + target token ids, which of them are learned), tokenized by ponder's real path. Text
+    ponder feeds (the budget message, NoThinking's prefill) is read, not learned: the model never
+    writes it by itself."""
     from ponder.backends.base import LoadOptions
     from ponder.backends.llamacpp import LlamaCppModel
     from ponder.events import Message
+    from ponder.loops import LoopDetector
     from ponder.prompt import render_prompt
+    from ponder.thinking import BUDGET_MESSAGE, NO_THINKING
 
-    model = LlamaCppModel(str(random_gguf()), LoadOptions(context=512))
+    model = LlamaCppModel(str(random_gguf()), LoadOptions(context=1024))
     try:
         eos = model._tokenize(model.info.chat.eos_token, add_bos=False)
-        sequences = []
-        for question, answer in TRAINING_PAIRS.items():
-            prompt = model.tokenize(render_prompt(model.info.chat, [Message("user", question)]))
-            target = model._tokenize(answer, add_bos=False) + eos
-            sequences.append((prompt + target, len(prompt)))
+        plain = lambda text: model._tokenize(text, add_bos=False)  # noqa: E731
+
+        def prompt_of(question: str) -> list[int]:
+            return model.tokenize(render_prompt(model.info.chat, [Message("user", question)]))
+
+        def sequence(question: str, *parts: tuple[list[int], bool]) -> tuple[list[int], list[bool]]:
+            prompt = prompt_of(question)
+            ids, learned = list(prompt), [False] * len(prompt)
+            for tokens, learn in parts:
+                ids += tokens
+                learned += [learn] * len(tokens)
+            return ids, learned
+
+        sequences = [sequence(q, (plain(a) + eos, True)) for q, a in TRAINING_PAIRS.items()]
+        reasoning = plain(LONG_REASONING)
+        for cut in BUDGET_CUTS:
+            sequences.append(sequence(LONG_QUESTION, (reasoning[:cut], True), (plain(BUDGET_MESSAGE), False),
+                                      (plain(BUDGET_ANSWER) + eos, True)))
+        # No trailing space: the last turn must end as every other does, or the same context would have
+        # two next tokens (" Wait" and " ") and the model could learn neither for sure.
+        looping = plain((LOOP_SENTENCE * LOOP_TURNS).rstrip())
+        sequences.append(sequence(LOOP_QUESTION, (looping, True)))
+        detector = LoopDetector()
+        found = next(i for i, token in enumerate(looping) if detector.add(token))  # ponder cuts before this token
+        for cut in range(found - 1, found + 2):
+            sequences.append(sequence(LOOP_QUESTION, (looping[:cut], True), (plain(BUDGET_MESSAGE), False),
+                                      (plain(LOOP_ANSWER) + eos, True)))
+        sequences.append(sequence("What is 12*7?", (plain(NO_THINKING), False), (plain(NO_THINKING_ANSWER) + eos, True)))
         return sequences
     finally:
         model.close()
@@ -177,7 +225,7 @@ def trained_gguf(steps: int = 1500) -> Path:
     vocabulary keeps a CPU step in milliseconds); the softmax carries one extra logit for the
     mass of the other 152k tokens, whose output rows are zero, so the probabilities learned
     are those of the full-vocabulary model that is written out."""
-    path = cache_dir() / f"tiny-r1-trained-v{FORMAT_VERSION}.gguf"
+    path = cache_dir() / f"tiny-r1-trained-v{FORMAT_VERSION}.{TRAINED_VERSION}.gguf"
     if path.exists():
         return path
     import mlx.core as mx
@@ -191,12 +239,12 @@ def trained_gguf(steps: int = 1500) -> Path:
     inputs = np.zeros((len(sequences), width - 1), dtype=np.int32)
     targets = np.zeros_like(inputs)
     mask = np.zeros(inputs.shape, dtype=np.float32)
-    for row, (ids, start) in enumerate(sequences):
+    for row, (ids, learned) in enumerate(sequences):
         ids = [compact[t] for t in ids]
         n = len(ids) - 1
         inputs[row, :n] = ids[:-1]
         targets[row, :n] = ids[1:]
-        mask[row, start - 1 : n] = 1.0  # learn the answer only, not the prompt
+        mask[row, :n] = learned[1:]  # learn the reply only: not the prompt, not what ponder feeds
     inputs, targets, mask = mx.array(inputs), mx.array(targets), mx.array(mask)
     others = mx.full((*inputs.shape, 1), float(np.log(VOCAB - len(used))))
 
@@ -229,7 +277,7 @@ def trained_gguf(steps: int = 1500) -> Path:
     if worst < 0.98:
         raise RuntimeError(f"tiny R1 model did not learn its answers (worst token p={worst:.4f}, loss={loss.item():.4f})")
     _write_gguf(path, _weights(model, used))
-    (cache_dir() / f"tiny-r1-trained-v{FORMAT_VERSION}.json").write_text(
+    path.with_suffix(".json").write_text(
         json.dumps({"steps": i + 1, "loss": loss.item(), "worst_target_token_p": worst, "trained_tokens": len(used)})
     )
     return path

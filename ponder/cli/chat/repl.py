@@ -66,32 +66,41 @@ class ChatRepl:
 
     def generate(self) -> None:
         """Reply to the conversation as it stands; Ctrl-C stops and keeps the partial reply."""
+        from ponder.cli.views.answer_now import AnswerNowKey, until_answering
         from ponder.cli.views.render import make_renderer
         from ponder.cli.views.show_reply import show_reply
         from ponder.errors import ContextOverflow
 
-        recorder = RecordingRenderer(make_renderer(self.run.term, self.run.mode, self.chat.model.info))
-        try:
-            reply = show_reply(self.chat.reply(self.run.params), recorder, self.run.term)
-        except KeyboardInterrupt:
-            self.chat.interrupted(recorder.answer_text, recorder.reasoning_text)
-            self.note("[interrupted]")
-            return
-        except ContextOverflow as exc:
-            self.pending = self.chat.take_back()
-            self.note(f"{exc.message}. Your message is back in the input line; /clear starts a new conversation.",
-                      "red")
-            return
-        except typer.Exit:  # stdout closed (141): the session ends, as ask's would
-            raise
-        except Exception as exc:  # the turn failed, not the session: report it and keep what was typed
-            self.pending = self.chat.take_back()
-            self.note(f"error: {describe_error(exc, self.run.term)}. Your message is back in the input line.", "red")
-            return
+        with AnswerNowKey(enabled=self.run.answer_key_wanted(self.chat.model) and self.input.interactive) as key:
+            # The key's terminal mode is entered before the live view's and left after it.
+            recorder = RecordingRenderer(make_renderer(self.run.term, self.run.mode, self.chat.model.info,
+                                                       answer_key=key.active))
+            try:
+                events = self.chat.reply(self.run.params, key.pressed if key.active else None)
+                reply = show_reply(until_answering(events, key), recorder, self.run.term)
+            except KeyboardInterrupt:
+                self.chat.interrupted(recorder.answer_text, recorder.reasoning_text)
+                self.note("[interrupted]")
+                return
+            except ContextOverflow as exc:
+                self.pending = self.chat.take_back()
+                self.note(f"{exc.message}. Your message is back in the input line; /clear starts a new conversation.",
+                          "red")
+                return
+            except typer.Exit:  # stdout closed (141): the session ends, as ask's would
+                raise
+            except Exception as exc:  # the turn failed, not the session: report it and keep what was typed
+                self.pending = self.chat.take_back()
+                self.note(f"error: {describe_error(exc, self.run.term)}. Your message is back in the input line.", "red")
+                return
         self.chat.replied(reply)
         self.last_reply = reply
         if reply.error:
             self.note(f"error: {reply.error}. What arrived is kept; /retry asks again.", "red")
+        if reply.finish_reason == "loop":
+            self.note("[stopped: the reply repeated itself]", "yellow")
+        elif reply.stats.reasoning_end == "loop":
+            self.note("[the reasoning repeated itself; ponder ended it and the model answered]", "yellow")
         if reply.finish_reason == "length" and 0 < self.chat.model.info.context <= self.chat.context_used():
             self.note("[stopped: the context is full; /clear starts a new conversation]")
         elif reply.finish_reason == "length":

@@ -50,7 +50,7 @@ def ask(
 
     run = Run.start(debug, reasoning, show_reasoning, hide_reasoning, json, jsonl, invocation=invocation,
                     temperature=temperature, top_p=top_p, max_tokens=max_tokens, seed=seed,
-                    **thinking(think_budget, no_think, budget_message, on_loop))
+                    **thinking(think_budget, no_think, budget_message, on_loop, invocation))
     code = _code_renderer(run, extract, extract_last, lang)
     text = run.prompt(prompt)
     loaded = run.load(model, backend, ctx, threads, server, timeout, model_kind)

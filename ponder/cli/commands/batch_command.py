@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import json
 import os
+from dataclasses import replace
 from pathlib import Path
 from typing import Optional, TextIO
 
 import typer
 
 from ponder.cli.commands.options import ModelOptions, SamplingOptions, ServerOptions, ThinkingOptions, thinking
+from ponder.cli.views.budget_curve import check_plot, label, plot as draw, report, summarize
 from ponder.errors import UsageError
-from ponder.settings import ModelKind, OnLoop
+from ponder.settings import ModelKind, OnLoop, check
 
 
 def read_tasks(lines: list[str]) -> list[dict]:
@@ -71,7 +73,13 @@ def batch(
     top_p: float = SamplingOptions.top_p,
     max_tokens: int = SamplingOptions.max_tokens,
     seed: Optional[int] = SamplingOptions.seed,
-    think_budget: Optional[int] = ThinkingOptions.think_budget,
+    think_budget: Optional[str] = typer.Option(
+        None, "--think-budget", show_default=False,
+        help="Reasoning tokens before ponder ends the reasoning; several (256,1024,none) compare them: results"
+             " per budget, a table and a chart of accuracy against reasoning tokens.",
+    ),
+    plot: Optional[str] = typer.Option(None, "--plot", show_default=False,
+                                       help="With several --think-budget values: draw the curve into FILE.png or .svg."),
     no_think: bool = ThinkingOptions.no_think,
     budget_message: Optional[str] = ThinkingOptions.budget_message,
     on_loop: OnLoop = ThinkingOptions.on_loop,
@@ -86,9 +94,68 @@ def batch(
     """
     from ponder.cli.commands.model_run import Run
 
+    budgets = _budgets(think_budget)
     run = Run.start(invocation=invocation, temperature=temperature, top_p=top_p, max_tokens=max_tokens, seed=seed,
-                    **thinking(think_budget, no_think, budget_message, on_loop))
+                    **thinking(budgets[0], no_think, budget_message, on_loop, invocation))
+    if plot and len(budgets) < 2:
+        raise UsageError("--plot draws several budgets: give --think-budget a list, e.g. 256,1024,none")
+    if no_think and len(budgets) > 1:
+        raise UsageError("--no-think and a list of budgets: put 0 in the list instead")
+    if plot:
+        check_plot(plot)  # before hours of runs, not after
+    if concurrency > 1 and not server:
+        raise UsageError("--concurrency needs --server: a local model runs one generation at a time")
     tasks = read_tasks(_read_input(input, run.term))
+    if plot and not any("answer" in task for task in tasks):
+        raise UsageError("--plot needs tasks with reference answers (\"answer\"), to measure accuracy")
+    loaded = []  # the model, loaded once for every budget, when a task needs it
+
+    def model_now():
+        if not loaded:
+            loaded.append(run.load(model, backend, ctx, threads, server, timeout, model_kind))
+        return loaded[0]
+
+    summaries = []
+    for budget in budgets:
+        run.params = replace(run.params, think_budget=run.params.think_budget if len(budgets) == 1 else budget)
+        path = output if len(budgets) == 1 or output is None else _budget_path(output, budget)
+        results = _run_all(run, tasks, path, model_now, samples, concurrency, tag=len(budgets) > 1)
+        summaries.append(summarize(budget, results))
+    if len(budgets) == 1:
+        _report_accuracy(results, run.term.stderr)
+        return
+    report(summaries, run.term.stderr, run.term.stderr_is_tty)
+    if plot:
+        draw(summaries, plot)
+        print(f"ponder: the curve is in {plot}", file=run.term.stderr)
+
+
+def _budgets(text: str | None) -> list[int | None]:
+    """--think-budget as a list: "256,1024,none" (a single value, or none, as for ask)."""
+    if text is None:
+        return [None]
+    budgets = []
+    for part in str(text).split(","):
+        part = part.strip().lower()
+        if part == "none":
+            budgets.append(None)
+            continue
+        try:
+            budgets.append(check("think_budget", int(part)))
+        except ValueError:
+            raise UsageError(f"--think-budget takes whole numbers or none, separated by commas, not {part!r}") from None
+    return budgets
+
+
+def _budget_path(output: Path, budget: int | None) -> Path:
+    """Where one budget's results go: results.jsonl -> results.budget-256.jsonl."""
+    return output.with_name(f"{output.stem}.budget-{label(budget)}{output.suffix}")
+
+
+def _run_all(run, tasks: list[dict], output: Path | None, model_now, samples: int, concurrency: int,
+             tag: bool) -> list[dict]:
+    """Every task's result for the current settings: those already in `output`, then the rest, each
+    written as it finishes. `tag`: each result says its think_budget (a sweep to stdout)."""
     done = finished_results(output) if output else []
     done_ids = {result.get("id") for result in done}
     todo = [task for task in tasks if task["id"] not in done_ids]
@@ -96,23 +163,24 @@ def batch(
         print(f"ponder: resuming: {len(tasks) - len(todo)} of {len(tasks)} tasks already in {output}",
               file=run.term.stderr)
     results = [r for r in done if r.get("id") in {t["id"] for t in tasks}]
-    if concurrency > 1 and not server:
-        raise UsageError("--concurrency needs --server: a local model runs one generation at a time")
-    if todo:
-        loaded = run.load(model, backend, ctx, threads, server, timeout, model_kind)
-        sink = output.open("a", encoding="utf-8") if output else run.term.stdout
-        try:
-            with _progress(run.term, len(tasks), len(tasks) - len(todo)) as advance:
-                def finished(result: dict) -> None:
-                    _write_result(sink, result)
-                    results.append(result)
-                    advance()
+    if not todo:
+        return results
+    loaded = model_now()
+    sink = output.open("a", encoding="utf-8") if output else run.term.stdout
+    try:
+        with _progress(run.term, len(tasks), len(tasks) - len(todo)) as advance:
+            def finished(result: dict) -> None:
+                if tag:
+                    result = {**result, "think_budget": run.params.think_budget}
+                _write_result(sink, result)
+                results.append(result)
+                advance()
 
-                _run_tasks(run, loaded, todo, samples, concurrency, finished)
-        finally:
-            if output:
-                sink.close()
-    _report_accuracy(results, run.term.stderr)
+            _run_tasks(run, loaded, todo, samples, concurrency, finished)
+    finally:
+        if output:
+            sink.close()
+    return results
 
 
 def _read_input(source: str, term) -> list[str]:
@@ -166,7 +234,8 @@ def _result(task: dict, replies: list) -> dict:
     for reply in replies:
         boxed = extract_boxed(reply.answer)
         entry = {"reasoning": reply.reasoning, "answer": reply.answer.lstrip(), "boxed": boxed,
-                 "finish_reason": reply.finish_reason, "stats": stats_json(reply.stats)}
+                 "finish_reason": reply.finish_reason, "reasoning_end": reply.stats.reasoning_end,
+                 "stats": stats_json(reply.stats)}
         if reference is not None:
             entry["correct"] = boxed is not None and equivalent(boxed, str(reference))
         drawn.append(entry)

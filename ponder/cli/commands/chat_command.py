@@ -42,7 +42,7 @@ def chat(
 
     run = Run.start(debug, reasoning, show_reasoning, hide_reasoning, invocation=invocation,
                     temperature=temperature, top_p=top_p, max_tokens=max_tokens, seed=seed,
-                    **thinking(think_budget, no_think, budget_message, on_loop))
+                    **thinking(think_budget, no_think, budget_message, on_loop, invocation))
     repl = ChatRepl(run, log=not no_log)
     repl.chat.resume(resume, resume_last)  # before loading: a bad ID fails fast
     repl.chat.use(run.load(model, backend, ctx, threads, server, timeout, model_kind))

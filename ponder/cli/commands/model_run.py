@@ -62,14 +62,24 @@ class Run:
         return loaded
 
     def show(self, model: Model, user_text: str, renderer=None) -> Reply | None:
-        """Stream one reply to the user turn, rendered as this run's output asks (or by `renderer`)."""
+        """Stream one reply to the user turn, rendered as this run's output asks (or by `renderer`).
+        On a terminal, Enter while the model thinks ends its reasoning (AnswerNowKey)."""
+        from ponder.cli.views.answer_now import AnswerNowKey, until_answering
         from ponder.cli.views.render import make_renderer
         from ponder.cli.views.show_reply import show_reply
         from ponder.exchange import generate_reply
 
-        events = generate_reply(model, [Message("user", user_text)], self.params)
-        renderer = renderer or make_renderer(self.term, self.mode, model.info, self.output)
-        return show_reply(events, renderer, self.term)
+        # Only under the live view, which names the key (ask -x brings a view of its own).
+        with AnswerNowKey(enabled=renderer is None and self.answer_key_wanted(model)) as key:
+            events = generate_reply(model, [Message("user", user_text)], self.params,
+                                    key.pressed if key.active else None)
+            renderer = renderer or make_renderer(self.term, self.mode, model.info, self.output, key.active)
+            return show_reply(until_answering(events, key), renderer, self.term)
+
+    def answer_key_wanted(self, model: Model) -> bool:
+        """Whether Enter can end the reasoning: a live view, a reasoning model, a prompt ponder renders."""
+        return (self.term.stdout_is_tty and self.output == "text" and model.info.chat.reasoning
+                and model.info.renders_prompt)
 
     def samples(self, model: Model, user_text: str, n: int, on_reply=None, concurrency: int | None = None) -> list[Reply]:
         """`n` independent samples, unshown (seeds step by one from --seed); see ponder.samples.draw."""

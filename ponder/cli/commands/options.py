@@ -102,9 +102,13 @@ class ThinkingOptions:
     )
 
 
-def thinking(think_budget: int | None, no_think: bool, budget_message: str | None, on_loop: str) -> dict:
-    """The generation settings the thinking options give."""
-    if no_think and think_budget not in (None, 0):
+def thinking(think_budget: int | None, no_think: bool, budget_message: str | None, on_loop: str,
+             invocation: typer.Context | None = None) -> dict:
+    """The generation settings the thinking options give. --no-think wins over a budget from the
+    config file; one typed beside it is a contradiction."""
+    source = invocation.get_parameter_source("think_budget") if invocation else None
+    typed = source is None or source.name == "COMMANDLINE"
+    if no_think and typed and think_budget not in (None, 0):
         raise UsageError(f"--no-think contradicts --think-budget {think_budget}")
     return {"think_budget": 0 if no_think else think_budget, "budget_message": budget_message, "on_loop": on_loop}
 

@@ -51,7 +51,7 @@ def solve(
 
     run = Run.start(debug, reasoning, show_reasoning, hide_reasoning, json, jsonl, invocation=invocation,
                     temperature=temperature, top_p=top_p, max_tokens=max_tokens, seed=seed,
-                    **thinking(think_budget, no_think, budget_message, on_loop))
+                    **thinking(think_budget, no_think, budget_message, on_loop, invocation))
     text = math_prompt(run.prompt(problem))
     loaded = run.load(model, backend, ctx, threads, server, timeout, model_kind)
     if samples == 1 and not answer_only:

@@ -19,6 +19,7 @@ def stats_json(stats: Stats) -> dict[str, Any]:
         "time_to_first_token_s": round(stats.time_to_first_token_s, 4),
         "tokens_per_s": round(stats.decode_tokens_per_s, 2),
         "thinking_s": round(stats.thinking_s, 4),
+        "total_s": round(stats.total_s, 4),
         "peak_memory_bytes": stats.peak_memory_bytes,
         "route": stats.route,
     }
@@ -34,7 +35,7 @@ def reply_json(reply: Reply, info: ModelInfo) -> dict[str, Any]:
         "boxed": extract_boxed(reply.answer),
         "code": [{"lang": block.lang, "text": block.text} for block in code_blocks(reply.answer)],
         "finish_reason": reply.finish_reason,
-        "reasoning_end": reply.stats.reasoning_end,  # model, length or cancelled; null without reasoning
+        "reasoning_end": reply.stats.reasoning_end,  # model, budget, user, loop, length, cancelled; null: none
         "error": reply.error,  # why an "interrupted" reply broke off
         "stats": stats_json(reply.stats),
     }

@@ -83,12 +83,16 @@ class TerminalRenderer:
     TAIL_LINES = 6
     SPINNER = "⠋⠙⠹⠸⠼⠴⠦⠧⠇⠏"
 
-    def __init__(self, term: Terminal, mode: ReasoningMode = "collapse", reasoning_model: bool = True):
+    def __init__(self, term: Terminal, mode: ReasoningMode = "collapse", reasoning_model: bool = True,
+                 answer_key: bool = False):
         from rich.console import Console
         from rich.live import Live
 
+        from ponder.cli.views.answer_now import KEY_LABEL
+
         self.mode = mode
         self._waiting_label = "Thinking…" if reasoning_model else "Generating…"
+        self._key_label = f" · {KEY_LABEL}" if answer_key and reasoning_model else ""
         self.console = Console(file=term.stdout, force_terminal=True, no_color=not term.color, highlight=False)
         self._started = time.perf_counter()
         self._thinking = True
@@ -214,7 +218,8 @@ class TerminalRenderer:
 
         elapsed = time.perf_counter() - self._started
         frame = self.SPINNER[int(elapsed * self.FPS) % len(self.SPINNER)]
-        return Text(f"{frame} {self._waiting_label} {elapsed:.1f} s · {self._tokens} tokens", style="cyan")
+        return Text(f"{frame} {self._waiting_label} {elapsed:.1f} s · {self._tokens} tokens{self._key_label}",
+                    style="cyan")
 
     def _reasoning_tail(self, width: int):
         from rich.segment import Segment
@@ -274,12 +279,14 @@ class _Lines:
 OutputFormat = Literal["text", "json", "jsonl"]
 
 
-def make_renderer(term: Terminal, mode: ReasoningMode, info, output: OutputFormat = "text") -> Renderer:
-    """The renderer for where stdout goes and what format was asked for. `info`: the ModelInfo."""
+def make_renderer(term: Terminal, mode: ReasoningMode, info, output: OutputFormat = "text",
+                  answer_key: bool = False) -> Renderer:
+    """The renderer for where stdout goes and what format was asked for. `info`: the ModelInfo;
+    `answer_key`: the live line names the key that ends the reasoning (AnswerNowKey)."""
     if output != "text":
         from ponder.cli.views.json_output import JsonlRenderer, JsonRenderer
 
         return (JsonRenderer if output == "json" else JsonlRenderer)(term.stdout, info)
     if term.stdout_is_tty:
-        return TerminalRenderer(term, mode, info.chat.reasoning)
+        return TerminalRenderer(term, mode, info.chat.reasoning, answer_key)
     return PlainRenderer(term, show_reasoning=mode != "hide")

@@ -77,6 +77,8 @@ def no_answer_reason(reply: Reply) -> str:
                                                 "length" else "before it answered")
     if reply.finish_reason == "cancelled":
         return "stopped before the model answered"
+    if reply.finish_reason == "loop":
+        return "the reasoning repeated itself and --on-loop stop ended the reply"
     if reply.stats.reasoning_end == "model" and reply.reasoning:
         return "the model wrote nothing after its reasoning"
     return "the model wrote nothing"
