@@ -166,4 +166,7 @@ def write_all(directory: Path) -> None:
 
 
 if __name__ == "__main__":
-    write_all(Path(sys.argv[1] if len(sys.argv) > 1 else "completions"))
+    target = sys.argv[1] if len(sys.argv) > 1 else "completions"
+    if target.startswith("-"):  # `--help` is not a directory to fill
+        sys.exit("usage: python -m ponder.cli.completion [DIRECTORY]  (default: completions/)")
+    write_all(Path(target))
