@@ -15,6 +15,7 @@ from ponder.backends.base import Model, backend_stats
 from ponder.errors import BackendError, ContextOverflow
 from ponder.events import (
     AnswerDelta,
+    BackendEvent,
     BackendStats,
     Continuation,
     Finished,
@@ -45,60 +46,89 @@ def generate_reply(model: Model, messages: Sequence[Message], params: Generation
                    answer_now: threading.Event | None = None) -> Iterator[ReplyEvent]:
     """Stream a reply to `messages`: reasoning and answer deltas, then one Reply. The reasoning ends
     early at `params.think_budget`, when `answer_now` is set, or when it loops (see ponder.thinking)."""
-    prompt = model_prompt(model, messages)
-    if params.think_budget is not None and not isinstance(prompt, str) and model.info.chat.reasoning:
-        if not getattr(model, "native_budget", False):
-            raise BackendError(f"{model.info.backend} is asked through its chat endpoint, where ponder cannot end the"
-                               " reasoning for the model", hint="drop --think-budget (and --no-think) for this server")
-    # A server that bounds the reasoning itself gets the budget in its request; the guard then leaves it be.
-    watched = params if isinstance(prompt, str) else replace(params, think_budget=None)
-    guard = ReasoningGuard(watched, model.info.chat.reasoning, answer_now if isinstance(prompt, str) else None)
-    started = time.perf_counter()
-    yield from split_reply(_guarded(model, prompt, params, guard, started), model.info.chat.reasoning, started,
-                           guard=guard)
+    guarded = GuardedReply(model, model_prompt(model, messages), params, answer_now)
+    splitter = ReplySplitter(model.info.chat.reasoning, guarded.started, guard=guarded.guard)
+    for event in _run(model, guarded):
+        yield from splitter.feed(event)
 
 
-def _guarded(model: Model, prompt, params: GenerationParams, guard: ReasoningGuard, started: float) -> Iterator:
-    """The model's events, until the guard ends the reasoning: then the closing text, and the model's
-    answer after it (a Continuation: the cache already holds every token before the cut)."""
+def _run(model: Model, guarded: GuardedReply) -> Iterator:
+    """The backend events of a guarded reply, from one model stream after another on the model's thread."""
     thread = model_thread(model)
-    taken = _Taken(started)
-    decision = None
-    if guard.cut is None:  # think first
+    yield from guarded.start()
+    while not guarded.done:
+        request = guarded.request
         # Closed explicitly when this generator is: its wait for the model to stop may raise a held Ctrl-C.
-        stream = thread.iterate(lambda cancel: model.stream(prompt, params, cancel))
-        with closing(stream):
-            for event in stream:
-                if isinstance(event, Finished):
-                    yield event
-                    return
-                decision = guard.before(event)
-                if decision is not None:
-                    break
-                taken.add(event)
-                yield event
-        if decision == STOP or not isinstance(prompt, str):  # (a chat endpoint cannot be continued: stop)
-            yield Finished("loop", taken.stats(model, prompt))
-            return
-    yield TextDelta(guard.cut.forced, tokens=0)
-    rest = replace(params, max_tokens=max(params.max_tokens - taken.generated, 1))
-    continuation = Continuation(prompt, tuple(taken.ids), "".join(taken.texts), guard.cut.forced)
-    taken.cut()
-    stream = thread.iterate(lambda cancel: model.stream(continuation, rest, cancel))
-    try:
-        with closing(stream):
-            for event in stream:
-                if isinstance(event, Finished):
-                    yield replace(event, stats=taken.merged(model, prompt, event.stats))
-                    return
-                if guard.before(event) == STOP:
-                    break
-                taken.add(event)
-                yield event
-    except ContextOverflow:  # no room left after the reasoning for the closing text: it ends there
-        yield Finished("length", taken.stats(model, prompt))
-        return
-    yield Finished("loop", taken.stats(model, prompt))
+        stream = thread.iterate(lambda cancel: model.stream(*request, cancel))
+        try:
+            with closing(stream):
+                for event in stream:
+                    yield from guarded.feed(event)
+                    if guarded.done or guarded.request is not request:
+                        break
+        except ContextOverflow:
+            if not guarded.continued:
+                raise
+            yield from guarded.overflow()
+
+
+class GuardedReply:
+    """One reply's requests to the model, kept in bounds by a ReasoningGuard: feed it the model's events;
+    it hands back those to pass on. When the guard ends the reasoning it asks for a new request (`request`
+    changes: stop the current stream and start this one): the prompt, the tokens generated so far, then
+    the closing text (a Continuation: the cache already holds every token before the cut)."""
+
+    def __init__(self, model: Model, prompt, params: GenerationParams, answer_now: threading.Event | None = None):
+        if params.think_budget is not None and not isinstance(prompt, str) and model.info.chat.reasoning:
+            if not getattr(model, "native_budget", False):
+                raise BackendError(f"{model.info.backend} is asked through its chat endpoint, where ponder cannot end"
+                                   " the reasoning for the model",
+                                   hint="drop --think-budget (and --no-think) for this server")
+        # A server that bounds the reasoning itself gets the budget in its request; the guard then leaves it be.
+        watched = params if isinstance(prompt, str) else replace(params, think_budget=None)
+        self.guard = ReasoningGuard(watched, model.info.chat.reasoning, answer_now if isinstance(prompt, str) else None)
+        self.model, self.prompt, self.params = model, prompt, params
+        self.started = time.perf_counter()
+        self.request: tuple = (prompt, params)  # the (prompt, params) to stream now
+        self.done = False
+        self._taken = _Taken(self.started)
+        self.continued = False  # the request is the continuation after a cut
+
+    def start(self) -> list[BackendEvent]:
+        """What comes before the first request's events: the closing text already, where thinking is off."""
+        return self._cut() if self.guard.cut is not None else []
+
+    def feed(self, event: BackendEvent) -> list[BackendEvent]:
+        if isinstance(event, Finished):
+            self.done = True
+            if self.continued:
+                event = replace(event, stats=self._taken.merged(self.model, self.prompt, event.stats))
+            return [event]
+        decision = self.guard.before(event)
+        if decision is None or (self.continued and decision != STOP):
+            self._taken.add(event)
+            return [event]
+        if decision == STOP or not isinstance(self.prompt, str):  # (a chat endpoint cannot be continued: stop)
+            return self._end("loop")
+        return self._cut()
+
+    def overflow(self) -> list[BackendEvent]:
+        """The continuation did not fit: no room left after the reasoning for the closing text, so it ends there.
+        (A first prompt that does not fit is the caller's error.)"""
+        return self._end("length")
+
+    def _end(self, reason) -> list[BackendEvent]:
+        self.done = True
+        return [Finished(reason, self._taken.stats(self.model, self.prompt))]
+
+    def _cut(self) -> list[BackendEvent]:
+        forced = self.guard.cut.forced
+        taken = self._taken
+        rest = replace(self.params, max_tokens=max(self.params.max_tokens - taken.generated, 1))
+        self.request = (Continuation(self.prompt, tuple(taken.ids), "".join(taken.texts), forced), rest)
+        self.continued = True
+        taken.cut()
+        return [TextDelta(forced, tokens=0)]
 
 
 class _Taken:
@@ -149,61 +179,84 @@ def _prompt_length(model: Model, prompt) -> int:
 
 
 def split_reply(stream: Iterator, starts_in_reasoning: bool, started: float,
-                clock: Callable[[], float] = time.perf_counter, guard: ReasoningGuard | None = None,
-                ) -> Iterator[ReplyEvent]:
-    """Backend events to reply events: raw text through the `<think>` splitter, text a server
-    already filed under reasoning or answer as it says. `clock` tells when the current event came;
-    `guard` is told where the reply stands after each, and why the reasoning ended early."""
-    splitter = ThinkSplitter(starts_in_reasoning=starts_in_reasoning)
-    parts = {"reasoning": [], "answer": []}
-    counted = {"reasoning": 0, "answer": 0}
-    reasoning = starts_in_reasoning  # whether the reply is still in its reasoning
-    thinking_s: float | None = None
-
+                clock: Callable[[], float] = time.perf_counter) -> Iterator[ReplyEvent]:
+    """Backend events to reply events (see ReplySplitter)."""
+    splitter = ReplySplitter(starts_in_reasoning, started, clock)
     for event in stream:
+        yield from splitter.feed(event)
+
+
+class ReplySplitter:
+    """Backend events to reply events: raw text through the `<think>` splitter, text a server already
+    filed under reasoning or answer as it says. `clock` tells when the current event came; `guard` is
+    told where the reply stands after each, and why the reasoning ended early."""
+
+    def __init__(self, starts_in_reasoning: bool, started: float, clock: Callable[[], float] = time.perf_counter,
+                 guard: ReasoningGuard | None = None):
+        self.started, self.clock, self.guard = started, clock, guard
+        self.splitter = ThinkSplitter(starts_in_reasoning=starts_in_reasoning)
+        self.parts: dict[str, list[str]] = {"reasoning": [], "answer": []}
+        self.counted = {"reasoning": 0, "answer": 0}
+        self.reasoning = starts_in_reasoning  # whether the reply is still in its reasoning
+        self.thinking_s: float | None = None
+
+    def feed(self, event: BackendEvent) -> list[ReplyEvent]:
         if isinstance(event, TextDelta):
-            if event.part is None:
-                counted["reasoning" if splitter.in_reasoning else "answer"] += event.tokens
-                segments = splitter.feed(event.text)
-                now_reasoning = splitter.in_reasoning
-            else:
-                counted[event.part] += event.tokens
-                text = event.text.lstrip() if event.part == "reasoning" and not parts["reasoning"] else event.text
-                segments = [(event.part, text)] if text else []  # reasoning's leading blank dropped, as raw
-                now_reasoning = event.part == "reasoning"
-                if not now_reasoning:
-                    splitter.answer_from_here()  # raw text after a server's answer text is answer too
-            for kind, text in segments:
-                if kind == "answer" and reasoning:  # the reasoning ends where the answer begins
-                    reasoning = False
-                    if counted["reasoning"]:
-                        thinking_s = clock() - started
-                        yield ReasoningDone(thinking_s, counted["reasoning"])
-                parts[kind].append(text)
-                yield ReasoningDelta(text, counted["reasoning"]) if kind == "reasoning" else AnswerDelta(text)
-            if reasoning and not now_reasoning and counted["reasoning"]:  # closed, no answer text yet
-                thinking_s = clock() - started
-                yield ReasoningDone(thinking_s, counted["reasoning"])
-            reasoning = now_reasoning
-            if guard is not None:
-                guard.observe(reasoning, counted["reasoning"])
-        elif isinstance(event, Finished):
-            for kind, text in splitter.flush():
-                parts[kind].append(text)
-                yield ReasoningDelta(text, counted["reasoning"]) if kind == "reasoning" else AnswerDelta(text)
-            cut = guard.cut.reason if guard is not None and guard.cut is not None else None
-            if reasoning:  # cut off while thinking
-                thinking_s = clock() - started
-                end = {"length": "length", "stop": "model", "loop": "loop"}.get(event.finish_reason, "cancelled")
-            else:
-                end = cut or ("model" if counted["reasoning"] or parts["reasoning"] else None)
-            yield Reply(
-                reasoning="".join(parts["reasoning"]),
-                answer="".join(parts["answer"]),
-                finish_reason=event.finish_reason,
-                stats=_stats(event.stats, counted, thinking_s, end),
-                error=event.error,
-            )
+            return self._text(event)
+        return self._finish(event)
+
+    def _text(self, event: TextDelta) -> list[ReplyEvent]:
+        out: list[ReplyEvent] = []
+        counted, parts, splitter = self.counted, self.parts, self.splitter
+        if event.part is None:
+            counted["reasoning" if splitter.in_reasoning else "answer"] += event.tokens
+            segments = splitter.feed(event.text)
+            now_reasoning = splitter.in_reasoning
+        else:
+            counted[event.part] += event.tokens
+            text = event.text.lstrip() if event.part == "reasoning" and not parts["reasoning"] else event.text
+            segments = [(event.part, text)] if text else []  # reasoning's leading blank dropped, as raw
+            now_reasoning = event.part == "reasoning"
+            if not now_reasoning:
+                splitter.answer_from_here()  # raw text after a server's answer text is answer too
+        for kind, text in segments:
+            if kind == "answer" and self.reasoning:  # the reasoning ends where the answer begins
+                self.reasoning = False
+                if counted["reasoning"]:
+                    out.append(self._reasoning_done())
+            parts[kind].append(text)
+            out.append(ReasoningDelta(text, counted["reasoning"]) if kind == "reasoning" else AnswerDelta(text))
+        if self.reasoning and not now_reasoning and counted["reasoning"]:  # closed, no answer text yet
+            out.append(self._reasoning_done())
+        self.reasoning = now_reasoning
+        if self.guard is not None:
+            self.guard.observe(self.reasoning, counted["reasoning"])
+        return out
+
+    def _reasoning_done(self) -> ReasoningDone:
+        self.thinking_s = self.clock() - self.started
+        return ReasoningDone(self.thinking_s, self.counted["reasoning"])
+
+    def _finish(self, event: Finished) -> list[ReplyEvent]:
+        out: list[ReplyEvent] = []
+        for kind, text in self.splitter.flush():
+            self.parts[kind].append(text)
+            out.append(ReasoningDelta(text, self.counted["reasoning"]) if kind == "reasoning" else AnswerDelta(text))
+        guard = self.guard
+        cut = guard.cut.reason if guard is not None and guard.cut is not None else None
+        if self.reasoning:  # cut off while thinking
+            self.thinking_s = self.clock() - self.started
+            end = {"length": "length", "stop": "model", "loop": "loop"}.get(event.finish_reason, "cancelled")
+        else:
+            end = cut or ("model" if self.counted["reasoning"] or self.parts["reasoning"] else None)
+        out.append(Reply(
+            reasoning="".join(self.parts["reasoning"]),
+            answer="".join(self.parts["answer"]),
+            finish_reason=event.finish_reason,
+            stats=_stats(event.stats, self.counted, self.thinking_s, end),
+            error=event.error,
+        ))
+        return out
 
 
 def _stats(backend: BackendStats, counted: dict, thinking_s: float | None, reasoning_end: str | None) -> Stats:
