@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from ponder.errors import ContextOverflow
-from ponder.events import BackendEvent, BackendStats, Continuation, GenerationParams, Message
+from ponder.events import BackendEvent, BackendStats, Continuation, Finished, FinishReason, GenerationParams, Message
 from ponder.prompt import ChatFormat
 
 
@@ -18,6 +18,8 @@ class LoadOptions:
     threads: int | None = None  # None: the backend's choice (physical cores)
     gpu_layers: int | None = None  # None: all of them where the backend can offload
     flash_attention: bool = True
+    # Sequences decoded together (parallel samples): each gets a context of its own of `context` tokens.
+    sequences: int = 1
 
 
 @dataclass(frozen=True)
@@ -38,6 +40,8 @@ class ModelInfo:
     # False for a server that applies the chat template itself: `stream` then takes the messages
     # (reasoning already stripped) instead of prompt text.
     renders_prompt: bool = True
+    # How many sequences `Model.batch()` decodes together (LoadOptions.sequences); 1 where it cannot.
+    sequences: int = 1
 
 
 @dataclass(frozen=True)
@@ -72,6 +76,31 @@ class Model(Protocol):
         """
 
     def close(self) -> None: ...
+
+
+class BatchDecoder(Protocol):
+    """Several sequences of one model decoded together: each `step` is one model call that gives every
+    live sequence its next token, so the weights are read once for all of them. A local model with
+    `info.sequences` > 1 offers one through `Model.batch()`. Used only on the model's own thread.
+
+    A sequence lives in a slot (one of `slots`); a slot's cache outlives its sequence, so a later prompt
+    that begins with what a slot holds (another sample of the same prompt, or a continuation of the
+    sequence itself) only processes the rest."""
+
+    slots: int
+
+    def free_slots(self) -> int: ...
+
+    def add(self, prompt: str | Continuation, params: GenerationParams, cancel: threading.Event) -> int | None:
+        """Start a sequence in a free slot and return the slot, or None if `cancel` was set while its prompt
+        was processed. Raises ContextOverflow if the prompt does not fit the sequence's context."""
+
+    def step(self) -> list[tuple[int, BackendEvent]]:
+        """One decode: for each live sequence its next token (a TextDelta), and a Finished where it ended
+        (end of generation, max tokens, its context full); an ended sequence's slot is free again."""
+
+    def drop(self, slot: int, reason: FinishReason) -> Finished:
+        """End a live sequence now (its slot is free again); its Finished."""
 
 
 class Backend(Protocol):

@@ -129,8 +129,11 @@ class LlamaCppModel:
         trained = lib.llama_model_n_ctx_train(self._model)
         context = options.context or min(DEFAULT_CONTEXT, trained)
 
+        sequences = max(1, options.sequences)
         cparams = lib.llama_context_default_params()
-        cparams.n_ctx = context
+        cparams.n_ctx = context * sequences  # a KV stream of `context` tokens for each sequence
+        cparams.n_seq_max = sequences
+        cparams.kv_unified = False
         cparams.n_batch = PROMPT_CHUNK
         cparams.n_ubatch = PROMPT_CHUNK
         threads = options.threads or physical_cores()
@@ -145,12 +148,15 @@ class LlamaCppModel:
             self.close()
             detail = _last_error()
             raise BackendError(
-                f"llama.cpp could not create a {context}-token context" + (f": {detail}" if detail else ""),
-                hint="try a smaller --ctx",
+                f"llama.cpp could not create a {context}-token context"
+                + (f" for each of {sequences} sequences" if sequences > 1 else "") + (f": {detail}" if detail else ""),
+                hint="try a smaller --ctx" + (" or fewer parallel samples" if sequences > 1 else ""),
             )
         self._memory = lib.llama_get_memory(self._ctx)
         self._chunk = lib.llama_n_batch(self._ctx)  # llama.cpp lowers n_batch for small contexts
-        self._cached: list[int] = []  # tokens whose keys and values are in the cache
+        # Per sequence, the tokens whose keys and values are in its cache; `stream` uses sequence 0.
+        self._caches: list[list[int]] = [[] for _ in range(sequences)]
+        self._cached = self._caches[0]
         self._piece = ctypes.create_string_buffer(256)
 
         template = lib.llama_model_chat_template(self._model, None)
@@ -169,10 +175,11 @@ class LlamaCppModel:
             name=self._meta("general.name") or Path(path).stem,
             path=path,
             backend=LlamaCppBackend.name,
-            context=lib.llama_n_ctx(self._ctx),
+            context=lib.llama_n_ctx_seq(self._ctx),
             trained_context=trained,
             chat=chat,
             ignored=("gpu_layers",) if options.gpu_layers and not gpu_offload_supported() else (),  # a CPU build
+            sequences=sequences,
         )
 
     # --- metadata -------------------------------------------------------------
@@ -271,6 +278,12 @@ class LlamaCppModel:
                 raise BackendError("llama.cpp failed to process the prompt" + (f": {_last_error()}" if _log_lines else ""))
             self._cached.extend(chunk)
         return True
+
+    def batch(self):
+        """A decoder of `info.sequences` sequences at once on this context (ponder.backends.llamacpp_batch)."""
+        from ponder.backends.llamacpp_batch import LlamaCppBatch
+
+        return LlamaCppBatch(self, _last_error)
 
     def close(self) -> None:
         if self._ctx:

@@ -24,6 +24,7 @@ from mlx_lm.utils import load as mlx_load
 
 from ponder.backends.base import (BackendProbe, LoadOptions, ModelInfo, backend_stats, generation_budget, prompt_tokens,
                                  shared_prefix)
+from ponder.backends.mlx_batch import MlxBatch, batchable
 from ponder.defaults import DEFAULT_CONTEXT
 from ponder.errors import BackendError, ModelError
 from ponder.events import BackendEvent, Finished, GenerationParams, TextDelta
@@ -145,6 +146,10 @@ class MlxModel:
             eos_token=tok.eos_token or "",
             reasoning=is_reasoning_model(template, tok.encode(OPEN_TAG, add_special_tokens=False)),
         )
+        self._cache = make_prompt_cache(self._model)
+        self._cached: list[int] = []  # tokens whose keys and values are in the cache
+        # Several sequences only where mlx-lm can batch this model's cache; else one after another.
+        sequences = max(1, options.sequences) if batchable(self._cache) else 1
         self.info = ModelInfo(
             name=local.name if local.exists() else path,
             path=path,
@@ -152,10 +157,9 @@ class MlxModel:
             context=options.context or min(DEFAULT_CONTEXT, trained),
             trained_context=trained,
             chat=chat,
-            ignored=_ignored(options),
+            ignored=_ignored(options) + (("sequences",) if sequences < options.sequences else ()),
+            sequences=sequences,
         )
-        self._cache = make_prompt_cache(self._model)
-        self._cached: list[int] = []  # tokens whose keys and values are in the cache
 
     def tokenize(self, text: str) -> list[int]:
         # As in the llama.cpp backend: the template writes BOS's text; add BOS only where it did not.
@@ -235,6 +239,11 @@ class MlxModel:
             trim_prompt_cache(self._cache, offset - len(fed))
             offset = len(fed)
         self._cached = fed[:offset]
+
+    def batch(self):
+        """A decoder of `info.sequences` sequences at once (ponder.backends.mlx_batch); its slot 0 is
+        this model's own prompt cache."""
+        return MlxBatch(self, _sampler, PROMPT_CHUNK)
 
     def close(self) -> None:
         self._model = self._tokenizer = self._cache = None

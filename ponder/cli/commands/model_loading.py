@@ -10,16 +10,18 @@ from ponder.cli.views.terminal import Terminal, Working
 from ponder.threads import call_in_thread
 
 # How a user sets each load option a backend may be unable to honour (ModelInfo.ignored).
-IGNORED_OPTIONS = {"threads": "--threads", "gpu_layers": "GPU offload", "flash_attention": "flash attention off"}
+IGNORED_OPTIONS = {"threads": "--threads", "gpu_layers": "GPU offload", "flash_attention": "flash attention off",
+                   "sequences": "parallel samples (this model's cache cannot be batched: one after another)"}
 
 
-def load_model(term: Terminal, model: str | None, backend: str, options: LoadOptions) -> Model:
+def load_model(term: Terminal, model: str | None, backend: str, options: LoadOptions,
+               sequences_given: bool = False) -> Model:
     from ponder.fitting import fit_context
 
     path = _model_path(term, model, backend)
     backend_name = select_backend(path, backend)
     chosen = get_backend(backend_name)
-    fit = fit_context(path, backend_name, options)
+    fit = fit_context(path, backend_name, options, sequences_given)
     if fit.note:
         term.stderr.write(fit.note + "\n")
     with Working(term, f"Loading {os.path.basename(path)}…"):

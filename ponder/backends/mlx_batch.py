@@ -1,0 +1,282 @@
+"""Several sequences decoded together on one MLX model (parallel samples).
+
+The live sequences share one batched cache (mlx-lm's BatchKVCache, left-padded): each step is one
+model call on one token per sequence, and each sequence samples its own row of log-probabilities
+with its own sampler (ponder's, with its own seed). A sequence's prompt is processed alone into a
+cache of its own (the slot's), which then joins the batch; when the sequence ends its row leaves the
+batch and becomes the slot's cache again. A new prompt starts from the longest prefix of it that any
+slot holds (cut from that cache, not computed again), so N samples of one prompt process it once and
+a continuation of a sequence just ended only processes its new tokens.
+
+Slot 0's cache is `MlxModel.stream`'s, so a batch and single calls reuse each other's prompts. The
+other slots' caches are freed when the batch closes.
+
+mlx-lm's own BatchGenerator is not used: it processes prompts inside its `next` calls (here `add`
+processes them, checking `cancel` between chunks), gives a sequence that joins a first forward pass
+apart from the others (a step would be two model calls), and computes each step one ahead, so each
+ended or dropped sequence costs one more forward. Its caches are used as it uses them.
+"""
+
+from __future__ import annotations
+
+import copy
+import threading
+import time
+from dataclasses import dataclass, field
+
+import mlx.core as mx
+from mlx_lm.generate import generation_stream
+from mlx_lm.models.cache import KVCache, make_prompt_cache
+from mlx_lm.utils import maybe_set_recommended_wired_limit
+
+from ponder.backends.base import backend_stats, generation_budget, prompt_tokens, shared_prefix
+from ponder.errors import BackendError
+from ponder.events import BackendEvent, Continuation, Finished, FinishReason, GenerationParams, TextDelta
+
+
+def batchable(cache: list) -> bool:
+    """Whether mlx-lm can batch a model's cache: every layer's merges into one that extracts,
+    filters and extends rows (plain and rotating KV caches, SSM state caches…)."""
+    return bool(cache) and all(hasattr(layer, "merge") for layer in cache)
+
+
+@dataclass
+class _Sequence:
+    sampler: object
+    budget: int  # tokens it may generate
+    prompt_tokens: int
+    prefilled: int
+    started: float
+    pending: int  # the token to feed in the next step (the prompt's last, then each sampled one)
+    fed: list[int]  # the tokens its row of the batched cache holds
+    detokenizer: object
+    generated: int = 0
+    first: float = 0.0
+    last: float = 0.0
+
+
+@dataclass
+class _Held:
+    """A slot's own cache and the tokens it holds. While the slot's sequence is live this is its
+    prompt (less the last token), which the batch holds too; when it ends, its row of the batch."""
+
+    cache: list | None = None
+    tokens: list[int] = field(default_factory=list)
+
+
+class MlxBatch:
+    """The BatchDecoder of an MlxModel loaded with `sequences` > 1 (see ponder.backends.base)."""
+
+    def __init__(self, model, make_sampler, chunk: int):
+        self._model = model
+        self._make_sampler = make_sampler  # (temperature, top_p, seed) -> sampler, as `stream` samples
+        self._chunk = chunk  # prompt tokens per model call
+        self.slots = model.info.sequences
+        self._spare = [_Held() for _ in range(self.slots - 1)]  # slots 1…; slot 0 is the model's own
+        self._live: dict[int, _Sequence] = {}
+        self._rows: list[int] = []  # the slot of each row of the batched cache
+        self._batch: list | None = None  # the batched cache, one per layer
+        self._steps = 0
+        self._eos = set(model._tokenizer.eos_token_ids)
+        self._old_wired_limit = maybe_set_recommended_wired_limit()
+        mx.reset_peak_memory()
+
+    def free_slots(self) -> int:
+        return self.slots - len(self._live)
+
+    # --- slots' own caches ------------------------------------------------------
+
+    def _held(self, slot: int) -> _Held:
+        if slot == 0:
+            return _Held(self._model._cache, self._model._cached)
+        return self._spare[slot - 1]
+
+    def _hold(self, slot: int, cache: list | None, tokens: list[int]) -> None:
+        if slot == 0:
+            model = self._model
+            model._cache = cache if cache is not None else make_prompt_cache(model._model)
+            model._cached = tokens if cache is not None else []
+        else:
+            self._spare[slot - 1] = _Held(cache, tokens)
+
+    # --- starting a sequence ------------------------------------------------------
+
+    def add(self, prompt: str | Continuation, params: GenerationParams, cancel: threading.Event) -> int | None:
+        model, chunk = self._model, self._chunk
+        started = time.perf_counter()
+        tokens = prompt_tokens(prompt, model.tokenize,
+                               lambda text: list(model._tokenizer.encode(text, add_special_tokens=False)))
+        budget = generation_budget(len(tokens), model.info.context, params.max_tokens)
+        slot = self._place(tokens)
+        held = self._held(slot)
+        keep = len(held.tokens)
+        cache, fed = held.cache, held.tokens
+        rest = tokens[keep:-1]  # the last prompt token is fed with the next step, for its logits
+        try:
+            with mx.stream(generation_stream):
+                for start in range(0, len(rest), chunk):
+                    if cancel.is_set():
+                        return None
+                    part = rest[start:start + chunk]
+                    model._model(mx.array(part)[None], cache=cache)
+                    mx.eval([layer.state for layer in cache])
+                    fed = fed + part
+                    self._hold(slot, cache, fed)
+                    mx.clear_cache()
+                row = [layer.merge([layer]) for layer in cache]
+                if self._batch is None:
+                    self._batch = row
+                else:
+                    for batched, new in zip(self._batch, row):
+                        batched.extend(new)
+        except Exception as exc:  # one line for the user, as `stream` gives
+            self._forget_all()  # a layer's cache may have taken the prompt, or joined the batch, and the next not
+            raise BackendError(f"MLX failed to process the prompt: {_one_line(exc)}") from exc
+        self._rows.append(slot)
+        self._live[slot] = _Sequence(self._make_sampler(params.temperature, params.top_p, params.seed), budget, len(tokens),
+                                     len(tokens) - keep, started, tokens[-1], list(fed), model._tokenizer.detokenizer)
+        return slot
+
+    def _place(self, tokens: list[int]) -> int:
+        """A free slot whose own cache holds the longest prefix of `tokens` that any slot holds (cut
+        from another slot's where that one holds more), cut to that prefix."""
+        held = [self._held(slot) for slot in range(self.slots)]
+        free = [slot for slot in range(self.slots) if slot not in self._live]
+        reach = [self._reach(h, tokens) for h in held]
+        slot = max(free, key=lambda s: reach[s])  # ties: the lowest slot
+        source = max(range(self.slots), key=lambda s: reach[s])
+        if reach[source] > reach[slot]:
+            cache = _prefix(held[source].cache, reach[source], copied=True)
+            self._hold(slot, cache, held[source].tokens[:reach[source]])
+        else:
+            keep = reach[slot]
+            cache = _prefix(held[slot].cache, keep, copied=False) if keep else None
+            self._hold(slot, cache or make_prompt_cache(self._model._model), held[slot].tokens[:keep])
+        return slot
+
+    @staticmethod
+    def _reach(held: _Held, tokens: list[int]) -> int:
+        """How much of `tokens` a slot's cache can give: its shared prefix, where the cache can be cut there."""
+        if held.cache is None:
+            return 0
+        keep = shared_prefix(held.tokens, tokens)
+        if keep < len(held.tokens) and not all(layer.is_trimmable() for layer in held.cache):
+            return 0
+        return keep
+
+    # --- decoding ---------------------------------------------------------------
+
+    def step(self) -> list[tuple[int, BackendEvent]]:
+        if not self._live:
+            return []
+        sequences = [self._live[slot] for slot in self._rows]
+        try:
+            with mx.stream(generation_stream):
+                inputs = mx.array([[sequence.pending] for sequence in sequences])
+                logits = self._model._model(inputs, cache=self._batch)[:, -1, :]
+                logprobs = logits - mx.logsumexp(logits, axis=-1, keepdims=True)
+                sampled = mx.concatenate([sequence.sampler(logprobs[i:i + 1]) for i, sequence in enumerate(sequences)])
+                tokens = sampled.tolist()
+        except Exception as exc:
+            self._forget_all()
+            raise BackendError(f"MLX failed to decode: {_one_line(exc)}") from exc
+        now = time.perf_counter()
+        events: list[tuple[int, BackendEvent]] = []
+        ended: list[tuple[int, FinishReason]] = []
+        for slot, sequence, token in zip(list(self._rows), sequences, tokens):
+            sequence.fed.append(sequence.pending)
+            sequence.last = now
+            if not sequence.generated:
+                sequence.first = now
+            if token in self._eos:  # the end-of-sequence token: not text, not counted
+                ended.append((slot, "stop"))
+                continue
+            sequence.generated += 1
+            sequence.detokenizer.add_token(token)
+            if sequence.generated == sequence.budget:
+                sequence.detokenizer.finalize()  # as `stream` gives the last token: with what was held back
+                events.append((slot, TextDelta(sequence.detokenizer.last_segment, ids=(token,))))
+                ended.append((slot, "length"))
+                continue
+            events.append((slot, TextDelta(sequence.detokenizer.last_segment, ids=(token,))))
+            sequence.pending = token
+        for slot, reason in ended:
+            events.extend(self._end(slot, reason))
+        self._steps += 1
+        if not self._steps % 256:
+            mx.clear_cache()
+        return events
+
+    def drop(self, slot: int, reason: FinishReason) -> Finished:
+        return self._end(slot, reason)[-1][1]
+
+    def _end(self, slot: int, reason: FinishReason) -> list[tuple[int, BackendEvent]]:
+        sequence = self._live.pop(slot)
+        row = self._rows.index(slot)
+        # The row leaves the batch and becomes the slot's own cache again.
+        if any(layer.empty() for layer in self._batch):  # nothing processed yet (one-token prompts, no step)
+            self._hold(slot, None, [])
+        else:
+            self._hold(slot, [layer.extract(row) for layer in self._batch], sequence.fed)
+        del self._rows[row]
+        if self._rows:
+            for layer in self._batch:
+                layer.filter([i for i in range(len(self._rows) + 1) if i != row])
+        else:
+            self._batch = None
+        events: list[tuple[int, BackendEvent]] = []
+        sequence.detokenizer.finalize()
+        tail = sequence.detokenizer.last_segment
+        if tail:
+            events.append((slot, TextDelta(tail, tokens=0)))
+        first = sequence.first or sequence.started
+        stats = backend_stats(sequence.prompt_tokens, sequence.generated, sequence.started, first,
+                              sequence.last or first, time.perf_counter(), mx.get_peak_memory(),
+                              prefilled=sequence.prefilled)
+        events.append((slot, Finished(reason, stats)))
+        return events
+
+    def _forget_all(self) -> None:
+        """After a failed step nothing in the batch can be trusted: every sequence ends, every slot empties."""
+        self._live.clear()
+        self._rows.clear()
+        self._batch = None
+        for slot in range(self.slots):
+            self._hold(slot, None, [])
+
+    def close(self) -> None:
+        self._live.clear()
+        self._rows.clear()
+        self._batch = None
+        self._spare = [_Held() for _ in range(self.slots - 1)]
+        if self._old_wired_limit is not None:
+            mx.synchronize(generation_stream)
+            mx.set_wired_limit(self._old_wired_limit)
+            self._old_wired_limit = None
+
+
+def _prefix(cache: list, keep: int, copied: bool) -> list:
+    """`cache` cut to its first `keep` tokens: in place, or a copy of it."""
+    if copied:
+        if all(type(layer) is KVCache for layer in cache):
+            return [_kv_prefix(layer, keep) for layer in cache]
+        cache = copy.deepcopy(cache)
+    for layer in cache:
+        if layer.size() > keep:
+            layer.trim(layer.size() - keep)
+    return cache
+
+
+def _kv_prefix(layer: KVCache, keep: int) -> KVCache:
+    """A KVCache holding the first `keep` tokens of `layer`: a slice of its arrays, which MLX never
+    writes into (a write makes a new array), so the two stay apart."""
+    cut = KVCache()
+    if layer.keys is not None and keep:
+        cut.keys, cut.values = layer.keys[..., :keep, :], layer.values[..., :keep, :]
+        cut.offset = keep
+    return cut
+
+
+def _one_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0] if text else type(exc).__name__
