@@ -40,7 +40,7 @@ _ponder() {
             case "$prev" in
                 --output|-o) compopt -o filenames; COMPREPLY=($(compgen -f -- "$cur")); return ;;
                 --samples|-n) COMPREPLY=(); return ;;
-                --concurrency|-k) COMPREPLY=(); return ;;
+                --parallel|-P) COMPREPLY=(); return ;;
                 --model|-m) compopt -o filenames; COMPREPLY=($(compgen -f -- "$cur")); return ;;
                 --backend) COMPREPLY=($(compgen -W "auto mlx llama.cpp" -- "$cur")); return ;;
                 --ctx) COMPREPLY=(); return ;;
@@ -57,7 +57,7 @@ _ponder() {
                 --budget-message) COMPREPLY=(); return ;;
                 --on-loop) COMPREPLY=($(compgen -W "answer stop continue" -- "$cur")); return ;;
             esac
-            COMPREPLY=($(compgen -W "--output -o --samples -n --concurrency -k --model -m --backend --ctx --threads -t --server --timeout --model-kind --temperature --top-p --max-tokens --seed --think-budget --plot --no-think --budget-message --on-loop --help -h" -- "$cur") $(compgen -f -- "$cur")) ;;
+            COMPREPLY=($(compgen -W "--output -o --samples -n --parallel -P --model -m --backend --ctx --threads -t --server --timeout --model-kind --temperature --top-p --max-tokens --seed --think-budget --plot --no-think --budget-message --on-loop --help -h" -- "$cur") $(compgen -f -- "$cur")) ;;
         "chat")
             case "$prev" in
                 --model|-m) compopt -o filenames; COMPREPLY=($(compgen -f -- "$cur")); return ;;
@@ -103,8 +103,9 @@ _ponder() {
                 --quant) COMPREPLY=(); return ;;
                 --kv-type) COMPREPLY=(); return ;;
                 --memory) COMPREPLY=(); return ;;
+                --samples|-n) COMPREPLY=(); return ;;
             esac
-            COMPREPLY=($(compgen -W "--model -m --ctx --quant --kv-type --memory --help -h" -- "$cur")) ;;
+            COMPREPLY=($(compgen -W "--model -m --ctx --quant --kv-type --memory --samples -n --help -h" -- "$cur")) ;;
         "pull")
             case "$prev" in
                 --backend) COMPREPLY=($(compgen -W "auto mlx llama.cpp" -- "$cur")); return ;;
@@ -113,6 +114,8 @@ _ponder() {
         "solve")
             case "$prev" in
                 --samples|-n) COMPREPLY=(); return ;;
+                --parallel|-P) COMPREPLY=(); return ;;
+                --confidence) COMPREPLY=(); return ;;
                 --model|-m) compopt -o filenames; COMPREPLY=($(compgen -f -- "$cur")); return ;;
                 --backend) COMPREPLY=($(compgen -W "auto mlx llama.cpp" -- "$cur")); return ;;
                 --ctx) COMPREPLY=(); return ;;
@@ -129,7 +132,7 @@ _ponder() {
                 --on-loop) COMPREPLY=($(compgen -W "answer stop continue" -- "$cur")); return ;;
                 --reasoning) COMPREPLY=($(compgen -W "show collapse hide" -- "$cur")); return ;;
             esac
-            COMPREPLY=($(compgen -W "--answer-only --samples -n --model -m --backend --ctx --threads -t --server --timeout --model-kind --temperature --top-p --max-tokens --seed --think-budget --no-think --budget-message --on-loop --reasoning --show-reasoning --hide-reasoning --stats --json --jsonl --debug --help -h" -- "$cur")) ;;
+            COMPREPLY=($(compgen -W "--answer-only --samples -n --parallel -P --early-stop --confidence --model -m --backend --ctx --threads -t --server --timeout --model-kind --temperature --top-p --max-tokens --seed --think-budget --no-think --budget-message --on-loop --reasoning --show-reasoning --hide-reasoning --stats --json --jsonl --debug --help -h" -- "$cur")) ;;
     esac
 }
 complete -F _ponder ponder

@@ -67,18 +67,25 @@ class Plan:
         return self.weights + self.kv_cache + self.overhead
 
 
-def plan(weights_bytes: int, shape: Shape, context: int, kv_type: str = "f16") -> Plan:
-    return Plan(weights_bytes, int(kv_bytes_per_token(shape, kv_type) * context), OVERHEAD_BYTES)
+def plan(weights_bytes: int, shape: Shape, context: int, kv_type: str = "f16", sequences: int = 1) -> Plan:
+    """`sequences` decoded together each have a cache of `context` tokens (ponder.parallel)."""
+    return Plan(weights_bytes, int(kv_bytes_per_token(shape, kv_type) * context * sequences), OVERHEAD_BYTES)
 
 
 def largest_context(weights_bytes: int, shape: Shape, budget_bytes: int, kv_type: str = "f16",
-                    ceiling: int | None = None, step: int = 1024) -> int:
+                    ceiling: int | None = None, step: int = 1024, sequences: int = 1) -> int:
     """The largest context (a multiple of `step`, at most `ceiling`) whose plan fits in `budget_bytes`; 0 if none."""
     room = budget_bytes - weights_bytes - OVERHEAD_BYTES
     if room <= 0:
         return 0
-    tokens = int(room // kv_bytes_per_token(shape, kv_type)) // step * step
+    tokens = int(room // (kv_bytes_per_token(shape, kv_type) * sequences)) // step * step
     return min(tokens, ceiling or shape.trained_context)
+
+
+def largest_sequences(weights_bytes: int, shape: Shape, budget_bytes: int, context: int, kv_type: str = "f16") -> int:
+    """How many sequences of `context` tokens fit in `budget_bytes` beside the weights; 0 if not one."""
+    room = budget_bytes - weights_bytes - OVERHEAD_BYTES
+    return max(int(room // (kv_bytes_per_token(shape, kv_type) * context)), 0)
 
 
 def model_footprint(path: str) -> tuple[Shape, int] | None:

@@ -1,21 +1,24 @@
 """Several independent samples of one reply (solve's vote, batch's pass@1), drawn as the backend
 does it best: a server gives them in one request (`n`) or as requests in flight at once; a local
-model draws them one after another."""
+model loaded for several sequences decodes them together (ponder.parallel), else one after another."""
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from contextlib import closing
 from dataclasses import replace
 
 from ponder.backends.base import Model
-from ponder.events import GenerationParams, Message, Reply
+from ponder.errors import BackendError
+from ponder.events import GenerationParams, Message, Reply, ReplyEvent
 from ponder.exchange import collect_reply, generate_reply, model_prompt, split_reply
+from ponder.parallel import Decide, Job, Settle, Skipped, decode_together
 from ponder.threads import model_thread
 
 OnReply = Callable[[int, Reply], None]
+OnEvent = Callable[[int, ReplyEvent], None]
 DEFAULT_IN_FLIGHT = 8  # samples sent at once to a server that gives one choice per request
 
 
@@ -25,43 +28,97 @@ def sample_params(params: GenerationParams, index: int) -> GenerationParams:
 
 
 def draw(model: Model, messages: Sequence[Message], params: GenerationParams, n: int,
-         on_reply: OnReply | None = None, concurrency: int | None = None) -> list[Reply]:
+         on_reply: OnReply | None = None, concurrency: int | None = None, on_event: OnEvent | None = None,
+         settle: Settle | None = None) -> list[Reply | None]:
     """`n` samples of the reply to `messages`, in index order; `on_reply(index, reply)` is called on
-    the calling thread as each one finishes. A reply broken off by the backend is a BackendError."""
-    done: dict[int, Reply] = {}
+    the calling thread as each one finishes, `on_event(index, event)` with each reply event where the
+    samples are drawn on this machine. `settle(replies, remaining)` (early stop): once true, the samples
+    not finished are ended and left None. A reply broken off by the backend is a BackendError."""
+    done: dict[int, Reply | None] = {}
 
-    def finished(index: int, reply: Reply) -> None:
+    def finished(index: int, reply: Reply | None) -> None:
         done[index] = reply
-        if on_reply:
+        if on_reply and reply is not None:
             on_reply(index, reply)
 
+    if n > 1 and model.info.sequences > 1:
+        prompt = model_prompt(model, messages)
+        jobs = [Job(i, prompt, sample_params(params, i), group_size=n) for i in range(n)]
+        decode_jobs(model, jobs, finished, on_event, settle)
+        return [done[i] for i in range(n)]
     # One request for n choices cannot have its reasoning ended by ponder: only without a budget (or
     # where the server bounds it itself). Loops are not watched there.
     server_bounds = params.think_budget is None or getattr(model, "native_budget", False)
     if n > 1 and hasattr(model, "stream_choices") and server_bounds:
         _one_request(model, messages, params, n, finished)
+    def settled() -> bool:
+        return settle is not None and settle([r for r in done.values() if r is not None], n - len(done))
+
+    def skip(index: int) -> None:
+        if on_event:
+            on_event(index, Skipped(0))
+        finished(index, None)
+
     missing = [i for i in range(n) if i not in done]
-    if missing and hasattr(model, "lane"):
+    if missing and hasattr(model, "lane"):  # (requests in flight run to their end: only those not sent are saved)
         in_flight(model, [(i, messages, sample_params(params, i)) for i in missing],
-                  concurrency or min(len(missing), DEFAULT_IN_FLIGHT), finished)
+                  concurrency or min(len(missing), DEFAULT_IN_FLIGHT), finished, settled, skip)
     else:
         for index in missing:
-            finished(index, collect_reply(generate_reply(model, messages, sample_params(params, index))))
+            if settled():
+                skip(index)
+                continue
+            reply = None
+            for event in generate_reply(model, messages, sample_params(params, index)):
+                if on_event:
+                    on_event(index, event)
+                reply = event
+            finished(index, _unbroken(reply))
     return [done[i] for i in range(n)]
 
 
+def decode_jobs(model: Model, jobs: Iterable[Job], finished: Callable[[object, Reply | None], None],
+                on_event: OnEvent | None = None, settle: Settle | None = None) -> None:
+    """Run `jobs` decoded together on a local model (ponder.parallel); `finished(key, reply)` on this
+    thread as each ends, with None for one the early stop ended. Ctrl-C ends them all at once."""
+    stream = model_thread(model).iterate(lambda cancel: decode_together(model, jobs, cancel, settle is not None))
+    with closing(stream):
+        for key, event in stream:
+            if isinstance(event, Decide):
+                event.answer(settle(event.replies, event.remaining))
+                continue
+            if on_event:
+                on_event(key, event)
+            if isinstance(event, Reply):
+                finished(key, _unbroken(event))
+            elif isinstance(event, Skipped):
+                finished(key, None)
+
+
+def _unbroken(reply: Reply) -> Reply:
+    if reply.error:
+        raise BackendError(reply.error)
+    return reply
+
+
 def in_flight(model, jobs: list[tuple[object, Sequence[Message], GenerationParams]], concurrency: int,
-              finished: Callable[[object, Reply], None]) -> None:
+              finished: Callable[[object, Reply], None], stop: Callable[[], bool] | None = None,
+              skip: Callable[[object], None] | None = None) -> None:
     """Run `jobs` (key, messages, params) on a server with up to `concurrency` requests in flight,
-    each on a lane of its own; `finished(key, reply)` is called on this thread as each ends. Ctrl-C
-    or a failure shuts every stream at once (the server's connection is closed) and is raised here,
-    after the replies that had already finished are handed on."""
+    each on a lane of its own; `finished(key, reply)` is called on this thread as each ends. Once
+    `stop()` is true the jobs not sent yet are handed to `skip(key)` instead. Ctrl-C or a failure
+    shuts every stream at once (the server's connection is closed) and is raised here, after the
+    replies that had already finished are handed on."""
     lanes = [model.lane(i) for i in range(min(concurrency, len(jobs)))]
     pending = list(jobs)
     running: dict = {}
     pool = ThreadPoolExecutor(max(len(lanes), 1), thread_name_prefix="ponder-request")
     try:
         while pending or running:
+            if pending and stop is not None and stop():
+                for key, *_ in pending:
+                    skip(key)
+                pending.clear()
             while pending and lanes:
                 key, messages, params = pending.pop(0)
                 lane = lanes.pop()

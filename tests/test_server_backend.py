@@ -174,7 +174,7 @@ def test_batch_keeps_requests_in_flight_and_writes_each_task_once(llama_server, 
                              for i in range(6)))
     results = tmp_path / "results.jsonl"
     env = ponder_env(PONDER_DATA_DIR=str(tmp_path))
-    out = run_ponder("batch", str(tasks), "-o", str(results), "--server", llama_server.url, "--concurrency", "3",
+    out = run_ponder("batch", str(tasks), "-o", str(results), "--server", llama_server.url, "--parallel", "3",
                      "--samples", "2", "--temperature", "0", env=env)
     assert out.returncode == 0, out.stderr
     lines = [json.loads(line) for line in results.read_text().splitlines()]
@@ -194,7 +194,7 @@ def test_batch_resumes_exactly_after_a_kill_mid_flight(llama_server, tmp_path):
                              for i in range(12)))
     results = tmp_path / "results.jsonl"
     args = [sys.executable, "-m", "ponder", "batch", str(tasks), "-o", str(results), "--server", llama_server.url,
-            "--concurrency", "4", "--max-tokens", "300"]
+            "--parallel", "4", "--max-tokens", "300"]
     env = ponder_env(PONDER_DATA_DIR=str(tmp_path))
     first = subprocess.Popen(args, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 60

@@ -61,7 +61,7 @@ class ServerClient:
                 headers={"Authorization": f"Bearer {api_key}"} if api_key else {},
                 timeout=httpx2.Timeout(CONNECT_TIMEOUT_S, read=self.read_timeout, pool=None),
                 # A connection per request, none pooled: a stop shuts the socket of its own request
-                # (from the moment it connects), never one another request reuses. No cap: --concurrency.
+                # (from the moment it connects), never one another request reuses. No cap: --parallel.
                 limits=httpx2.Limits(max_connections=None, max_keepalive_connections=0),
                 trust_env=True,  # HTTP(S)_PROXY, ALL_PROXY, NO_PROXY
             )
@@ -266,7 +266,7 @@ class ServerClient:
                                 hint="--server is the API's base URL, usually ending in /v1, e.g. http://host:8000/v1")
         if status in RETRIED_STATUSES:
             return BackendError(f"the server is busy ({label}) after {attempts} tries" + (f": {said}" if said else ""),
-                                hint="try again later, or lower --concurrency")
+                                hint="try again later, or lower --parallel")
         return ServerRefused(f"the server answered {label}" + (f": {said}" if said else ""), status=status, said=said)
 
     def _error_text(self, payload) -> str:

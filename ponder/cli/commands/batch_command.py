@@ -10,7 +10,7 @@ from typing import Optional, TextIO
 
 import typer
 
-from ponder.cli.commands.options import ModelOptions, SamplingOptions, ServerOptions, ThinkingOptions, thinking
+from ponder.cli.commands.options import MAX_PARALLEL, ModelOptions, SamplingOptions, ServerOptions, ThinkingOptions, thinking
 from ponder.cli.views.budget_curve import check_plot, label, plot as draw, report, summarize
 from ponder.errors import UsageError
 from ponder.settings import ModelKind, OnLoop, check
@@ -60,8 +60,11 @@ def batch(
         show_default=False,
     ),
     samples: int = typer.Option(1, "--samples", "-n", min=1, help="Samples per task; accuracy is pass@1 averaged over them."),
-    concurrency: int = typer.Option(1, "--concurrency", "-k", min=1,
-                                    help="Requests in flight at once, with --server (the server batches them)."),
+    parallel: Optional[int] = typer.Option(
+        None, "--parallel", "-P", min=1, max=MAX_PARALLEL, show_default=False,
+        help="Samples at once, of one task or several: decoded together on a local model (a finished one frees"
+             " its place for the next), requests in flight to a server [default: --samples locally, 1 to a server].",
+    ),
     model: Optional[str] = ModelOptions.model,
     backend: str = ModelOptions.backend,
     ctx: Optional[int] = ModelOptions.ctx,
@@ -103,8 +106,6 @@ def batch(
         raise UsageError("--no-think and a list of budgets: put 0 in the list instead")
     if plot:
         check_plot(plot)  # before hours of runs, not after
-    if concurrency > 1 and not server:
-        raise UsageError("--concurrency needs --server: a local model runs one generation at a time")
     tasks = read_tasks(_read_input(input, run.term))
     if plot and not any("answer" in task for task in tasks):
         raise UsageError("--plot needs tasks with reference answers (\"answer\"), to measure accuracy")
@@ -112,14 +113,15 @@ def batch(
 
     def model_now():
         if not loaded:
-            loaded.append(run.load(model, backend, ctx, threads, server, timeout, model_kind))
+            loaded.append(run.load(model, backend, ctx, threads, server, timeout, model_kind,
+                                   sequences=parallel or samples, sequences_given=parallel is not None))
         return loaded[0]
 
     summaries = []
     for budget in budgets:
         run.params = replace(run.params, think_budget=run.params.think_budget if len(budgets) == 1 else budget)
         path = output if len(budgets) == 1 or output is None else _budget_path(output, budget)
-        results = _run_all(run, tasks, path, model_now, samples, concurrency, tag=len(budgets) > 1)
+        results = _run_all(run, tasks, path, model_now, samples, parallel, tag=len(budgets) > 1)
         summaries.append(summarize(budget, results))
     if len(budgets) == 1:
         _report_accuracy(results, run.term.stderr)
@@ -152,7 +154,7 @@ def _budget_path(output: Path, budget: int | None) -> Path:
     return output.with_name(f"{output.stem}.budget-{label(budget)}{output.suffix}")
 
 
-def _run_all(run, tasks: list[dict], output: Path | None, model_now, samples: int, concurrency: int,
+def _run_all(run, tasks: list[dict], output: Path | None, model_now, samples: int, parallel: int | None,
              tag: bool) -> list[dict]:
     """Every task's result for the current settings: those already in `output`, then the rest, each
     written as it finishes. `tag`: each result says its think_budget (a sweep to stdout)."""
@@ -176,7 +178,7 @@ def _run_all(run, tasks: list[dict], output: Path | None, model_now, samples: in
                 results.append(result)
                 advance()
 
-            _run_tasks(run, loaded, todo, samples, concurrency, finished)
+            _run_tasks(run, loaded, todo, samples, parallel, finished)
     finally:
         if output:
             sink.close()
@@ -194,18 +196,21 @@ def _read_input(source: str, term) -> list[str]:
         raise UsageError(f"cannot read {source}: {exc.strerror}") from None
 
 
-def _run_tasks(run, loaded, tasks: list[dict], samples: int, concurrency: int, finished) -> None:
-    """`finished(result)` for each task as soon as its samples are all done: in order, one request
-    at a time; or in the order they end, with `concurrency` requests in flight."""
-    if concurrency == 1:
+def _run_tasks(run, loaded, tasks: list[dict], samples: int, parallel: int | None, finished) -> None:
+    """`finished(result)` for each task as soon as its samples are all done: in order, one sample at a
+    time; or in the order they end, with several samples at once (decoded together on a local model,
+    requests in flight to a server)."""
+    server = hasattr(loaded, "lane")
+    at_once = (parallel or 1) if server else loaded.info.sequences
+    if at_once == 1:
         for task in tasks:
             finished(_result(task, run.samples(loaded, _task_text(task), samples, concurrency=1)))
         return
     from ponder.events import Message
-    from ponder.samples import in_flight, sample_params
+    from ponder.exchange import model_prompt
+    from ponder.parallel import Job
+    from ponder.samples import decode_jobs, in_flight, sample_params
 
-    jobs = [((number, index), [Message("user", _task_text(task))], sample_params(run.params, index))
-            for number, task in enumerate(tasks) for index in range(samples)]
     drawn: dict[int, dict] = {}
 
     def sample_done(key, reply) -> None:
@@ -215,7 +220,14 @@ def _run_tasks(run, loaded, tasks: list[dict], samples: int, concurrency: int, f
             replies = drawn.pop(number)
             finished(_result(tasks[number], [replies[i] for i in range(samples)]))
 
-    in_flight(loaded, jobs, concurrency, sample_done)
+    if server:
+        jobs = [((number, index), [Message("user", _task_text(task))], sample_params(run.params, index))
+                for number, task in enumerate(tasks) for index in range(samples)]
+        in_flight(loaded, jobs, at_once, sample_done)
+        return
+    decode_jobs(loaded, (Job((number, index), model_prompt(loaded, [Message("user", _task_text(task))]),
+                             sample_params(run.params, index), group=number, group_size=samples)
+                         for number, task in enumerate(tasks) for index in range(samples)), sample_done)
 
 
 def _task_text(task: dict) -> str:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from ponder.backends import LoadOptions, Model
 from ponder.cli.commands.options import output_format, reasoning_mode
@@ -50,14 +50,16 @@ class Run:
         return user_prompt(argument, self.term)
 
     def load(self, model: str | None, backend: str, ctx: int | None, threads: int | None, server: str | None = None,
-             timeout: float | None = None, model_kind: str = "auto") -> Model:
-        """The model, loaded here or found on `server`; `model_kind` overrides whether it reasons."""
+             timeout: float | None = None, model_kind: str = "auto", sequences: int = 1,
+             sequences_given: bool = False) -> Model:
+        """The model, loaded here or found on `server`; `model_kind` overrides whether it reasons. A local
+        model is made ready to decode `sequences` at once (fewer where memory is short, unless `sequences_given`)."""
         from ponder.cli.commands.model_loading import connect_server, load_model, set_model_kind
 
         options = LoadOptions(context=ctx, threads=threads)
         if server:
             return connect_server(self.term, server, model, backend, options, timeout, model_kind, self.typed)
-        loaded = load_model(self.term, model, backend, options)
+        loaded = load_model(self.term, model, backend, replace(options, sequences=sequences), sequences_given)
         set_model_kind(loaded, model_kind)
         return loaded
 
@@ -81,11 +83,12 @@ class Run:
         return (self.term.stdout_is_tty and self.output == "text" and model.info.chat.reasoning
                 and model.info.renders_prompt)
 
-    def samples(self, model: Model, user_text: str, n: int, on_reply=None, concurrency: int | None = None) -> list[Reply]:
+    def samples(self, model: Model, user_text: str, n: int, on_reply=None, concurrency: int | None = None,
+                on_event=None, settle=None) -> list[Reply | None]:
         """`n` independent samples, unshown (seeds step by one from --seed); see ponder.samples.draw."""
         from ponder.samples import draw
 
-        return draw(model, [Message("user", user_text)], self.params, n, on_reply, concurrency)
+        return draw(model, [Message("user", user_text)], self.params, n, on_reply, concurrency, on_event, settle)
 
     def log(self, model: Model, user_text: str, reply: Reply | None) -> None:
         """Keep a one-shot in the history database; a history problem only warns."""

@@ -113,6 +113,37 @@ def thinking(think_budget: int | None, no_think: bool, budget_message: str | Non
     return {"think_budget": 0 if no_think else think_budget, "budget_message": budget_message, "on_loop": on_loop}
 
 
+MAX_PARALLEL = 256  # llama.cpp's LLAMA_MAX_SEQ
+
+
+class ParallelOptions:
+    parallel = typer.Option(
+        None, "--parallel", "-P", min=1, max=MAX_PARALLEL, show_default=False,
+        help="Samples at once: decoded together on a local model (each step reads the weights once for all),"
+             " requests in flight to a server [default: every sample of a problem, as many as fit in memory; 8 in"
+             " flight to a server].",
+    )
+    early_stop = typer.Option(False, "--early-stop",
+                              help="End the remaining samples once the leading answer can no longer be overtaken.")
+    confidence = typer.Option(
+        None, "--confidence", min=0.5, max=0.999, show_default=False,
+        help="With --early-stop: also end them once the leader is this likely to be the majority answer"
+             " (Adaptive-Consistency's Beta rule, e.g. 0.95).",
+    )
+
+
+def early_stop_rule(early_stop: bool, confidence: float | None):
+    """The `settle` rule (ponder.parallel) that --early-stop and --confidence ask for, or None."""
+    if confidence is not None and not early_stop:
+        raise UsageError("--confidence is a rule for --early-stop: give both")
+    if not early_stop:
+        return None
+    from ponder.reasoning import extract_boxed
+    from ponder.solve import vote_settled
+
+    return lambda replies, remaining: vote_settled([extract_boxed(r.answer) for r in replies], remaining, confidence)
+
+
 class SamplingOptions:
     temperature = typer.Option(defaults.DEFAULT_TEMPERATURE, "--temperature", help="Sampling temperature (0: greedy).",
                                callback=_checked("temperature"))

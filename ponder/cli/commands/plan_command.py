@@ -29,11 +29,14 @@ def plan_command(
                                 callback=_choice(KV_TYPES)),
     memory: Optional[float] = typer.Option(None, "--memory", help="Plan for this many GiB (another machine) "
                                            "instead of this one's RAM and VRAM.", min=0.1, show_default=False),
+    samples: int = typer.Option(1, "--samples", "-n", min=1, max=256,
+                                help="Sequences decoded together (solve --samples, batch --parallel): each has a cache "
+                                     "of --ctx tokens."),
 ) -> None:
     """Weights + KV cache + overhead for each quantization, and whether it fits in RAM / VRAM."""
     from ponder import machine
     from ponder.errors import UsageError
-    from ponder.plan import GIB, KNOWN_MODELS, KV_BYTES, kv_bytes_per_token, largest_context, plan
+    from ponder.plan import GIB, KNOWN_MODELS, KV_BYTES, kv_bytes_per_token, largest_context, largest_sequences, plan
 
     known = KNOWN_MODELS[model]
     sizes = known.sizes
@@ -53,7 +56,8 @@ def plan_command(
         vram = sum(g.free for g in gpus) if gpus else machine.unified_gpu_budget(ram)
     vram_label = "VRAM free" if gpus else "Metal budget"
     per_token = kv_bytes_per_token(known.shape, kv_type)
-    print(f"{known.name} at {ctx} tokens of context; KV cache {kv_type}: {per_token / 1024:g} KiB a token "
+    sequences = f"; {samples} sequences, a {ctx}-token cache each" if samples > 1 else ""
+    print(f"{known.name} at {ctx} tokens of context{sequences}; KV cache {kv_type}: {per_token / 1024:g} KiB a token "
           f"(2 x {known.shape.layers} layers x {known.shape.kv_heads} KV heads x {known.shape.head_dim} dims "
           f"x {KV_BYTES[kv_type]:g} bytes)")
     memory = f"RAM {ram.available / GIB:.1f} GiB available of {ram.total / GIB:.1f} GiB"
@@ -63,12 +67,20 @@ def plan_command(
     gib = lambda n: f"{n / GIB:6.2f} GiB"  # noqa: E731
     print(f"{'quant':10} {'weights':>10} {'KV cache':>10} {'overhead':>10} {'total':>10}  fits")
     for name, size in sizes.items():
-        figures = plan(size, known.shape, ctx, kv_type)
+        figures = plan(size, known.shape, ctx, kv_type, sequences=samples)
         where = [label for label, budget in (("GPU", vram), ("RAM", ram.available)) if budget and figures.total <= budget]
         fits = " and ".join(where) if where else "no"
         if not where:
-            most = largest_context(size, known.shape, max(vram or 0, ram.available), kv_type)
-            fits += f" (at most {most} tokens of context would)" if most else " (not even the weights)"
+            largest = max(vram or 0, ram.available)
+            most = largest_context(size, known.shape, largest, kv_type, sequences=samples)
+            context_fits = f"{most} tokens of context" + (" each" if samples > 1 else "")
+            fewer = largest_sequences(size, known.shape, largest, ctx, kv_type) if samples > 1 else 0
+            if most or fewer:
+                ways = [f"{context_fits}"] if most else []
+                ways += [f"{fewer} sequences of {ctx}"] if fewer else []
+                fits += f" (at most {' or '.join(ways)} would)"
+            else:
+                fits += " (not even the weights)"
         print(f"{name:10} {gib(figures.weights)} {gib(figures.kv_cache)} {gib(figures.overhead)} "
               f"{gib(figures.total)}  {fits}")
 

@@ -6,7 +6,8 @@ from typing import Optional
 
 import typer
 
-from ponder.cli.commands.options import ModelOptions, OutputOptions, SamplingOptions, ServerOptions, ThinkingOptions, thinking
+from ponder.cli.commands.options import (ModelOptions, OutputOptions, ParallelOptions, SamplingOptions, ServerOptions,
+                                        ThinkingOptions, thinking)
 from ponder.settings import ModelKind, OnLoop, Reasoning
 
 EXIT_NO_ANSWER = 1
@@ -17,6 +18,9 @@ def solve(
     problem: Optional[str] = typer.Argument(None, help="The problem. Piped stdin is put before it.", show_default=False),
     answer_only: bool = typer.Option(False, "--answer-only", help="Print only the final \\boxed{} answer; exit 1 if none."),
     samples: int = typer.Option(1, "--samples", "-n", min=1, help="Independent samples; the answer is their majority vote."),
+    parallel: Optional[int] = ParallelOptions.parallel,
+    early_stop: bool = ParallelOptions.early_stop,
+    confidence: Optional[float] = ParallelOptions.confidence,
     model: Optional[str] = ModelOptions.model,
     backend: str = ModelOptions.backend,
     ctx: Optional[int] = ModelOptions.ctx,
@@ -46,14 +50,18 @@ def solve(
     2 usage error, 130 interrupted, 141 stdout closed early.
     """
     from ponder.cli.commands.model_run import Run
+    from ponder.cli.commands.options import early_stop_rule
     from ponder.errors import PonderError
     from ponder.solve import math_prompt
 
     run = Run.start(debug, reasoning, show_reasoning, hide_reasoning, json, jsonl, invocation=invocation,
                     temperature=temperature, top_p=top_p, max_tokens=max_tokens, seed=seed,
                     **thinking(think_budget, no_think, budget_message, on_loop, invocation))
+    settle = early_stop_rule(early_stop, confidence)
     text = math_prompt(run.prompt(problem))
-    loaded = run.load(model, backend, ctx, threads, server, timeout, model_kind)
+    at_once = min(parallel or samples, samples)  # every sample at once, unless memory or --parallel says fewer
+    loaded = run.load(model, backend, ctx, threads, server, timeout, model_kind, sequences=at_once,
+                      sequences_given=parallel is not None)
     if samples == 1 and not answer_only:
         reply = run.show(loaded, text)
         run.report(reply, stats)
@@ -61,7 +69,7 @@ def solve(
             _show_final_answer(run, reply.answer)
         return
 
-    vote = _vote(run, loaded, text, samples, stats)
+    vote = _vote(run, loaded, text, samples, stats, parallel, settle)
     if answer_only and run.output == "text":
         if vote.winner is None:
             raise PonderError("the model gave no \\boxed{} answer", hint="run without --answer-only to see the whole reply")
@@ -71,34 +79,45 @@ def solve(
         _show_vote(run, vote, samples)
 
 
-def _vote(run, loaded, text: str, samples: int, stats: bool):
-    """Draw the samples (sharing the loaded model and the prompt's cache) and vote."""
+def _vote(run, loaded, text: str, samples: int, stats: bool, parallel: int | None, settle):
+    """Draw the samples (decoded together where the model allows, sharing the prompt) and vote."""
     from ponder.cli.views.json_output import reply_json, write_json_line
-    from ponder.cli.views.terminal import Working
+    from ponder.cli.views.sample_board import SampleBoard
     from ponder.reasoning import extract_boxed
-    from ponder.solve import majority_vote
+    from ponder.solve import early_stop_savings, majority_vote
+
+    skipped: dict[int, int] = {}  # sample -> tokens it had generated when the early stop ended it
 
     def drawn(index: int, reply) -> None:
-        answer = extract_boxed(reply.answer)
         run.report(reply, stats)
-        done.append(index)
         if run.output == "jsonl":
             write_json_line(run.term.stdout, {"type": "sample", "index": index, **reply_json(reply, loaded.info)})
-        elif samples > 1 and run.output == "text":
-            working.say(f"sample {index + 1}/{samples}: {answer if answer is not None else '(no answer)'}")
-        working.update(f"Solving… {len(done)} of {samples} samples done")
 
-    done: list[int] = []
-    with Working(run.term, f"Solving… 0 of {samples} samples done" if samples > 1 else "Solving…") as working:
-        replies = run.samples(loaded, text, samples, drawn)
-    answers = [extract_boxed(reply.answer) for reply in replies]
-    vote = majority_vote(answers)
+    def event(index: int, event) -> None:
+        from ponder.parallel import Skipped
+
+        if isinstance(event, Skipped):
+            skipped[index] = event.tokens
+        board.event(index, event)
+
+    with SampleBoard(run.term, samples) as board:
+        replies = run.samples(loaded, text, samples, drawn, concurrency=parallel, on_event=event, settle=settle)
+    finished = [reply for reply in replies if reply is not None]
+    vote = majority_vote([extract_boxed(reply.answer) for reply in finished])
     summary = {"winner": vote.winner, "counts": [[a, n] for a, n in vote.counts], "missing": vote.missing}
+    if settle is not None:
+        saved = early_stop_savings(finished, list(skipped.values()))
+        summary["early_stop"] = {"samples_ended": len(skipped), "tokens_spent_on_ended": sum(skipped.values()),
+                                 "tokens_saved_estimate": saved}
+        if run.output == "text" and skipped:
+            print(f"ponder: early stop: {len(skipped)} of {samples} samples ended once the vote was settled, "
+                  f"about {saved:,} tokens saved", file=run.term.stderr)
     if run.output == "json":
         import json
 
         payload = {"model": loaded.info.name, "backend": loaded.info.backend,
-                   "samples": [reply_json(r, loaded.info) for r in replies], "vote": summary}
+                   "samples": [reply_json(r, loaded.info) if r is not None else {"ended_early": True} for r in replies],
+                   "vote": summary}
         run.term.stdout.write(json.dumps(payload, ensure_ascii=False, indent=2) + "\n")
     elif run.output == "jsonl":
         write_json_line(run.term.stdout, {"type": "vote", **summary})
@@ -124,11 +143,13 @@ def _show_vote(run, vote, samples: int) -> None:
     if vote.winner is None:
         print("ponder: no sample gave a \\boxed{} answer", file=run.term.stderr)
         raise typer.Exit(EXIT_NO_ANSWER)
+    done = sum(count for _, count in vote.counts) + vote.missing
+    heading = f"Votes ({samples} samples)" if done == samples else f"Votes ({done} of {samples} samples, the rest ended early)"
     if run.term.stdout_is_tty:
-        _answer_panel(run, vote.winner, subtitle=f"Votes ({samples} samples): {split}")
+        _answer_panel(run, vote.winner, subtitle=f"{heading}: {split}")
     else:
         print(f"Answer: {vote.winner}", file=run.term.stdout)
-        print(f"Votes ({samples} samples): {split}", file=run.term.stdout)
+        print(f"{heading}: {split}", file=run.term.stdout)
 
 
 def _answer_panel(run, answer: str, subtitle: str | None) -> None:
