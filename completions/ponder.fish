@@ -111,7 +111,7 @@ complete -c ponder -n '__fish_seen_subcommand_from solve' -l answer-only -d 'Pri
 complete -c ponder -n '__fish_seen_subcommand_from solve' -l samples -s n -x -d 'Independent samples; the answer is their majority vote'
 complete -c ponder -n '__fish_seen_subcommand_from solve' -l parallel -s P -x -d 'Samples at once decoded together on a local model (each step reads the weights once for all), requests in flight to a server'
 complete -c ponder -n '__fish_seen_subcommand_from solve' -l early-stop -d 'End the remaining samples once the leading answer can no longer be overtaken'
-complete -c ponder -n '__fish_seen_subcommand_from solve' -l confidence -x -d 'With --early-stop also end them once the leader is this likely to be the majority answer (Adaptive-Consistencys Beta rule, e.g'
+complete -c ponder -n '__fish_seen_subcommand_from solve' -l confidence -x -d 'With --early-stop also end them once the leader is this likely to be the majority answer (Adaptive-Consistencys Beta rule; 0.95 is its usual setting)'
 complete -c ponder -n '__fish_seen_subcommand_from solve' -l model -s m -r -F -d 'A .gguf file (llama.cpp), an MLX model directory or hub repo id (mlx)'
 complete -c ponder -n '__fish_seen_subcommand_from solve' -l backend -x -a 'auto mlx llama.cpp' -d 'Inference backend auto (what the model implies; MLX on Apple Silicon, else llama.cpp), mlx or llama.cpp'
 complete -c ponder -n '__fish_seen_subcommand_from solve' -l ctx -x -d 'Context size in tokens'

@@ -113,8 +113,8 @@ class GuardedReply:
         return self._cut()
 
     def overflow(self) -> list[BackendEvent]:
-        """The continuation did not fit: no room left after the reasoning for the closing text, so it ends there.
-        (A first prompt that does not fit is the caller's error.)"""
+        """The continuation did not fit: no room left after the reasoning for the closing text (or, with no
+        thinking, after the prompt), so the reply ends there, as "length"."""
         return self._end("length")
 
     def _end(self, reason) -> list[BackendEvent]:
@@ -288,6 +288,11 @@ def collect_reply(events: Iterator[ReplyEvent]) -> Reply:
         if isinstance(event, Reply):
             reply = event
     assert reply is not None  # every stream ends with a Reply
+    return unbroken(reply)
+
+
+def unbroken(reply: Reply) -> Reply:
+    """The reply, unless the backend broke it off: then that is a BackendError."""
     if reply.error:
         raise BackendError(reply.error)
     return reply

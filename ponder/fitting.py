@@ -18,17 +18,12 @@ class Fit:
     note: str | None = None  # "ponder: note: …" or "ponder: warning: …", for the user
 
 
-# With several sequences and no --ctx, each keeps at least this much context and fewer run at once
-# instead: R1's reasoning runs to thousands of tokens, so a shorter context would cut it off.
-SEQUENCE_CONTEXT_FLOOR = 8192
-
-
-def fit_context(path: str, backend: str, options: LoadOptions, sequences_given: bool = False) -> Fit:
+def fit_context(path: str, backend: str, options: LoadOptions, sequences_given: bool = False,
+                sample_context: int | None = None) -> Fit:
     """With no context given, the largest (up to the default) whose KV cache fits in memory;
     with one, a warning when it will not fit. For several sequences (options.sequences: parallel
-    samples) each gets that context: where they do not fit, fewer run at once (unless
-    `sequences_given`: the user asked for that many), and what cannot fit at all is an error."""
-    from ponder.plan import GIB, largest_context, model_footprint, plan
+    samples) each gets that context; see _fit_sequences for what gives where they do not fit."""
+    from ponder.plan import model_footprint, plan
 
     budget, where = memory_budget(backend)  # first: a bad PONDER_MEMORY_GIB is an error for any model
     footprint = model_footprint(path)
@@ -36,12 +31,25 @@ def fit_context(path: str, backend: str, options: LoadOptions, sequences_given: 
         return Fit(options)
     shape, weights = footprint
     ceiling = min(DEFAULT_CONTEXT, shape.trained_context or DEFAULT_CONTEXT)
-    context = options.context or ceiling
-    needed = plan(weights, shape, context, sequences=options.sequences).total
+    needed = plan(weights, shape, options.context or ceiling, sequences=options.sequences).total
     if needed <= budget:
         return Fit(options)
     if options.sequences > 1:
-        return _fit_sequences(weights, shape, options, sequences_given, ceiling, budget, where)
+        fit = _fit_sequences(weights, shape, options, sequences_given, min(sample_context or ceiling, ceiling),
+                             ceiling, budget, where)
+        if fit is not None:
+            return fit
+        options = replace(options, sequences=1)
+    return _fit_one(weights, shape, options, ceiling, budget, where)
+
+
+def _fit_one(weights: int, shape, options: LoadOptions, ceiling: int, budget: int, where: str) -> Fit:
+    from ponder.plan import GIB, largest_context, plan
+
+    context = options.context or ceiling
+    needed = plan(weights, shape, context).total
+    if needed <= budget:
+        return Fit(options)
     fits = largest_context(weights, shape, budget, ceiling=ceiling)
     if options.context is None and fits:
         return Fit(replace(options, context=fits),
@@ -52,42 +60,39 @@ def fit_context(path: str, backend: str, options: LoadOptions, sequences_given: 
                         f"(`ponder plan` shows the figures)")
 
 
-def _fit_sequences(weights: int, shape, options: LoadOptions, sequences_given: bool, ceiling: int, budget: int,
-                   where: str) -> Fit:
-    """Several sequences that do not fit as asked: a shorter context each (down to the floor), else fewer
-    at once; an error, before loading, where neither is allowed or possible."""
+def _fit_sequences(weights: int, shape, options: LoadOptions, sequences_given: bool, sample_context: int,
+                   ceiling: int, budget: int, where: str) -> Fit | None:
+    """Several sequences that do not fit as asked. Each sample keeps room for what it may generate
+    (`sample_context`): with no --ctx, the contexts shrink only down to that, then fewer run at once, and
+    below two at once they run one after another (None: fit one). What --parallel asks for and cannot
+    fit is an error before loading, naming what would."""
     from ponder.plan import GIB, largest_context, largest_sequences, plan
 
     wanted = options.sequences
-    floor = min(SEQUENCE_CONTEXT_FLOOR, ceiling)
+    room = f"{where} ({budget / GIB:.1f} GiB)"
     if options.context is None:
         fits = largest_context(weights, shape, budget, ceiling=ceiling, sequences=wanted)
-        if fits >= floor or (sequences_given and fits):
+        if fits >= sample_context:
             return Fit(replace(options, context=fits),
-                       f"ponder: note: context set to {fits} tokens for each of {wanted} sequences so that they fit "
-                       f"in {where} ({budget / GIB:.1f} GiB); --ctx overrides")
-        most = largest_sequences(weights, shape, budget, floor)
-        if not sequences_given and most >= 1:
+                       f"ponder: note: context set to {fits} tokens for each of {wanted} samples so that they fit in "
+                       f"{room}; --ctx overrides")
+    context = options.context or sample_context
+    most = min(largest_sequences(weights, shape, budget, context), wanted)
+    if not sequences_given:
+        if most < 2:
+            return None
+        if options.context is None:
             context = largest_context(weights, shape, budget, ceiling=ceiling, sequences=most)
-            return Fit(replace(options, context=context, sequences=most),
-                       f"ponder: note: {most} of the {wanted} samples run at once, each with a {context}-token "
-                       f"context, so that they fit in {where} ({budget / GIB:.1f} GiB); --parallel and --ctx override")
-    elif not sequences_given and (most := largest_sequences(weights, shape, budget, options.context)) >= 1:
-        return Fit(replace(options, sequences=most),
-                   f"ponder: note: {most} of the {wanted} samples run at once, so that {options.context}-token contexts "
-                   f"fit in {where} ({budget / GIB:.1f} GiB); --parallel overrides")
-    context = options.context or floor
+        return Fit(replace(options, context=context, sequences=most),
+                   f"ponder: note: {most} of the {wanted} samples run at once, each with a {context}-token context, "
+                   f"so that they fit in {room}; --parallel and --ctx override")
     needed = plan(weights, shape, context, sequences=wanted).total
-    most = largest_sequences(weights, shape, budget, context)
     longest = largest_context(weights, shape, budget, ceiling=ceiling, sequences=wanted)
-    ways = []
-    if most >= 1:
-        ways.append(f"--parallel {most} at this context")
-    if longest:
-        ways.append(f"--ctx {longest} for {wanted} sequences")
-    raise UsageError(f"{wanted} sequences of {context} tokens need about {needed / GIB:.1f} GiB, but {where} has "
-                     f"{budget / GIB:.1f} GiB",
-                     hint=("what fits: " + " or ".join(ways)) if ways else "not even one sequence fits: a smaller model")
+    ways = [f"--parallel {most} at this context"] if most >= 1 else []
+    ways += [f"--ctx {longest} for {wanted} at once"] if longest else []
+    raise UsageError(f"{wanted} samples at once with a {context}-token context each need about {needed / GIB:.1f} "
+                     f"GiB, but {where} has {budget / GIB:.1f} GiB",
+                     hint=("what fits: " + " or ".join(ways)) if ways else "not even one sample fits: a smaller model")
 
 
 def memory_budget(backend: str) -> tuple[int, str]:

@@ -50,10 +50,10 @@ class Decide:
         self._ready.set()
 
     def wait(self, cancel: threading.Event) -> bool:
-        while not self._ready.wait(0.05):
-            if cancel.is_set():
-                return False
-        return bool(self._settled)
+        while not cancel.is_set():
+            if self._ready.wait(0.05):
+                return bool(self._settled)
+        return False
 
 
 # Whether a group is settled: its finished replies, and how many of its jobs are still to finish.
@@ -98,13 +98,13 @@ class _Driver:
         self.groups: dict[object, _Group] = defaultdict(_Group)
         self.settled: list[object] = []  # groups whose other jobs are to end
 
-    def run(self) -> Iterator[tuple[object, ReplyEvent | Skipped]]:
+    def run(self) -> Iterator[tuple[object, ReplyEvent | Skipped | Decide]]:
         while True:
             if self.cancel.is_set():
                 for slot in list(self.live):
                     yield from self._deliver(self.live.pop(slot), [self.batch.drop(slot, "cancelled")])
                 return
-            while self.batch.free_slots() and (job := self._next_job()) is not None:
+            while self.batch.free_slots() and not self.cancel.is_set() and (job := self._next_job()) is not None:
                 yield from self._start(job)
                 yield from self._retire_settled()
             if not self.live:
@@ -147,10 +147,8 @@ class _Driver:
                 raise
             yield from self._deliver(running, running.guarded.overflow())
             return
-        if slot is None:  # cancelled while its prompt was processed: the loop ends it
-            self.cancel.set()
-            return
-        self.live[slot] = running
+        if slot is not None:  # (None: cancelled while its prompt was processed; the loop then ends)
+            self.live[slot] = running
 
     # --- steps ------------------------------------------------------------------
 
@@ -192,11 +190,10 @@ class _Driver:
     # --- early stop -------------------------------------------------------------
 
     def _finished(self, job: Job, reply: Reply) -> Iterator:
-        group = self.groups[job.group]
-        group.replies.append(reply)
-        group.ended += 1
-        if not self.early_stop or group.retired or group.ended == job.group_size:
+        group = self._ended(job)
+        if not self.early_stop or group.retired or group.ended == job.group_size or self.cancel.is_set():
             return
+        group.replies.append(reply)
         decide = Decide(list(group.replies), job.group_size - group.ended)
         yield job.key, decide
         if decide.wait(self.cancel):
@@ -219,6 +216,13 @@ class _Driver:
             yield from self._skip(self.ahead.popleft(), 0)
 
     def _skip(self, job: Job, tokens: int) -> Iterator:
+        self._ended(job)
+        yield job.key, Skipped(tokens)
+
+    def _ended(self, job: Job) -> _Group:
+        """Count a job of its group as ended; a group whose jobs have all ended is forgotten."""
         group = self.groups[job.group]
         group.ended += 1
-        yield job.key, Skipped(tokens)
+        if group.ended == job.group_size:
+            del self.groups[job.group]
+        return group

@@ -5,15 +5,14 @@ model loaded for several sequences decodes them together (ponder.parallel), else
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from contextlib import closing
 from dataclasses import replace
 
 from ponder.backends.base import Model
-from ponder.errors import BackendError
 from ponder.events import GenerationParams, Message, Reply, ReplyEvent
-from ponder.exchange import collect_reply, generate_reply, model_prompt, split_reply
+from ponder.exchange import collect_reply, generate_reply, model_prompt, split_reply, unbroken
 from ponder.parallel import Decide, Job, Settle, Skipped, decode_together
 from ponder.threads import model_thread
 
@@ -46,11 +45,17 @@ def draw(model: Model, messages: Sequence[Message], params: GenerationParams, n:
         jobs = [Job(i, prompt, sample_params(params, i), group_size=n) for i in range(n)]
         decode_jobs(model, jobs, finished, on_event, settle)
         return [done[i] for i in range(n)]
+    def shown(index: int, reply: Reply | None) -> None:  # where no events came before: the reply alone
+        if on_event and reply is not None:
+            on_event(index, reply)
+        finished(index, reply)
+
     # One request for n choices cannot have its reasoning ended by ponder: only without a budget (or
-    # where the server bounds it itself). Loops are not watched there.
+    # where the server bounds it itself). Loops are not watched there, nor can an early stop end it.
     server_bounds = params.think_budget is None or getattr(model, "native_budget", False)
-    if n > 1 and hasattr(model, "stream_choices") and server_bounds:
-        _one_request(model, messages, params, n, finished)
+    if n > 1 and hasattr(model, "stream_choices") and server_bounds and settle is None:
+        _one_request(model, messages, params, n, shown)
+
     def settled() -> bool:
         return settle is not None and settle([r for r in done.values() if r is not None], n - len(done))
 
@@ -62,18 +67,14 @@ def draw(model: Model, messages: Sequence[Message], params: GenerationParams, n:
     missing = [i for i in range(n) if i not in done]
     if missing and hasattr(model, "lane"):  # (requests in flight run to their end: only those not sent are saved)
         in_flight(model, [(i, messages, sample_params(params, i)) for i in missing],
-                  concurrency or min(len(missing), DEFAULT_IN_FLIGHT), finished, settled, skip)
+                  concurrency or min(len(missing), DEFAULT_IN_FLIGHT), shown, settled, skip)
     else:
         for index in missing:
             if settled():
                 skip(index)
                 continue
-            reply = None
-            for event in generate_reply(model, messages, sample_params(params, index)):
-                if on_event:
-                    on_event(index, event)
-                reply = event
-            finished(index, _unbroken(reply))
+            finished(index, collect_reply(_shown(index, generate_reply(model, messages, sample_params(params, index)),
+                                                 on_event)))
     return [done[i] for i in range(n)]
 
 
@@ -90,15 +91,16 @@ def decode_jobs(model: Model, jobs: Iterable[Job], finished: Callable[[object, R
             if on_event:
                 on_event(key, event)
             if isinstance(event, Reply):
-                finished(key, _unbroken(event))
+                finished(key, unbroken(event))
             elif isinstance(event, Skipped):
                 finished(key, None)
 
 
-def _unbroken(reply: Reply) -> Reply:
-    if reply.error:
-        raise BackendError(reply.error)
-    return reply
+def _shown(index: int, events: Iterator[ReplyEvent], on_event: OnEvent | None) -> Iterator[ReplyEvent]:
+    for event in events:
+        if on_event:
+            on_event(index, event)
+        yield event
 
 
 def in_flight(model, jobs: list[tuple[object, Sequence[Message], GenerationParams]], concurrency: int,

@@ -23,7 +23,7 @@ _THRESHOLDS = (1e-4, 1e-8)
 
 
 class Sampler:
-    def __init__(self, vocab_size: int, temperature: float, top_p: float, seed: int | None):
+    def __init__(self, temperature: float, top_p: float, seed: int | None):
         self.temperature = temperature
         self.top_p = top_p
         self.rng = np.random.default_rng(seed)

@@ -175,3 +175,27 @@ def test_a_single_stream_after_a_batch_gives_the_fresh_result(subject):
         assert after == alone(fresh, text, greedy)[0]
     finally:
         fresh.close()
+
+
+def test_sequences_left_after_others_end_stay_in_consecutive_streams_and_are_unchanged(subject):
+    """llama.cpp decodes its streams in one pass only when their ids run consecutively: the last live
+    sequence moves into a stream freed below it, and goes on exactly as before."""
+    name, _, model = subject
+    if name != "llama.cpp":
+        pytest.skip("MLX keeps its live sequences as rows of one cache")
+    greedy = [GenerationParams(temperature=0, max_tokens=n) for n in (30, 4, 9, 30)]
+    requests = [(prompt(model, q), params) for q, params in zip(QUESTIONS, greedy)]
+    decoder = model.batch()
+    try:
+        handles = [decoder.add(text, params, threading.Event()) for text, params in requests]
+        texts = {handle: [] for handle in handles}
+        while decoder.free_slots() < SLOTS:
+            for handle, event in decoder.step():
+                if isinstance(event, TextDelta):
+                    texts[handle].append(event.text)
+            streams = sorted(sequence.stream for sequence in decoder._live.values())
+            assert streams == list(range(len(streams)))
+    finally:
+        decoder.close()
+    for handle, (text, params) in zip(handles, requests):
+        assert "".join(texts[handle]) == alone(model, text, params)[0]

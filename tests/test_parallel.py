@@ -165,15 +165,21 @@ def test_samples_that_fit_are_loaded_as_asked(tiny_r1, budget):
     assert (fit.options, fit.note) == (LoadOptions(sequences=8), None)
 
 
-def test_samples_that_do_not_fit_get_shorter_contexts_then_fewer_at_once(tiny_r1, budget):
+def test_samples_that_do_not_fit_get_shorter_contexts_then_fewer_at_once_then_one_by_one(tiny_r1, budget):
     budget(8 * 16384)
-    fit = fit_context(tiny_r1, "llama.cpp", LoadOptions(sequences=8))
+    fit = fit_context(tiny_r1, "llama.cpp", LoadOptions(sequences=8), sample_context=16384)
     assert (fit.options.context, fit.options.sequences) == (16384, 8)
-    assert "context set to 16384 tokens for each of 8 sequences" in fit.note
+    assert "context set to 16384 tokens for each of 8 samples" in fit.note
+    fit = fit_context(tiny_r1, "llama.cpp", LoadOptions(sequences=8), sample_context=32768)  # all it may generate
+    assert (fit.options.context, fit.options.sequences) == (32768, 4)
+    assert "4 of the 8 samples run at once, each with a 32768-token context" in fit.note
     budget(3 * 8192)
-    fit = fit_context(tiny_r1, "llama.cpp", LoadOptions(sequences=8))
+    fit = fit_context(tiny_r1, "llama.cpp", LoadOptions(sequences=8), sample_context=8192)
     assert (fit.options.context, fit.options.sequences) == (8192, 3)
-    assert "3 of the 8 samples run at once" in fit.note
+    budget(8192)
+    fit = fit_context(tiny_r1, "llama.cpp", LoadOptions(sequences=8), sample_context=16384)
+    assert (fit.options.context, fit.options.sequences) == (8192, 1)  # one after another, as before
+    assert "context set to 8192 tokens so that it fits" in fit.note
 
 
 def test_parallel_samples_that_cannot_fit_are_an_error_naming_what_fits(tiny_r1, budget):
@@ -182,8 +188,10 @@ def test_parallel_samples_that_cannot_fit_are_an_error_naming_what_fits(tiny_r1,
     budget(3 * 8192)
     with pytest.raises(UsageError) as raised:
         fit_context(tiny_r1, "llama.cpp", LoadOptions(context=8192, sequences=8), sequences_given=True)
-    assert "8 sequences of 8192 tokens need" in raised.value.message
-    assert raised.value.hint == "what fits: --parallel 3 at this context or --ctx 3072 for 8 sequences"
+    assert "8 samples at once with a 8192-token context each need about" in raised.value.message
+    assert raised.value.hint == "what fits: --parallel 3 at this context or --ctx 3072 for 8 at once"
+    fit = fit_context(tiny_r1, "llama.cpp", LoadOptions(context=8192, sequences=8))  # not asked for: fewer
+    assert (fit.options.context, fit.options.sequences) == (8192, 3)
 
 
 def test_plan_shows_the_cache_of_every_sample():
@@ -271,7 +279,7 @@ def test_batch_parallel_gives_the_results_of_one_at_a_time(tiny_r1, tmp_path):
     assert [r["pass@1"] for r in runs["4"]] == [1.0] * 3
 
 
-def test_batch_parallel_resumes_exactly_after_a_kill(tiny_r1, tmp_path):
+def test_batch_parallel_resumes_after_a_kill_with_every_task_once(tiny_r1, tmp_path):
     tasks = tmp_path / "tasks.jsonl"
     tasks.write_text("".join(json.dumps({"id": i, "prompt": tiny.LOOP_QUESTION}) + "\n" for i in range(12)))
     results = tmp_path / "results.jsonl"

@@ -36,19 +36,19 @@ def empirical(sampler: Sampler, logits: np.ndarray, draws: int) -> np.ndarray:
 )
 def test_draws_follow_the_nucleus_distribution(logits, temperature, top_p):
     want = exact_distribution(logits.astype(np.float64), temperature, top_p)
-    got = empirical(Sampler(logits.size, temperature, top_p, seed=7), logits, draws=20000)
+    got = empirical(Sampler(temperature, top_p, seed=7), logits, draws=20000)
     assert np.all(got[want == 0] == 0)  # nothing outside the nucleus, ever
     assert np.abs(got - want).max() < 0.015
 
 
 def test_top_p_keeps_a_dominant_token_alone():
     logits = np.array([10.0, 5.0, 4.0, 3.0], dtype=np.float32)
-    sampler = Sampler(4, 0.6, 0.95, seed=0)
+    sampler = Sampler(0.6, 0.95, seed=0)
     assert {sampler.sample(logits) for _ in range(500)} == {0}
 
 
 def test_temperature_zero_is_greedy_and_seed_repeats():
     logits = np.random.default_rng(1).normal(size=1000).astype(np.float32)
-    assert Sampler(1000, 0.0, 0.95, None).sample(logits) == int(np.argmax(logits))
-    a, b = Sampler(1000, 1.0, 0.9, seed=3), Sampler(1000, 1.0, 0.9, seed=3)
+    assert Sampler(0.0, 0.95, None).sample(logits) == int(np.argmax(logits))
+    a, b = Sampler(1.0, 0.9, seed=3), Sampler(1.0, 0.9, seed=3)
     assert [a.sample(logits) for _ in range(50)] == [b.sample(logits) for _ in range(50)]

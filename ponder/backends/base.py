@@ -56,7 +56,8 @@ class BackendProbe:
 
 class Model(Protocol):
     """A loaded model. Hashable and weakly referable, as plain objects are: ponder runs each
-    model's generations on a thread of its own, found by the model."""
+    model's generations on a thread of its own, found by the model. A local model loaded with
+    `LoadOptions.sequences` > 1 also has `batch() -> BatchDecoder`."""
 
     info: ModelInfo
 
@@ -83,16 +84,16 @@ class BatchDecoder(Protocol):
     live sequence its next token, so the weights are read once for all of them. A local model with
     `info.sequences` > 1 offers one through `Model.batch()`. Used only on the model's own thread.
 
-    A sequence lives in a slot (one of `slots`); a slot's cache outlives its sequence, so a later prompt
-    that begins with what a slot holds (another sample of the same prompt, or a continuation of the
-    sequence itself) only processes the rest."""
+    A sequence lives in a slot (one of `slots`), known by the handle `add` returns; a slot's cache
+    outlives its sequence, so a later prompt that begins with what a slot holds (another sample of the
+    same prompt, or a continuation of the sequence itself) only processes the rest."""
 
     slots: int
 
     def free_slots(self) -> int: ...
 
     def add(self, prompt: str | Continuation, params: GenerationParams, cancel: threading.Event) -> int | None:
-        """Start a sequence in a free slot and return the slot, or None if `cancel` was set while its prompt
+        """Start a sequence in a free slot and return its handle, or None if `cancel` was set while its prompt
         was processed. Raises ContextOverflow if the prompt does not fit the sequence's context."""
 
     def step(self) -> list[tuple[int, BackendEvent]]:
@@ -101,6 +102,9 @@ class BatchDecoder(Protocol):
 
     def drop(self, slot: int, reason: FinishReason) -> Finished:
         """End a live sequence now (its slot is free again); its Finished."""
+
+    def close(self) -> None:
+        """Free what the decoder holds beside the model (live sequences end unreported)."""
 
 
 class Backend(Protocol):

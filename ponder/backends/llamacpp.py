@@ -228,7 +228,7 @@ class LlamaCppModel:
             yield Finished("cancelled", backend_stats(len(tokens), 0, started, now, now, now))
             return
 
-        sampler = Sampler(self._n_vocab, params.temperature, params.top_p, params.seed)
+        sampler = Sampler(params.temperature, params.top_p, params.seed)
         decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
         token_slot = (lib.llama_token * 1)()
         batch = lib.llama_batch_get_one(token_slot, 1)
@@ -266,7 +266,9 @@ class LlamaCppModel:
     def _prefill(self, tokens: list[int], cancel: threading.Event) -> bool:
         """Bring the cache to `tokens`, reusing the longest cached prefix. False if cancelled."""
         keep = shared_prefix(self._cached, tokens)
-        lib.llama_memory_seq_rm(self._memory, 0, keep, -1)
+        if not lib.llama_memory_seq_rm(self._memory, 0, keep, -1):  # (a recurrent model's state cannot be cut)
+            lib.llama_memory_seq_rm(self._memory, 0, -1, -1)
+            keep = 0
         del self._cached[keep:]
         for start in range(keep, len(tokens), self._chunk):
             if cancel.is_set():

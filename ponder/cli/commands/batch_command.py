@@ -65,6 +65,8 @@ def batch(
         help="Samples at once, of one task or several: decoded together on a local model (a finished one frees"
              " its place for the next), requests in flight to a server [default: --samples locally, 1 to a server].",
     ),
+    concurrency: Optional[int] = typer.Option(None, "--concurrency", "-k", min=1, hidden=True,
+                                              help="The former name of --parallel."),
     model: Optional[str] = ModelOptions.model,
     backend: str = ModelOptions.backend,
     ctx: Optional[int] = ModelOptions.ctx,
@@ -97,6 +99,7 @@ def batch(
     """
     from ponder.cli.commands.model_run import Run
 
+    parallel = parallel or concurrency
     budgets = _budgets(think_budget)
     run = Run.start(invocation=invocation, temperature=temperature, top_p=top_p, max_tokens=max_tokens, seed=seed,
                     **thinking(budgets[0], no_think, budget_message, on_loop, invocation))

@@ -15,13 +15,14 @@ IGNORED_OPTIONS = {"threads": "--threads", "gpu_layers": "GPU offload", "flash_a
 
 
 def load_model(term: Terminal, model: str | None, backend: str, options: LoadOptions,
-               sequences_given: bool = False) -> Model:
+               sequences_given: bool = False, sample_context: int | None = None) -> Model:
+    """`sample_context`: the context each of several sequences should keep (see ponder.fitting)."""
     from ponder.fitting import fit_context
 
     path = _model_path(term, model, backend)
     backend_name = select_backend(path, backend)
     chosen = get_backend(backend_name)
-    fit = fit_context(path, backend_name, options, sequences_given)
+    fit = fit_context(path, backend_name, options, sequences_given, sample_context)
     if fit.note:
         term.stderr.write(fit.note + "\n")
     with Working(term, f"Loading {os.path.basename(path)}…"):

@@ -5,10 +5,12 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 
 from ponder.backends import LoadOptions, Model
-from ponder.cli.commands.options import output_format, reasoning_mode
+from ponder.cli.commands.options import MAX_PARALLEL, output_format, reasoning_mode
 from ponder.cli.views.render import OutputFormat, ReasoningMode
 from ponder.cli.views.terminal import Terminal
 from ponder.events import GenerationParams, Message, Reply
+
+PROMPT_ROOM = 1024  # tokens of prompt a sample's context allows for, beside --max-tokens
 
 
 @dataclass
@@ -59,7 +61,11 @@ class Run:
         options = LoadOptions(context=ctx, threads=threads)
         if server:
             return connect_server(self.term, server, model, backend, options, timeout, model_kind, self.typed)
-        loaded = load_model(self.term, model, backend, replace(options, sequences=sequences), sequences_given)
+        # Each of several samples keeps room for its prompt and all it may generate, where memory allows.
+        sample_context = self.params.max_tokens + PROMPT_ROOM
+        sequences = min(sequences, MAX_PARALLEL)
+        loaded = load_model(self.term, model, backend, replace(options, sequences=sequences), sequences_given,
+                            sample_context)
         set_model_kind(loaded, model_kind)
         return loaded
 

@@ -120,15 +120,15 @@ class ParallelOptions:
     parallel = typer.Option(
         None, "--parallel", "-P", min=1, max=MAX_PARALLEL, show_default=False,
         help="Samples at once: decoded together on a local model (each step reads the weights once for all),"
-             " requests in flight to a server [default: every sample of a problem, as many as fit in memory; 8 in"
-             " flight to a server].",
+             " requests in flight to a server [default: every sample, as many as fit in memory; to a server, one"
+             " request for all where it takes n, else 8 in flight].",
     )
     early_stop = typer.Option(False, "--early-stop",
                               help="End the remaining samples once the leading answer can no longer be overtaken.")
     confidence = typer.Option(
-        None, "--confidence", min=0.5, max=0.999, show_default=False,
+        None, "--confidence", min=0.51, max=0.999, show_default=False,
         help="With --early-stop: also end them once the leader is this likely to be the majority answer"
-             " (Adaptive-Consistency's Beta rule, e.g. 0.95).",
+             " (Adaptive-Consistency's Beta rule; 0.95 is its usual setting).",
     )
 
 

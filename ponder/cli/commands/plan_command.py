@@ -6,6 +6,8 @@ from typing import Optional
 
 import typer
 
+from ponder.cli.commands.options import MAX_PARALLEL
+
 MODELS = ("7b", "1.5b", "14b")  # ponder.plan.KNOWN_MODELS, named here so that --help imports no arithmetic
 KV_TYPES = ("f16", "q8_0", "q4_0")  # ponder.plan.KV_BYTES
 
@@ -29,7 +31,7 @@ def plan_command(
                                 callback=_choice(KV_TYPES)),
     memory: Optional[float] = typer.Option(None, "--memory", help="Plan for this many GiB (another machine) "
                                            "instead of this one's RAM and VRAM.", min=0.1, show_default=False),
-    samples: int = typer.Option(1, "--samples", "-n", min=1, max=256,
+    samples: int = typer.Option(1, "--samples", "-n", min=1, max=MAX_PARALLEL,
                                 help="Sequences decoded together (solve --samples, batch --parallel): each has a cache "
                                      "of --ctx tokens."),
 ) -> None:
@@ -77,7 +79,7 @@ def plan_command(
             fewer = largest_sequences(size, known.shape, largest, ctx, kv_type) if samples > 1 else 0
             if most or fewer:
                 ways = [f"{context_fits}"] if most else []
-                ways += [f"{fewer} sequences of {ctx}"] if fewer else []
+                ways += [f"{fewer} sequence{'s' if fewer > 1 else ''} of {ctx}"] if fewer else []
                 fits += f" (at most {' or '.join(ways)} would)"
             else:
                 fits += " (not even the weights)"

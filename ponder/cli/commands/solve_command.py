@@ -89,7 +89,6 @@ def _vote(run, loaded, text: str, samples: int, stats: bool, parallel: int | Non
     skipped: dict[int, int] = {}  # sample -> tokens it had generated when the early stop ended it
 
     def drawn(index: int, reply) -> None:
-        run.report(reply, stats)
         if run.output == "jsonl":
             write_json_line(run.term.stdout, {"type": "sample", "index": index, **reply_json(reply, loaded.info)})
 
@@ -100,9 +99,11 @@ def _vote(run, loaded, text: str, samples: int, stats: bool, parallel: int | Non
             skipped[index] = event.tokens
         board.event(index, event)
 
-    with SampleBoard(run.term, samples) as board:
+    with SampleBoard(run.term, samples, lines=samples > 1 and run.output == "text") as board:
         replies = run.samples(loaded, text, samples, drawn, concurrency=parallel, on_event=event, settle=settle)
     finished = [reply for reply in replies if reply is not None]
+    for reply in finished:  # after the board: lines written under a live view would break it
+        run.report(reply, stats)
     vote = majority_vote([extract_boxed(reply.answer) for reply in finished])
     summary = {"winner": vote.winner, "counts": [[a, n] for a, n in vote.counts], "missing": vote.missing}
     if settle is not None:

@@ -17,18 +17,19 @@ ALL_LINES = 16  # more samples than this: lines for the running ones only, and c
 class _Sample:
     state: str = "waiting"  # thinking, answering, done, ended early
     reasoning_tokens: int = 0
-    answer_deltas: int = 0
+    answer_pieces: int = 0  # answer deltas so far: about its tokens, until the reply gives the count
     answer: str | None = None  # the boxed answer, once done
     note: str = ""
 
     @property
     def tokens(self) -> int:
-        return self.reasoning_tokens + self.answer_deltas
+        return self.reasoning_tokens + self.answer_pieces
 
 
 class SampleBoard:
-    def __init__(self, term, samples: int):
-        self.term, self.samples = term, samples
+    def __init__(self, term, samples: int, lines: bool = True):
+        """`lines`: without a terminal, print a line per finished sample (else nothing)."""
+        self.term, self.samples, self.lines = term, samples, lines
         self.rows = [_Sample() for _ in range(samples)]
         self._live = None
         self._vote = majority_vote([])  # the finished answers' vote, counted again only when one more finishes
@@ -38,15 +39,20 @@ class SampleBoard:
             from rich.console import Console
             from rich.live import Live
 
+            from ponder.cli.views.terminal import disable_echo
+
             console = Console(file=self.term.stderr, no_color=not self.term.color, highlight=False)
             # Drawn on each refresh (8 a second), not on each of the many events between.
-            self._live = Live(console=console, get_renderable=self._render, refresh_per_second=8, transient=False)
+            self._live = Live(console=console, get_renderable=self._render, refresh_per_second=8, transient=False,
+                              redirect_stdout=False, redirect_stderr=False)
+            self._restore_echo = disable_echo(self.term)
             self._live.start()
         return self
 
     def __exit__(self, *exc) -> None:
         if self._live is not None:
             self._live.stop()
+            self._restore_echo()
 
     def event(self, index: int, event) -> None:
         row = self.rows[index]
@@ -56,13 +62,13 @@ class SampleBoard:
             row.state, row.reasoning_tokens = "answering", event.tokens
         elif isinstance(event, AnswerDelta):
             row.state = "answering"
-            row.answer_deltas += 1
+            row.answer_pieces += 1
         elif isinstance(event, Reply):
             self._finished(index, event)
         elif isinstance(event, Skipped):
             row.state, row.note = "ended early", f"after {event.tokens} tokens" if event.tokens else "not started"
             self._count_votes()
-            if self._live is None:
+            if self._live is None and self.lines:
                 print(f"sample {index + 1}/{self.samples}: ended early", file=self.term.stderr)
 
     def _finished(self, index: int, reply: Reply) -> None:
@@ -70,10 +76,10 @@ class SampleBoard:
 
         row = self.rows[index]
         row.state, row.answer = "done", extract_boxed(reply.answer)
-        row.reasoning_tokens, row.answer_deltas = reply.stats.reasoning_tokens, reply.stats.answer_tokens
+        row.reasoning_tokens, row.answer_pieces = reply.stats.reasoning_tokens, reply.stats.answer_tokens
         row.note = "" if reply.finish_reason == "stop" else f"({reply.finish_reason})"
         self._count_votes()
-        if self._live is None:
+        if self._live is None and self.lines:
             shown = row.answer if row.answer is not None else "(no answer)"
             print(f"sample {index + 1}/{self.samples}: {shown}", file=self.term.stderr)
 
