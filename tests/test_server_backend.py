@@ -135,6 +135,29 @@ def test_samples_are_separate_requests_where_the_server_ignores_n(llama_cpp_pyth
     assert bodies[0]["n"] == 3 and sorted(b["seed"] for b in bodies[1:]) == [6, 7]  # seeds step from --seed
 
 
+def test_an_early_stop_through_a_server_sends_no_more_requests_once_settled(llama_server):
+    with FaultProxy(llama_server.url) as proxy:
+        model = connect(proxy.url)
+        events = []
+        replies = draw(model, QUESTION, GenerationParams(temperature=0, max_tokens=200), 6, concurrency=1,
+                       on_event=lambda index, event: events.append((index, type(event).__name__)),
+                       settle=lambda done, remaining: len(done) == 2)
+        model.close()
+        posts = [r for r in proxy.requests if r.method == "POST"]
+    assert [reply is not None for reply in replies] == [True, True, False, False, False, False]
+    assert len(posts) == 2 and "n" not in posts[0].json()  # no request for n choices: it could not be stopped
+    assert events == [(0, "Reply"), (1, "Reply"), (2, "Skipped"), (3, "Skipped"), (4, "Skipped"), (5, "Skipped")]
+
+
+def test_solve_through_a_server_reports_each_sample(llama_server, tmp_path):
+    env = ponder_env(PONDER_DATA_DIR=str(tmp_path), PONDER_SERVER=llama_server.url)
+    out = run_ponder("solve", "-n", "3", "--temperature", "0", "What is 12*7?", env=env)
+    assert out.returncode == 0, out.stderr
+    assert [line for line in out.stderr.decode().splitlines() if line.startswith("sample")] == \
+        ["sample 1/3: 84", "sample 2/3: 84", "sample 3/3: 84"]
+    assert out.stdout.decode().splitlines() == ["Answer: 84", "Votes (3 samples): 84 ×3"]
+
+
 def test_ask_in_a_pipe_and_as_json(llama_server, tmp_path):
     env = ponder_env(PONDER_DATA_DIR=str(tmp_path), PONDER_SERVER=llama_server.url)
     piped = run_ponder("ask", "--temperature", "0", "What is 12*7?", env=env)
