@@ -154,6 +154,9 @@ class LlamaCppModel:
             )
         self._memory = lib.llama_get_memory(self._ctx)
         self._chunk = lib.llama_n_batch(self._ctx)  # llama.cpp lowers n_batch for small contexts
+        # llama_batch_get_one asks for the logits of each call's last token; a prompt chunk before the last
+        # needs none, and computing them costs a small model with a large vocabulary 8% of its prompt speed.
+        self._no_logits = (ctypes.c_int8 * self._chunk)()
         # Per sequence, the tokens whose keys and values are in its cache; `stream` uses sequence 0.
         self._caches: list[list[int]] = [[] for _ in range(sequences)]
         self._cached = self._caches[0]
@@ -275,7 +278,10 @@ class LlamaCppModel:
                 return False
             chunk = tokens[start : start + self._chunk]
             ids = (lib.llama_token * len(chunk))(*chunk)
-            if lib.llama_decode(self._ctx, lib.llama_batch_get_one(ids, len(chunk))) != 0:
+            batch = lib.llama_batch_get_one(ids, len(chunk))
+            if start + len(chunk) < len(tokens):
+                batch.logits = ctypes.cast(self._no_logits, ctypes.POINTER(ctypes.c_int8))
+            if lib.llama_decode(self._ctx, batch) != 0:
                 lib.llama_memory_seq_rm(self._memory, 0, len(self._cached), -1)
                 raise BackendError("llama.cpp failed to process the prompt" + (f": {_last_error()}" if _log_lines else ""))
             self._cached.extend(chunk)
