@@ -11,7 +11,8 @@ ignored, as llama-batched-bench generates a fixed count; the sampler is ponder's
     driver, the reasoning guard and splitter, the model thread), and
   - one after another (the same model loaded for one sequence),
 and llama-batched-bench -npp P -ntg T -npl N -pps with the same threads, batch sizes and flash attention.
-Aggregate decode is N x T tokens over the decode time (the wall time less the prompt's). Then prompt
+Aggregate decode is, as llama-batched-bench's S_TG, tokens over the time from the first generated token
+to the last (each sample's figure from ponder's own timestamps; side by side they add up). Then prompt
 processing of a --pp-tokens prompt against llama-bench pp, and how often greedy samples decoded together
 equal the same samples decoded alone (floating-point batch effects). Medians of --runs; figures, not
 pass/fail. The llama.cpp tools are built once by scripts/llama-tool (about 6 minutes).
@@ -69,7 +70,7 @@ class EndlessGeneration:
 
 def ponder_draw(path: str, n: int, together: bool, threads: int, prompt_ids: list[int], tokens: int,
                 runs: int) -> tuple[float, float]:
-    """(median wall seconds of drawing n samples, median seconds of processing the prompt alone): decoded
+    """(median wall seconds of drawing n samples, median aggregate decode tokens/s): decoded
     together as `draw` does on a model loaded for n sequences (ponder.parallel), or one after another
     on a model loaded for one, each through the same guard and splitter as a reply."""
     from ponder.backends.base import LoadOptions
@@ -82,10 +83,10 @@ def ponder_draw(path: str, n: int, together: bool, threads: int, prompt_ids: lis
     model = LlamaCppModel(path, LoadOptions(context=len(prompt_ids) + tokens + 64, threads=threads,
                                             sequences=n if together else 1))
     prompt = _text_of(model, prompt_ids)
-    walls, prompts = [], []
+    walls, decodes = [], []
     try:
-        for run in range(runs):
-            params = GenerationParams(max_tokens=tokens, on_loop="continue", seed=run * 100)
+        for run in range(-1, runs):  # run -1 warms up: llama.cpp sizes its buffers on the first decodes
+            params = GenerationParams(max_tokens=tokens, on_loop="continue", seed=(run + 1) * 100)
             replies: dict = {}
             _forget(model)
             started = time.perf_counter()
@@ -95,15 +96,16 @@ def ponder_draw(path: str, n: int, together: bool, threads: int, prompt_ids: lis
             else:
                 for i in range(n):
                     replies[i] = collect_reply(_raw_reply(model, prompt, sample_params(params, i)))
-            walls.append(time.perf_counter() - started)
+            if run >= 0:
+                walls.append(time.perf_counter() - started)
+                # As llama-batched-bench's S_TG: tokens over the time from the first generated token to the last,
+                # each sample's own (they run side by side, so their rates add up; one by one, the first's).
+                rates = [r.stats.decode_tokens_per_s for r in replies.values()]
+                decodes.append(sum(rates) if together else rates[0])
             assert all(r.stats.reasoning_tokens + r.stats.answer_tokens == tokens for r in replies.values())
-            _forget(model)
-            started = time.perf_counter()
-            model._prefill(model.tokenize(prompt), threading.Event())
-            prompts.append(time.perf_counter() - started)
     finally:
         model.close()
-    return statistics.median(walls), statistics.median(prompts)
+    return statistics.median(walls), statistics.median(decodes)
 
 
 def _raw_reply(model, prompt: str, params):
@@ -212,7 +214,6 @@ def main() -> None:
         path = paths[name]
         print(f"\n== {name}: {Path(path).name}, {args.threads} threads, prompt {args.prompt_tokens} tokens, "
               f"{args.tokens} tokens a sample")
-        reference = batched_bench(path, counts, args.threads, args.prompt_tokens, args.tokens)
         from ponder.backends.base import LoadOptions
         from ponder.backends.llamacpp import LlamaCppModel
 
@@ -220,20 +221,27 @@ def main() -> None:
         prompt_ids = prompt_of(probe, args.prompt_tokens)
         probe.close()
         print(f"{'N':>3} {'together s':>11} {'one by one s':>13} {'ratio':>6} {'ponder S_TG':>12} "
-              f"{'bench S_TG':>11} {'ratio':>6}")
+              f"{'bench S_TG':>11} {'ratio':>6}   (medians of {args.runs} rounds; ratios within a round)")
         with EndlessGeneration():
             for n in counts:
-                wall, prompt_s = ponder_draw(path, n, True, args.threads, prompt_ids, args.tokens, args.runs)
-                sequential, _ = ponder_draw(path, n, False, args.threads, prompt_ids, args.tokens, args.runs)
-                # One sample is drawn alone (as `draw` does): its decode is the single stream's.
-                aggregate = n * args.tokens / ((wall if n > 1 else sequential) - prompt_s)
-                bench = reference[n]["speed_tg"]
-                print(f"{n:>3} {wall:>11.2f} {sequential:>13.2f} {wall / sequential:>6.2f} {aggregate:>12.1f} "
-                      f"{bench:>11.1f} {aggregate / bench:>6.3f}")
-        ours, theirs = ponder_pp(path, args.threads, args.pp_tokens, args.runs), \
-            llama_bench_pp(path, args.threads, args.pp_tokens)
+                rounds = []
+                for _ in range(args.runs):  # interleaved: this machine's speed drifts between minutes
+                    bench = batched_bench(path, [n], args.threads, args.prompt_tokens, args.tokens)[n]["speed_tg"]
+                    wall, aggregate = ponder_draw(path, n, True, args.threads, prompt_ids, args.tokens, 1)
+                    sequential, alone = ponder_draw(path, n, False, args.threads, prompt_ids, args.tokens, 1)
+                    if n == 1:  # one sample is drawn alone (as `draw` does): its decode is the single stream's
+                        aggregate = alone
+                    rounds.append((wall, sequential, aggregate, bench))
+                wall, sequential, aggregate, bench = (statistics.median(column) for column in zip(*rounds))
+                speedup = statistics.median(w / s for w, s, _, _ in rounds)
+                ratio = statistics.median(a / b for _, _, a, b in rounds)
+                print(f"{n:>3} {wall:>11.2f} {sequential:>13.2f} {speedup:>6.2f} {aggregate:>12.1f} "
+                      f"{bench:>11.1f} {ratio:>6.3f}")
+        pp = [(ponder_pp(path, args.threads, args.pp_tokens, 1), llama_bench_pp(path, args.threads, args.pp_tokens))
+              for _ in range(args.runs)]
+        ours, theirs = (statistics.median(column) for column in zip(*pp))
         print(f"prompt processing, {args.pp_tokens} tokens: ponder {ours:.1f} tokens/s, llama-bench {theirs:.1f}, "
-              f"ratio {ours / theirs:.3f}")
+              f"ratio {statistics.median(o / t for o, t in pp):.3f}")
         same, total = greedy_equality(path, 8, 48)
         print(f"greedy, 8 prompts decoded together vs alone: {same} of {total} identical")
 
