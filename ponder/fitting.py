@@ -39,8 +39,14 @@ def fit_context(path: str, backend: str, options: LoadOptions, sequences_given: 
                              ceiling, budget, where)
         if fit is not None:
             return fit
-        options = replace(options, sequences=1)
+        one = _fit_one(weights, shape, replace(options, sequences=1), ceiling, budget, where)
+        alone = f"ponder: note: the samples run one after another: two at once do not fit in {where} ({_gib(budget)})"
+        return Fit(one.options, alone + (f"\n{one.note}" if one.note else ""))
     return _fit_one(weights, shape, options, ceiling, budget, where)
+
+
+def _gib(size: float) -> str:
+    return f"{size / 2**30:.1f} GiB" if size >= 2**30 else f"{size / 2**30:.2f} GiB"
 
 
 def _fit_one(weights: int, shape, options: LoadOptions, ceiling: int, budget: int, where: str) -> Fit:
@@ -66,10 +72,10 @@ def _fit_sequences(weights: int, shape, options: LoadOptions, sequences_given: b
     (`sample_context`): with no --ctx, the contexts shrink only down to that, then fewer run at once, and
     below two at once they run one after another (None: fit one). What --parallel asks for and cannot
     fit is an error before loading, naming what would."""
-    from ponder.plan import GIB, largest_context, largest_sequences, plan
+    from ponder.plan import OVERHEAD_BYTES, largest_context, largest_sequences, plan
 
     wanted = options.sequences
-    room = f"{where} ({budget / GIB:.1f} GiB)"
+    room = f"{where} ({_gib(budget)})"
     if options.context is None:
         fits = largest_context(weights, shape, budget, ceiling=ceiling, sequences=wanted)
         if fits >= sample_context:
@@ -90,9 +96,10 @@ def _fit_sequences(weights: int, shape, options: LoadOptions, sequences_given: b
     longest = largest_context(weights, shape, budget, ceiling=ceiling, sequences=wanted)
     ways = [f"--parallel {most} at this context"] if most >= 1 else []
     ways += [f"--ctx {longest} for {wanted} at once"] if longest else []
-    raise UsageError(f"{wanted} samples at once with a {context}-token context each need about {needed / GIB:.1f} "
-                     f"GiB, but {where} has {budget / GIB:.1f} GiB",
-                     hint=("what fits: " + " or ".join(ways)) if ways else "not even one sample fits: a smaller model")
+    alone = (f"not even one {context}-token context fits beside the weights ({_gib(weights)}) and the runtime's "
+             f"allowance ({_gib(OVERHEAD_BYTES)}): a smaller --ctx or more memory")
+    raise UsageError(f"{wanted} samples at once with a {context}-token context each need about {_gib(needed)}, but "
+                     f"{where} has {_gib(budget)}", hint=("what fits: " + " or ".join(ways)) if ways else alone)
 
 
 def memory_budget(backend: str) -> tuple[int, str]:

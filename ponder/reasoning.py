@@ -137,7 +137,7 @@ _BOX_COMMANDS = ("\\boxed", "\\fbox")
 
 
 def extract_boxed(text: str) -> str | None:
-    """Content of the last `\\boxed{...}` (or `\\fbox{...}`, or `\\boxed 5`), or None."""
+    """Content of the last `\\boxed{...}` (or `\\fbox{...}`, or `\\boxed 5`), or None (also for an empty box)."""
     best: tuple[int, str] | None = None
     for command in _BOX_COMMANDS:
         start = text.rfind(command)
@@ -148,7 +148,7 @@ def extract_boxed(text: str) -> str | None:
                     best = (start, content)
                 break
             start = text.rfind(command, 0, start)
-    return None if best is None else best[1].strip()
+    return best[1].strip() or None if best is not None else None  # (an empty box answers nothing)
 
 
 def _box_content(text: str, i: int) -> str | None:

@@ -298,3 +298,13 @@ def test_batch_parallel_resumes_after_a_kill_with_every_task_once(tiny_r1, tmp_p
     assert second.returncode == 0, second.stderr
     ids = [json.loads(line)["id"] for line in results.read_text().splitlines()]
     assert sorted(ids) == list(range(12))
+
+
+@pytest.mark.parametrize("args", [["-n", "3", "--json"], ["-n", "3"], ["--answer-only"]])
+def test_a_reader_that_closes_stdout_early_ends_solve_quietly_with_141(tiny_r1, args):
+    child = subprocess.Popen([sys.executable, "-m", "ponder", "solve", "What is 12*7?", "--model", tiny_r1, *args],
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, env=ponder_env())
+    child.stdout.close()  # as `| true` does
+    _, err = child.communicate(timeout=120)
+    assert child.returncode == 141, err
+    assert b"Traceback" not in err and b"error" not in err

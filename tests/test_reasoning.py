@@ -112,3 +112,9 @@ def test_boxed_absent_or_unbalanced():
     assert extract_boxed("no box here") is None
     assert extract_boxed(r"\boxed{unclosed") is None
     assert extract_boxed(r"\boxed{1} then \boxed{oops") == "1"
+
+
+def test_an_empty_box_is_no_answer():
+    assert extract_boxed("So the answer is \\boxed{}.") is None
+    assert extract_boxed("\\boxed{ } and then \\boxed{}") is None
+    assert extract_boxed("\\boxed{7} then an empty \\boxed{}") is None  # the last box is the answer, and it is empty

@@ -163,8 +163,10 @@ class OutputOptions:
     show_reasoning = typer.Option(False, "--show-reasoning", help="Short for --reasoning show.")
     hide_reasoning = typer.Option(False, "--hide-reasoning", help="Short for --reasoning hide.")
     stats = typer.Option(False, "--stats", help="Print token counts and speed to stderr.")
-    json = typer.Option(False, "--json", help="Print one JSON object: reasoning, answer, boxed, stats.")
-    jsonl = typer.Option(False, "--jsonl", help="Stream JSON lines: reasoning and answer deltas, then done.")
+    json = typer.Option(False, "--json", help="Print one JSON object: reasoning, answer, boxed, stats (solve -n:"
+                                              " model, backend, every sample and the vote).")
+    jsonl = typer.Option(False, "--jsonl", help="Stream JSON lines: reasoning and answer deltas, then done (solve -n:"
+                                                " a line per sample as it ends, then the vote).")
     debug = typer.Option(False, "--debug", envvar=defaults.DEBUG_ENV, help="Show tracebacks and llama.cpp's log.")
 
 

@@ -81,6 +81,8 @@ def plan_command(
                 ways = [f"{context_fits}"] if most else []
                 ways += [f"{fewer} sequence{'s' if fewer > 1 else ''} of {ctx}"] if fewer else []
                 fits += f" (at most {' or '.join(ways)} would)"
+            elif size + figures.overhead <= largest:
+                fits += " (the weights fit, not the cache: a smaller --ctx)"
             else:
                 fits += " (not even the weights)"
         print(f"{name:10} {gib(figures.weights)} {gib(figures.kv_cache)} {gib(figures.overhead)} "

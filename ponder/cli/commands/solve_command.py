@@ -69,14 +69,20 @@ def solve(
             _show_final_answer(run, reply.answer)
         return
 
-    vote = _vote(run, loaded, text, samples, stats, parallel, settle)
-    if answer_only and run.output == "text":
-        if vote.winner is None:
-            raise PonderError("the model gave no \\boxed{} answer", hint="run without --answer-only to see the whole reply")
-        print(vote.winner, file=run.term.stdout)
-        return
-    if run.output == "text":
-        _show_vote(run, vote, samples)
+    from ponder.cli.views.show_reply import exit_on_closed_stdout
+
+    with exit_on_closed_stdout(run.term):
+        vote = _vote(run, loaded, text, samples, stats, parallel, settle)
+        if answer_only and run.output == "text":
+            if vote.winner is None:
+                raise PonderError("the model gave no \\boxed{} answer",
+                                  hint="run without --answer-only to see the whole reply")
+            print(vote.winner, file=run.term.stdout)
+            run.term.stdout.flush()
+            return
+        if run.output == "text":
+            _show_vote(run, vote, samples)
+        run.term.stdout.flush()  # (a reader gone already is found here, not at exit)
 
 
 def _vote(run, loaded, text: str, samples: int, stats: bool, parallel: int | None, settle):

@@ -66,7 +66,7 @@ class SampleBoard:
         elif isinstance(event, Reply):
             self._finished(index, event)
         elif isinstance(event, Skipped):
-            row.state, row.note = "ended early", f"after {event.tokens} tokens" if event.tokens else "not started"
+            row.state, row.note = "ended early", f"after {_tokens(event.tokens)}" if event.tokens else "not started"
             self._count_votes()
             if self._live is None and self.lines:
                 print(f"sample {index + 1}/{self.samples}: ended early", file=self.term.stderr)
@@ -88,16 +88,22 @@ class SampleBoard:
         from rich.text import Text
 
         table = Table.grid(padding=(0, 2))
+        for width in (4, 11, 14):  # fixed, so the columns stand still from one frame to the next
+            table.add_column(width=width, no_wrap=True)
+        table.add_column(no_wrap=True)
+        table.add_column(no_wrap=True)
         shown = [(i, row) for i, row in enumerate(self.rows)
                  if self.samples <= ALL_LINES or row.state in ("thinking", "answering")]
         for index, row in shown:
             answer = row.answer if row.answer is not None else ("no answer" if row.state == "done" else "")
             style = {"thinking": "dim", "answering": "", "done": "bold", "ended early": "dim", "waiting": "dim"}
             table.add_row(Text(f"#{index + 1}", style="dim"), Text(row.state, style=style[row.state]),
-                          Text(f"{row.tokens:,} tokens" if row.tokens else ""), Text(answer, style="bold green"),
+                          Text(_tokens(row.tokens) if row.tokens else "", justify="right"),
+                          Text(answer, style="bold green"),
                           Text(row.note, style="dim"))
-        table.add_row(Text(""), Text(self.vote_line(), style="cyan"))
-        return table
+        from rich.console import Group
+
+        return Group(table, Text(self.vote_line(), style="cyan"))
 
     def _count_votes(self) -> None:
         """On the calling thread: math-verify's timeouts work only on the main one, not rich's refresh thread."""
@@ -119,3 +125,7 @@ class SampleBoard:
         if counts["ended early"]:
             parts.append(f"{counts['ended early']} ended early")
         return f"Vote ({len(done)} of {self.samples} done): " + " · ".join(parts)
+
+
+def _tokens(count: int) -> str:
+    return f"{count:,} token" + ("" if count == 1 else "s")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import TextIO
 
 import typer
@@ -38,6 +39,16 @@ def show_reply(events: Iterator[ReplyEvent], renderer: Renderer, term: Terminal)
         _stop(events, renderer)
         raise
     return reply
+
+
+@contextmanager
+def exit_on_closed_stdout(term) -> Iterator[None]:
+    """A reader that closed stdout early (`| head -1`) ends the command quietly with 141, as while streaming."""
+    try:
+        yield
+    except BrokenPipeError:
+        term.silence_stdout()
+        raise typer.Exit(EXIT_BROKEN_PIPE) from None
 
 
 def _stop(events, renderer: Renderer) -> None:
