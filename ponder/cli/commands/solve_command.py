@@ -108,8 +108,8 @@ def _vote(run, loaded, text: str, samples: int, stats: bool, parallel: int | Non
     with SampleBoard(run.term, samples, lines=samples > 1 and run.output == "text") as board:
         replies = run.samples(loaded, text, samples, drawn, concurrency=parallel, on_event=event, settle=settle)
     finished = [reply for reply in replies if reply is not None]
-    for reply in finished:  # after the board: lines written under a live view would break it
-        run.report(reply, stats)
+    for index, reply in enumerate(replies):  # after the board: lines written under a live view would break it
+        _report_sample(run, reply, stats, f"sample {index + 1}/{samples}: " if samples > 1 else "")
     vote = majority_vote([extract_boxed(reply.answer) for reply in finished])
     summary = {"winner": vote.winner, "counts": [[a, n] for a, n in vote.counts], "missing": vote.missing}
     if settle is not None:
@@ -129,6 +129,18 @@ def _vote(run, loaded, text: str, samples: int, stats: bool, parallel: int | Non
     elif run.output == "jsonl":
         write_json_line(run.term.stdout, {"type": "vote", **summary})
     return vote
+
+
+def _report_sample(run, reply, stats: bool, label: str) -> None:
+    """A sample's closing lines (warnings, --stats), each labelled with the sample it is about."""
+    import io
+
+    from ponder.cli.views.show_reply import report
+
+    lines = io.StringIO()
+    report(reply, stats, lines)
+    for line in lines.getvalue().splitlines():
+        print(label + line, file=run.term.stderr)
 
 
 def _show_final_answer(run, answer: str) -> None:
