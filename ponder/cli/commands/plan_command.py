@@ -32,8 +32,8 @@ def plan_command(
     memory: Optional[float] = typer.Option(None, "--memory", help="Plan for this many GiB (another machine) "
                                            "instead of this one's RAM and VRAM.", min=0.1, show_default=False),
     samples: int = typer.Option(1, "--samples", "-n", min=1, max=MAX_PARALLEL,
-                                help="Sequences decoded together (solve --samples, batch --parallel): each has a cache "
-                                     "of --ctx tokens."),
+                                help="Samples decoded together (--parallel of solve and batch; by default all of solve's "
+                                     "--samples): each has a cache of --ctx tokens."),
 ) -> None:
     """Weights + KV cache + overhead for each quantization, and whether it fits in RAM / VRAM."""
     from ponder import machine
