@@ -48,8 +48,10 @@ def generate_reply(model: Model, messages: Sequence[Message], params: Generation
     early at `params.think_budget`, when `answer_now` is set, or when it loops (see ponder.thinking)."""
     guarded = GuardedReply(model, model_prompt(model, messages), params, answer_now)
     splitter = ReplySplitter(model.info.chat.reasoning, guarded.started, guard=guarded.guard)
-    for event in _run(model, guarded):
-        yield from splitter.feed(event)
+    events = _run(model, guarded)
+    with closing(events):  # closed with this generator, not whenever it is collected: the model stops here
+        for event in events:
+            yield from splitter.feed(event)
 
 
 def _run(model: Model, guarded: GuardedReply) -> Iterator:
