@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Protocol
@@ -161,3 +162,30 @@ def backend_stats(prompt_tokens: int, generated: int, started: float, first: flo
         peak_memory_bytes=peak_memory_bytes,
         prefilled_tokens=prefilled,
     )
+
+
+@dataclass(kw_only=True)
+class BatchedSequence:
+    """What every BatchDecoder keeps of a live sequence: its next token, its budget, and the counts and
+    times its Finished reports."""
+
+    sampler: object
+    pending: int  # the token to feed in the next step (the prompt's last, then each sampled one)
+    budget: int  # tokens it may generate
+    prompt_tokens: int
+    prefilled: int
+    started: float
+    generated: int = 0
+    first: float = 0.0
+    last: float = 0.0
+
+    def stepped(self, now: float) -> None:
+        """A step gave it a token (at `now`)."""
+        self.last = now
+        if not self.generated:
+            self.first = now
+
+    def stats(self, peak_memory_bytes: int | None = None) -> BackendStats:
+        first = self.first or self.started
+        return backend_stats(self.prompt_tokens, self.generated, self.started, first, self.last or first,
+                             time.perf_counter(), peak_memory_bytes, self.prefilled)

@@ -26,26 +26,17 @@ from dataclasses import dataclass, field
 import llama_cpp as lib
 import numpy as np
 
-from ponder.backends.base import backend_stats, generation_budget, prompt_tokens, shared_prefix
+from ponder.backends.base import BatchedSequence, generation_budget, prompt_tokens, shared_prefix
 from ponder.errors import BackendError
 from ponder.events import BackendEvent, Continuation, Finished, FinishReason, GenerationParams, TextDelta
 from ponder.sampling import Sampler
 
 
-@dataclass
-class _Sequence:
+@dataclass(kw_only=True)
+class _Sequence(BatchedSequence):
     stream: int  # the KV stream (llama.cpp sequence id) it lives in, 0..k-1
-    sampler: Sampler
-    budget: int  # tokens it may generate
-    prompt_tokens: int
-    prefilled: int
-    started: float
-    pending: int  # the token to feed in the next step (the prompt's last, then each sampled one)
     position: int  # the pending token's position
     decoder: codecs.IncrementalDecoder = field(default_factory=lambda: codecs.getincrementaldecoder("utf-8")("replace"))
-    generated: int = 0
-    first: float = 0.0
-    last: float = 0.0
 
 
 class LlamaCppBatch:
@@ -78,8 +69,9 @@ class LlamaCppBatch:
             self._feed(stream, rest[start:start + model._chunk], keep + start)
             held.extend(rest[start:start + model._chunk])
         handle = next(self._handles)
-        self._live[handle] = _Sequence(stream, Sampler(params.temperature, params.top_p, params.seed), budget,
-                                       len(tokens), len(tokens) - keep, started, tokens[-1], len(tokens) - 1)
+        self._live[handle] = _Sequence(stream=stream, sampler=Sampler(params.temperature, params.top_p, params.seed),
+                                       budget=budget, prompt_tokens=len(tokens), prefilled=len(tokens) - keep,
+                                       started=started, pending=tokens[-1], position=len(tokens) - 1)
         return handle
 
     def _place(self, tokens: list[int]) -> tuple[int, int]:
@@ -172,9 +164,7 @@ class LlamaCppBatch:
             model._caches[sequence.stream].append(sequence.pending)
             logits = np.ctypeslib.as_array(lib.llama_get_logits_ith(ctx, i), shape=(n_vocab,))  # no copy
             token = sequence.sampler.sample(logits)
-            sequence.last = now
-            if not sequence.generated:
-                sequence.first = now
+            sequence.stepped(now)
             if lib.llama_vocab_is_eog(vocab, token):
                 events.extend(self._end(handle, "stop"))
                 continue
@@ -197,10 +187,7 @@ class LlamaCppBatch:
         tail = sequence.decoder.decode(b"", final=True)
         if tail:
             events.append((handle, TextDelta(tail, tokens=0)))
-        first = sequence.first or sequence.started
-        stats = backend_stats(sequence.prompt_tokens, sequence.generated, sequence.started, first,
-                              sequence.last or first, time.perf_counter(), prefilled=sequence.prefilled)
-        events.append((handle, Finished(reason, stats)))
+        events.append((handle, Finished(reason, sequence.stats())))
         return events
 
     def close(self) -> None:

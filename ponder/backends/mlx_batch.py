@@ -29,7 +29,7 @@ from mlx_lm.generate import generation_stream
 from mlx_lm.models.cache import KVCache, make_prompt_cache
 from mlx_lm.utils import maybe_set_recommended_wired_limit
 
-from ponder.backends.base import backend_stats, generation_budget, prompt_tokens, shared_prefix
+from ponder.backends.base import BatchedSequence, generation_budget, prompt_tokens, shared_prefix
 from ponder.errors import BackendError
 from ponder.events import BackendEvent, Continuation, Finished, FinishReason, GenerationParams, TextDelta
 
@@ -40,19 +40,10 @@ def batchable(cache: list) -> bool:
     return bool(cache) and all(hasattr(layer, "merge") for layer in cache)
 
 
-@dataclass
-class _Sequence:
-    sampler: object
-    budget: int  # tokens it may generate
-    prompt_tokens: int
-    prefilled: int
-    started: float
-    pending: int  # the token to feed in the next step (the prompt's last, then each sampled one)
+@dataclass(kw_only=True)
+class _Sequence(BatchedSequence):
     fed: list[int]  # the tokens its row of the batched cache holds
     detokenizer: object
-    generated: int = 0
-    first: float = 0.0
-    last: float = 0.0
 
 
 @dataclass
@@ -133,8 +124,10 @@ class MlxBatch:
             self._forget_all()  # a layer's cache may have taken the prompt, or joined the batch, and the next not
             raise BackendError(f"MLX failed to process the prompt: {_one_line(exc)}") from exc
         self._rows.append(slot)
-        self._live[slot] = _Sequence(self._make_sampler(params.temperature, params.top_p, params.seed), budget, len(tokens),
-                                     len(tokens) - keep, started, tokens[-1], list(fed), model._tokenizer.detokenizer)
+        self._live[slot] = _Sequence(sampler=self._make_sampler(params.temperature, params.top_p, params.seed),
+                                     budget=budget, prompt_tokens=len(tokens), prefilled=len(tokens) - keep,
+                                     started=started, pending=tokens[-1], fed=list(fed),
+                                     detokenizer=model._tokenizer.detokenizer)
         return slot
 
     def _place(self, tokens: list[int]) -> int:
@@ -185,9 +178,7 @@ class MlxBatch:
         ended: list[tuple[int, FinishReason]] = []
         for slot, sequence, token in zip(list(self._rows), sequences, tokens):
             sequence.fed.append(sequence.pending)
-            sequence.last = now
-            if not sequence.generated:
-                sequence.first = now
+            sequence.stepped(now)
             if token in self._eos:  # the end-of-sequence token: not text, not counted
                 ended.append((slot, "stop"))
                 continue
@@ -229,11 +220,7 @@ class MlxBatch:
         tail = sequence.detokenizer.last_segment
         if tail:
             events.append((slot, TextDelta(tail, tokens=0)))
-        first = sequence.first or sequence.started
-        stats = backend_stats(sequence.prompt_tokens, sequence.generated, sequence.started, first,
-                              sequence.last or first, time.perf_counter(), mx.get_peak_memory(),
-                              prefilled=sequence.prefilled)
-        events.append((slot, Finished(reason, stats)))
+        events.append((slot, Finished(reason, sequence.stats(mx.get_peak_memory()))))
         return events
 
     def _forget_all(self) -> None:
