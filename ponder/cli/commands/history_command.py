@@ -26,7 +26,7 @@ def history_list(
 
     store = _store()
     lines = summary_lines(store.summaries(limit))
-    print("\n".join(lines) if lines else "no conversations yet")
+    print(_as_data("\n".join(lines)) if lines else "no conversations yet")
 
 
 @history_app.command("show")
@@ -35,7 +35,7 @@ def history_show(conversation_id: int = typer.Argument(..., help="The conversati
     from ponder.cli.views.transcript import transcript_markdown
 
     conversation = _load(conversation_id)
-    print(transcript_markdown(conversation, conversation.model), end="")
+    print(_as_data(transcript_markdown(conversation, conversation.model)), end="")
 
 
 @history_app.command("delete")
@@ -44,6 +44,20 @@ def history_delete(conversation_id: int = typer.Argument(..., help="The conversa
     _load(conversation_id)
     _store().delete(conversation_id)
     print(f"deleted conversation {conversation_id}")
+
+
+def _as_data(text: str) -> str:
+    """What the history holds came from models and prompts: a terminal is shown its control
+    sequences rather than obeying them; a pipe or a file gets it exactly as stored."""
+    import sys
+
+    from ponder.cli.views.safe_text import visible
+
+    try:
+        terminal = sys.stdout.isatty()
+    except (AttributeError, ValueError):  # stdout closed (`>&-`): None, or a closed file
+        terminal = False
+    return visible(text) if terminal else text
 
 
 def _load(conversation_id: int):

@@ -4,7 +4,8 @@ The first block (or the first in `--lang`) streams a line at a time as it arrive
 `ponder ask -x … | head` sees lines early; the last (`--extract-last`) can only be known at the
 end. The final word is CommonMark's (ponder.code_blocks): a block the line-by-line stream could
 not see (inside a list, say) is printed at the end. Reasoning goes where `ask` sends it in a pipe;
-on a terminal, collapsed reasoning is one summary line on stderr.
+on a terminal, collapsed reasoning is one summary line on stderr. Code printed to a terminal is
+shown with its control sequences visible; into a pipe or a file it goes byte for byte.
 """
 
 from __future__ import annotations
@@ -60,5 +61,5 @@ class CodeRenderer(PlainRenderer):
 
     def _write(self, code: str) -> None:
         if code:
-            self.out.write(code)
+            self.out.write(self._out_safe(code))
             self.out.flush()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from typing import Any, TextIO
 
 from ponder.backends.base import ModelInfo
@@ -41,8 +42,20 @@ def reply_json(reply: Reply, info: ModelInfo) -> dict[str, Any]:
     }
 
 
+# What json.dumps(ensure_ascii=False) leaves raw though a terminal would obey it (DEL, C1 controls such as
+# the 8-bit CSI U+009B, bidi overrides), or no UTF-8 stream can carry (lone surrogates). It escapes C0 itself.
+_RAW_IN_JSON = re.compile("[\x7f-\x9f\u202a-\u202e\u2066-\u2069\ud800-\udfff]")
+
+
+def dumps(payload: Any, indent: int | None = None) -> str:
+    """JSON with text readable as written (no ASCII escapes for ordinary Unicode) that is safe to print
+    on a terminal. These characters occur only inside strings, where \\uXXXX means the same."""
+    text = json.dumps(payload, ensure_ascii=False, indent=indent)
+    return _RAW_IN_JSON.sub(lambda match: f"\\u{ord(match.group()):04x}", text)
+
+
 def write_json_line(out: TextIO, payload: dict[str, Any]) -> None:
-    out.write(json.dumps(payload, ensure_ascii=False) + "\n")
+    out.write(dumps(payload) + "\n")
     out.flush()
 
 
@@ -63,7 +76,7 @@ class JsonRenderer:
 
     def finish(self, reply: Reply | None) -> None:
         if reply is not None:
-            self.out.write(json.dumps(reply_json(reply, self.info), ensure_ascii=False, indent=2) + "\n")
+            self.out.write(dumps(reply_json(reply, self.info), indent=2) + "\n")
             self.out.flush()
 
 

@@ -1,6 +1,7 @@
 """Showing a reply: a live rich view on a terminal, plain text in a pipe.
 
-Both take the same calls, so commands stream through either without knowing which.
+Both take the same calls, so commands stream through either without knowing which. What the model
+wrote reaches a terminal only through safe_text.visible; in a pipe it is the user's data, byte for byte.
 """
 
 from __future__ import annotations
@@ -8,6 +9,7 @@ from __future__ import annotations
 import time
 from typing import Literal, Protocol
 
+from ponder.cli.views.safe_text import visible
 from ponder.cli.views.terminal import Terminal, disable_echo
 from ponder.events import Reply
 from ponder.reasoning import AnswerAsShown
@@ -37,13 +39,17 @@ class PlainRenderer:
         self.out, self.err = term.stdout, term.stderr
         self.show_reasoning = show_reasoning
         self.dim = term.stderr_is_tty and term.color
+        # A terminal is shown the model's control sequences, not steered by them (ask -x to a terminal too).
+        self._out_safe = visible if term.stdout_is_tty else str
+        self._err_safe = visible if term.stderr_is_tty else str
         self._answer_ends_line = True
         self._reasoning_ends_line = True
         self._shown = AnswerAsShown()
 
     def reasoning(self, text: str, tokens: int) -> None:
         if self.show_reasoning:
-            self.err.write(f"{DIM}{text}{RESET}" if self.dim else text)
+            shown = self._err_safe(text)
+            self.err.write(f"{DIM}{shown}{RESET}" if self.dim else shown)
             self.err.flush()
             self._reasoning_ends_line = text.endswith("\n")
 
@@ -56,7 +62,7 @@ class PlainRenderer:
         text = self._shown(text)
         if not text:
             return
-        self.out.write(text)
+        self.out.write(self._out_safe(text))
         self.out.flush()
         self._answer_ends_line = text.endswith("\n")
 
@@ -69,7 +75,8 @@ class PlainRenderer:
 
 class TerminalRenderer:
     """Live view: dimmed reasoning under a running timer, collapsed to a summary line when
-    `</think>` arrives, then the answer as Markdown.
+    `</think>` arrives, then the answer as Markdown. The model's text is kept as it came and made
+    visible where it is handed to rich (_print_dim, _reasoning_tail, _markdown_lines).
 
     Repaints are throttled (FPS, and a CPU budget) and only the last TAIL_LINES of the answer stay live:
     lines above them are printed once, so cost per frame stays small however long the reply.
@@ -115,7 +122,11 @@ class TerminalRenderer:
             redirect_stderr=False,
         )
         self._restore_echo = disable_echo(term)
-        self._live.start()
+        try:
+            self._live.start()
+        except BaseException:
+            self._restore_echo()
+            raise
 
     # --- events -----------------------------------------------------------------
 
@@ -166,15 +177,17 @@ class TerminalRenderer:
                 self._print_dim(reply.reasoning.strip())  # closed, then nothing: show what it thought
             self._render_answer(final=True)
         finally:
-            self._live.stop()
-            self._restore_echo()
+            try:
+                self._live.stop()
+            finally:  # even when stopping the view failed (a closed stdout): keys must echo again
+                self._restore_echo()
 
     # --- drawing ----------------------------------------------------------------
 
     def _print_dim(self, text: str) -> None:
         from rich.text import Text
 
-        self.console.print(Text(text.rstrip("\n"), style="dim"))
+        self.console.print(Text(visible(text.rstrip("\n")), style="dim"))
 
     def _render_answer(self, final: bool) -> None:
         """Print what is settled, keep the rest live. Complete Markdown blocks (up to a blank
@@ -197,7 +210,9 @@ class TerminalRenderer:
 
         from ponder.latex import render_math
 
-        lines = self.console.render_lines(Markdown(render_math(source)), pad=False, new_lines=False)
+        # hyperlinks=False: a link shows where it goes, "text (url)", rather than hiding a model's URL under its text.
+        markdown = Markdown(visible(render_math(source)), hyperlinks=False)
+        lines = self.console.render_lines(markdown, pad=False, new_lines=False)
         blank = lambda line: not any(seg.text.strip() for seg in line)  # noqa: E731
         while lines and blank(lines[-1]):
             lines.pop()
@@ -225,7 +240,7 @@ class TerminalRenderer:
         from rich.segment import Segment
         from rich.text import Text
 
-        text = Text(self._reasoning.lstrip("\n")[-(width * self.TAIL_LINES * 2) :], style="dim")
+        text = Text(visible(self._reasoning.lstrip("\n")[-(width * self.TAIL_LINES * 2) :]), style="dim")
         lines = text.wrap(self.console, width)
         dim = self.console.get_style("dim")  # Text.render leaves the text's own style to its caller
         return _Lines([list(Segment.apply_style(line.render(self.console), dim)) for line in lines[-self.TAIL_LINES :]])

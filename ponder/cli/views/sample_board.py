@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from ponder.cli.views.safe_text import visible
 from ponder.events import AnswerDelta, ReasoningDelta, ReasoningDone, Reply
 from ponder.parallel import Skipped
 from ponder.solve import majority_vote
@@ -46,13 +47,19 @@ class SampleBoard:
             self._live = Live(console=console, get_renderable=self._render, refresh_per_second=8, transient=False,
                               redirect_stdout=False, redirect_stderr=False)
             self._restore_echo = disable_echo(self.term)
-            self._live.start()
+            try:
+                self._live.start()
+            except BaseException:
+                self._restore_echo()
+                raise
         return self
 
     def __exit__(self, *exc) -> None:
         if self._live is not None:
-            self._live.stop()
-            self._restore_echo()
+            try:
+                self._live.stop()
+            finally:  # even when stopping the board failed (a closed stderr): keys must echo again
+                self._restore_echo()
 
     def event(self, index: int, event) -> None:
         row = self.rows[index]
@@ -81,7 +88,7 @@ class SampleBoard:
         self._count_votes()
         if self._live is None and self.lines:
             shown = row.answer if row.answer is not None else "(no answer)"
-            print(f"sample {index + 1}/{self.samples}: {shown}", file=self.term.stderr)
+            print(f"sample {index + 1}/{self.samples}: {shown}", file=self.term.stderr)  # (stderr: not a terminal)
 
     def _render(self):
         from rich.table import Table
@@ -99,11 +106,11 @@ class SampleBoard:
             style = {"thinking": "dim", "answering": "", "done": "bold", "ended early": "dim", "waiting": "dim"}
             table.add_row(Text(f"#{index + 1}", style="dim"), Text(row.state, style=style[row.state]),
                           Text(_tokens(row.tokens) if row.tokens else "", justify="right"),
-                          Text(answer, style="bold green"),
+                          Text(visible(answer), style="bold green"),  # the model's: shown, never obeyed
                           Text(row.note, style="dim"))
         from rich.console import Group
 
-        return Group(table, Text(self.vote_line(), style="cyan"))
+        return Group(table, Text(visible(self.vote_line()), style="cyan"))
 
     def _count_votes(self) -> None:
         """On the calling thread: math-verify's timeouts work only on the main one, not rich's refresh thread."""
