@@ -405,6 +405,25 @@ def test_ask_on_a_terminal_then_history_show_what_the_server_sent_and_obey_none_
     assert "^[[?1049h" in screen and "safe^MEVIL" in screen
 
 
+def test_history_and_history_show_of_a_stored_conversation_obey_none_of_it(user_env, tmp_path):
+    """A conversation as the history holds it, whatever wrote it: titles, model name, reasoning, answer."""
+    from ponder.history import Conversation, History, Turn
+
+    history = History(tmp_path / "data" / "history.db")
+    conversation = Conversation(model="model\x1b]2;pwned\x07")
+    for turn in (Turn("user", "Hi \x1b[?1049h\x1b]0;pwned\x07 there"), Turn("assistant", HOSTILE, reasoning=HOSTILE)):
+        history.add_turn(conversation, turn, "chat", "test")
+    history.close()
+
+    screen, state = in_tmux(ponder_words("history"), user_env)
+    assert_terminal_untouched(screen, state)
+    assert "Hi ^[[?1049h^[]0;pwned^G there" in screen
+
+    screen, state = in_tmux(ponder_words("history", "show", str(conversation.id)), user_env)
+    assert_terminal_untouched(screen, state)
+    assert "model^[]2;pwned^G" in screen and "^[]52;c;cm0gLXJmIH4=^G" in screen and "safe^MEVIL" in screen
+
+
 def test_reasoning_on_a_terminal_is_shown_safely_while_the_piped_answer_keeps_its_bytes(hostile_server, user_env,
                                                                                       tmp_path):
     out = tmp_path / "answer.txt"
@@ -412,12 +431,12 @@ def test_reasoning_on_a_terminal_is_shown_safely_while_the_piped_answer_keeps_it
     screen, state = in_tmux(command, user_env)
     assert_terminal_untouched(screen, state)
     assert "^[[?1049h" in screen  # the reasoning, on stderr: the pane
-    assert out.read_text() == hostile_server.answer.lstrip()  # stdout: exactly what the model wrote
+    assert out.read_bytes() == hostile_server.answer.encode()  # stdout: exactly what the model wrote
 
     saved = tmp_path / "show.md"  # history show into a file: as stored, too
     screen, state = in_tmux(ponder_words("ask", "--server", hostile_server.url, "q") + " >/dev/null; " +
                             ponder_words("history", "show", "1") + f" > {saved}", user_env)
-    assert HOSTILE in saved.read_text()
+    assert HOSTILE.encode() in saved.read_bytes()
 
 
 def test_the_sample_board_shows_answers_safely(hostile_server, user_env, tmp_path):
@@ -425,7 +444,7 @@ def test_the_sample_board_shows_answers_safely(hostile_server, user_env, tmp_pat
     screen, state = in_tmux(command, user_env)
     assert_terminal_untouched(screen, state)
     assert "^[[?1049h84 ×2" in screen  # the board's vote line, on stderr
-    assert (tmp_path / "out").read_text().startswith("Answer: \x1b[?1049h84\n")  # stdout: the data
+    assert (tmp_path / "out").read_bytes().startswith(b"Answer: \x1b[?1049h84\n")  # stdout: the data
 
 
 def test_chat_shows_the_reply_safely(hostile_server, user_env):
