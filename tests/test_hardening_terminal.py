@@ -464,3 +464,19 @@ def test_chat_shows_the_reply_safely(hostile_server, user_env):
         chat.wait_for("EXIT=0")
     finally:
         chat.close()
+
+
+def test_a_view_failing_as_it_stops_does_not_hide_why_the_reply_stopped():
+    """Ctrl-C (or any error) while streaming, then the view's last write fails on a full or closed
+    stream: the command still ends for the first reason (130 for Ctrl-C), not with the write's error."""
+    from ponder.cli.views.render import PlainRenderer
+    from ponder.cli.views.show_reply import show_reply
+
+    def interrupted():
+        yield AnswerDelta("partial")
+        term.stdout.failing = True
+        raise KeyboardInterrupt
+
+    term = Terminal(io.BytesIO(), FailingStream(), io.StringIO(), False, False, False, True)
+    with pytest.raises(KeyboardInterrupt):
+        show_reply(interrupted(), PlainRenderer(term), term)

@@ -57,7 +57,7 @@ def _stop(events, renderer: Renderer) -> None:
     finally:  # even when a second Ctrl-C came meanwhile: the live view must stop, echo come back
         try:
             renderer.finish(None)
-        except (BrokenPipeError, KeyboardInterrupt):
+        except (OSError, KeyboardInterrupt):  # (a closed or full stream) the reason for stopping is what counts
             pass
 
 
