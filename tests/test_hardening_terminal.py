@@ -480,3 +480,12 @@ def test_a_view_failing_as_it_stops_does_not_hide_why_the_reply_stopped():
     term = Terminal(io.BytesIO(), FailingStream(), io.StringIO(), False, False, False, True)
     with pytest.raises(KeyboardInterrupt):
         show_reply(interrupted(), PlainRenderer(term), term)
+
+
+def test_history_limit_must_be_at_least_one(user_env):
+    """`-n 0` listed nothing and said there were no conversations; `-n -1` listed them all."""
+    from tests.support.cli import run_ponder
+
+    for limit in ("0", "-1"):
+        result = run_ponder("history", "-n", limit, env=user_env)
+        assert result.returncode == 2 and b"--limit" in result.stderr and result.stdout == b""

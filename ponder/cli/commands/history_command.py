@@ -17,7 +17,7 @@ def _store():
 @history_app.callback(invoke_without_command=True)
 def history_list(
     ctx: typer.Context,
-    limit: int = typer.Option(20, "--limit", "-n", help="How many conversations, newest first."),
+    limit: int = typer.Option(20, "--limit", "-n", min=1, help="How many conversations, newest first."),
 ) -> None:
     """List recent conversations (resume one with `ponder chat --resume ID`)."""
     if ctx.invoked_subcommand is not None:
