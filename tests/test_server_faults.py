@@ -486,16 +486,18 @@ def test_a_key_echoed_by_the_server_is_not_shown(keyed_proxy, tmp_path):
     assert posts(keyed_proxy)[-1].headers["authorization"] == f"Bearer {KEY}"  # it was sent, and echoed
 
 
-def test_openai_api_key_stays_home_over_plain_http_to_another_host(monkeypatch):
-    from ponder.backends.server import api_key
+def test_openai_api_key_stays_home_over_plain_http_to_another_host():
+    from ponder.backends.server_auth import choose_key
 
-    monkeypatch.delenv("PONDER_API_KEY", raising=False)
-    monkeypatch.setenv("OPENAI_API_KEY", KEY)
-    assert api_key("http://colleague-box:8000/v1") is None
-    assert api_key("https://colleague-box/v1") == KEY
-    assert api_key("http://127.0.0.1:8000/v1") == KEY
-    monkeypatch.setenv("PONDER_API_KEY", "ponder-key")
-    assert api_key("http://colleague-box:8000/v1") == "ponder-key"  # the user's explicit choice
+    def key(url, env, direct=True):
+        return choose_key(url, direct, None, env)[0]
+
+    openai = {"OPENAI_API_KEY": KEY}
+    assert key("http://colleague-box:8000/v1", openai) is None
+    assert key("https://colleague-box/v1", openai) == KEY
+    assert key("http://127.0.0.1:8000/v1", openai) == KEY
+    both = {**openai, "PONDER_API_KEY": "ponder-key"}
+    assert key("http://colleague-box:8000/v1", both) == "ponder-key"  # the user's explicit choice
 
 
 def test_many_requests_reuse_a_few_threads(llama_server):

@@ -7,8 +7,9 @@ import threading
 
 import pytest
 
-from ponder.backends.server import _adaptation, _Choice, _texts
+from ponder.backends.server_adapt import adaptation as _adaptation
 from ponder.backends.server_http import ServerClient, ServerRefused, _retry_after, shown_url
+from ponder.backends.server_stream import Choice as _Choice, texts as _texts
 from ponder.errors import UsageError
 from ponder.events import AnswerDelta, BackendStats, Finished, ReasoningDelta, ReasoningDone, Reply, TextDelta
 from ponder.exchange import split_reply
@@ -81,7 +82,7 @@ def test_an_interrupted_reply_keeps_what_arrived_and_says_why():
 
 
 def client_with_key(key: str) -> ServerClient:
-    client = ServerClient("http://127.0.0.1:9/v1", key)
+    client = ServerClient("http://127.0.0.1:9/v1", environ={"PONDER_API_KEY": key})
     client.close()
     return client
 
@@ -143,7 +144,7 @@ def test_the_server_setting_must_be_a_url():
 
 
 def test_a_hub_models_template_comes_from_the_local_hub_cache(tmp_path, monkeypatch):
-    from ponder.backends.server import ServerFacts, _chat_format
+    from ponder.backends.server_facts import ServerFacts, chat_format as _chat_format
 
     snapshot = tmp_path / "models--deepseek-ai--R1-Distill" / "snapshots" / "abc123"
     snapshot.mkdir(parents=True)
@@ -152,10 +153,10 @@ def test_a_hub_models_template_comes_from_the_local_hub_cache(tmp_path, monkeypa
     template = "{% for m in messages %}{{ m.content }}{% endfor %}</think>"
     (snapshot / "tokenizer_config.json").write_text(
         f'{{"chat_template": "{template}", "bos_token": {{"content": "<s>"}}, "eos_token": "</s>"}}')
-    import ponder.backends.server as server
+    import ponder.backends.server_facts as server_facts
 
-    real = server._hub_template
-    monkeypatch.setattr(server, "_hub_template", lambda repo: real(repo, cache_dir=str(tmp_path)))
+    real = server_facts.hub_template
+    monkeypatch.setattr(server_facts, "hub_template", lambda repo: real(repo, cache_dir=str(tmp_path)))
     found = _chat_format(ServerFacts("http://h/v1", kind="vLLM"), "deepseek-ai/R1-Distill", None)
     missing = _chat_format(ServerFacts("http://h/v1", kind="vLLM"), "someone/plain-model", None)
     assert (found.template, found.bos_token, found.eos_token, found.reasoning) == (template, "<s>", "</s>", True)

@@ -1,37 +1,37 @@
-"""HTTP to an OpenAI-compatible server: requests, retries, server-sent events, and errors a person
-can act on. The API key is sent in a header and never appears in any message ponder writes.
+"""HTTP to an OpenAI-compatible server: requests, retries of a busy server, server-sent events, stops.
 
-httpx2 (already ponder's dependency through huggingface_hub) does the HTTP, proxies from the
-environment (HTTP(S)_PROXY, NO_PROXY), timeouts and SSE parsing; it is imported only when a server
-is used, so `ponder --help` stays fast.
+httpx2 (ponder's dependency through huggingface_hub) does the HTTP, proxies from the environment,
+timeouts and SSE parsing; imported only when a server is used (`ponder --help` stays fast). The API
+key goes in a header where server_auth allows it; failures become one-line errors in server_errors.
 """
 
 from __future__ import annotations
 
 import json
 import math
-import re
+import os
 import socket
 import threading
 import time
 from collections.abc import Iterator
 from email.utils import parsedate_to_datetime
-from urllib.parse import urlsplit
 
+from ponder.backends.server_auth import Redactor, choose_key, proxy_for, shown_url
+from ponder.backends.server_cancel import InFlight
+from ponder.backends.server_errors import RETRIED_STATUSES, ServerErrors, ServerRefused, StreamBroken
+from ponder.backends.server_stream import json_events
 from ponder.errors import BackendError, UsageError
+from ponder.threads import Cancel
 
-RETRIED_STATUSES = (429, 502, 503)  # busy or restarting: worth another try
+__all__ = ["ServerClient", "ServerRefused", "StreamBroken", "check_url", "shown_url"]
+
 ATTEMPTS = 5
 FIRST_DELAY_S, LONGEST_DELAY_S = 0.5, 8.0
 LONGEST_RETRY_AFTER_S = 60.0  # a server asking for a longer wait gets a clear error instead
 CONNECT_TIMEOUT_S = 10.0
 DEFAULT_READ_TIMEOUT_S = 300.0  # a server may think for minutes before the first token of a long prompt
-KEY_HINT = "set PONDER_API_KEY (or OPENAI_API_KEY) to the server's API key"
-
-
-def shown_url(url: str) -> str:
-    """`url` without user:password@ (with or without a scheme), as it may appear in messages."""
-    return re.sub(r"^((?:[A-Za-z][A-Za-z0-9+.-]*:)?//)?[^/@]*@", r"\1", url)
+LONGEST_JSON = 32 << 20  # a model list or /props beyond this is not one
+LONGEST_ERROR_BODY = 64 << 10  # what is read of an error's body
 
 
 def check_url(url: str) -> str:
@@ -45,20 +45,19 @@ def check_url(url: str) -> str:
 
 
 class ServerClient:
-    """One server's HTTP client, shared by every request to it (thread-safe, as httpx's is)."""
+    """One server's HTTP client, shared by every request to it (thread-safe, as httpx's is).
 
-    def __init__(self, url: str, api_key: str | None, read_timeout: float | None = None):
+    Every request in flight is registered with its cancel (`in_flight`): `stop()` wakes them all,
+    whatever each waits on (a retry's sleep, the server's headers, the next event)."""
+
+    def __init__(self, url: str, read_timeout: float | None = None, environ=None):
         import httpx2
 
         self.url = check_url(url).rstrip("/")
         self.shown = shown_url(self.url)
-        if api_key and self.shown != self.url:
-            raise UsageError("the server URL carries a user:password and an API key is set: use one of them")
-        self._key = api_key or ""
         self.read_timeout = read_timeout or DEFAULT_READ_TIMEOUT_S
         try:
             self.http = httpx2.Client(
-                headers={"Authorization": f"Bearer {api_key}"} if api_key else {},
                 timeout=httpx2.Timeout(CONNECT_TIMEOUT_S, read=self.read_timeout, pool=None),
                 # A connection per request, none pooled: a stop shuts the socket of its own request
                 # (from the moment it connects), never one another request reuses. No cap: --parallel.
@@ -70,30 +69,61 @@ class ServerClient:
                                hint="~/.local/share/ponder/venv/bin/pip install socksio, or unset ALL_PROXY") from None
         except ValueError as exc:  # a malformed proxy URL
             raise BackendError(f"the proxy settings are not valid: {shown_url(str(exc))}") from None
-        self._open_sockets: set[socket.socket] = set()
-        self._lock = threading.Lock()
-        self.closed = False
+        key, self.key_withheld = choose_key(self.url, self.goes_direct(), proxy_for(self.url),
+                                            os.environ if environ is None else environ)
+        if key and self.shown != self.url:
+            self.http.close()
+            raise UsageError("the server URL carries a user:password and an API key is set: use one of them")
+        if key:
+            self.http.headers["Authorization"] = f"Bearer {key}"
+        self._key = key or ""
+        self.redact = Redactor(self._key)
+        self.errors = ServerErrors(self.url, self.shown, self.redact, self.key_withheld, self.read_timeout)
+        self.in_flight = InFlight()
 
     @property
     def root(self) -> str:
         """The server's root, where non-OpenAI endpoints live (/props, /api/version)."""
         return self.url[: -len("/v1")] if self.url.endswith("/v1") else self.url
 
+    @property
+    def closed(self) -> bool:
+        return self.in_flight.closed
+
+    def goes_direct(self) -> bool:
+        """Whether requests to the server connect to it directly, by the client's own proxy routing
+        (HTTP(S)_PROXY, ALL_PROXY, NO_PROXY as httpx reads them), not through a proxy."""
+        import httpx2
+
+        try:
+            return self.http._transport_for_url(httpx2.URL(self.url)) is self.http._transport
+        except AttributeError:  # another httpx: the environment's proxy settings, as urllib reads them
+            return proxy_for(self.url) is None
+
     # --- plain requests ---------------------------------------------------------------------
 
     def get_json(self, path: str, from_root: bool = False, timeout: float | None = None):
         """GET a JSON document; BackendError (one line) when the server cannot give it."""
+        import httpx2
+
         url = (self.root if from_root else self.url) + path
-        held: list = []
-        response = self._send("GET", url, None, None, held, timeout=timeout)
-        try:
-            response.read()
-            return response.json()
-        except ValueError:
-            raise BackendError(f"{shown_url(url)} did not answer with JSON") from None
-        finally:
-            response.close()
-            self._release(held)
+        with self.in_flight.track(Cancel()) as cancel:
+            held: list = []
+            response = self._send("GET", url, None, cancel, held, timeout=timeout)
+            if response is None:
+                raise BackendError(f"the request to {self.shown} was stopped")
+            try:
+                return json.loads(_read(response, LONGEST_JSON))
+            except ValueError:  # not JSON, not UTF-8, or far too long
+                raise BackendError(f"{shown_url(url)} did not answer with JSON") from None
+            except httpx2.TimeoutException:
+                raise BackendError(f"{shown_url(url)} sent nothing for {timeout or self.read_timeout:g} s",
+                                   hint="--timeout SECONDS waits longer") from None
+            except httpx2.RequestError as exc:
+                raise BackendError(f"{shown_url(url)} broke off its answer ({type(exc).__name__})") from None
+            finally:
+                response.close()
+                _release(held)
 
     def try_json(self, path: str, from_root: bool = False, timeout: float = 3.0):
         """GET a JSON document, or None if there is none (probing what kind of server this is)."""
@@ -109,91 +139,69 @@ class ServerClient:
 
         Raises BackendError when the request fails (refused, not a stream); StreamBroken once the
         stream began (the server closed it, stalled past the read timeout, or sent malformed JSON),
-        so that what arrived can be kept. With `cancel` set, the connection is shut at once, from
-        the moment it connects, and the iteration just ends.
+        so that what arrived can be kept. With `cancel` set (a threads.Cancel acts at once; a plain
+        Event is only checked between events), or `stop()` called, the connection is shut at once,
+        from the moment it connects, and the iteration just ends.
         """
         import httpx2
 
-        held: list = []
-        try:
-            response = self._send("POST", self.url + path, body, cancel, held)
-        except BaseException:
-            self._release(held)
-            raise
-        if response is None:
-            self._release(held)
-            return  # cancelled before the server answered
-        try:
-            kind = response.headers.get("content-type", "").partition(";")[0].strip().lower()
-            if kind != "text/event-stream":
-                raise BackendError(f"the server answered {response.status_code} with {kind or 'no content type'},"
-                                   " not a stream of events", hint="is --server the API's base URL (…/v1)?")
-            for event in httpx2.EventSource(response):
-                data = event.data.strip()
-                if data == "[DONE]":
-                    return
-                if not data:
-                    continue
-                try:
-                    parsed = json.loads(data)
-                except ValueError:
-                    parsed = None
-                if not isinstance(parsed, dict):
-                    raise StreamBroken(f"the server sent a malformed event: {self.redact(data[:200])[:80]!r}")
-                if "error" in parsed:  # some servers report failures mid-stream
-                    raise StreamBroken(f"the server reported an error mid-reply: {self._error_text(parsed)}")
-                yield parsed
-        except httpx2.ReadTimeout:
-            if cancel is not None and cancel.is_set():
-                return
-            raise StreamBroken(f"the server sent nothing for {self.read_timeout:g} s",
-                               hint="--timeout SECONDS waits longer") from None
-        except (httpx2.TransportError, httpx2.StreamError):
-            if cancel is not None and cancel.is_set():
-                return  # we shut the connection ourselves
-            raise StreamBroken("the server closed the stream mid-reply") from None
-        finally:
-            response.close()
-            self._release(held)
+        own = cancel if isinstance(cancel, Cancel) else Cancel()
+        with self.in_flight.track(own):
+            held: list = []
+            try:
+                response = self._send("POST", self.url + path, body, own, held)
+            except BaseException:
+                _release(held)
+                raise
+            if response is None:
+                _release(held)
+                return  # cancelled before the server answered
+            try:
+                kind = response.headers.get("content-type", "").partition(";")[0].strip().lower()
+                if kind != "text/event-stream":
+                    raise BackendError(f"the server answered {response.status_code} with {kind or 'no content type'},"
+                                       " not a stream of events", hint="is --server the API's base URL (…/v1)?")
+                for parsed in json_events(httpx2.EventSource(response), self.errors):
+                    yield parsed
+                    if own.is_set() or (cancel is not None and cancel.is_set()):
+                        return
+            except (httpx2.TransportError, httpx2.StreamError, httpx2.DecodingError) as exc:
+                if own.is_set() or (cancel is not None and cancel.is_set()):
+                    return  # we shut the connection ourselves
+                raise self.errors.broken(exc) from None
+            finally:
+                response.close()
+                _release(held)
 
-    def _tracer(self, cancel: threading.Event | None, held: list):
-        """An httpcore trace hook that keeps each new connection's socket where `close` and
-        `cancel` can shut it: a read blocked in the kernel (waiting for headers or for the next
-        event) wakes only for a shutdown, not for a flag."""
+    def _tracer(self, cancel: Cancel, held: list):
+        """An httpcore trace hook that shuts each new connection's socket when `cancel` is set: a read
+        blocked in the kernel (waiting for headers or for the next event) wakes only for a shutdown."""
 
         def trace(event: str, info: dict) -> None:
             if event != "connection.connect_tcp.complete":
                 return
             stream = info.get("return_value")
             sock = stream.get_extra_info("socket") if stream is not None else None
-            if sock is None:
-                return
-            with self._lock:
-                self._open_sockets.add(sock)
-            remove = cancel.on_set(lambda: _shut(sock)) if hasattr(cancel, "on_set") else (lambda: None)
-            held.append((sock, remove))
+            if sock is not None:
+                held.append(cancel.on_set(lambda: _shut(sock)))
 
         return trace
 
-    def _release(self, held: list) -> None:
-        for sock, remove in held:
-            remove()
-            with self._lock:
-                self._open_sockets.discard(sock)
-        held.clear()
-
     # --- sending, retrying, failing ---------------------------------------------------------
 
-    def _send(self, method: str, url: str, body: dict | None, cancel: threading.Event | None, held: list,
+    def _send(self, method: str, url: str, body: dict | None, cancel: Cancel, held: list,
               timeout: float | None = None):
         """The response to a request whose status is a success, retrying a busy server with backoff;
-        None if `cancel` is set meanwhile. The sockets it opens are added to `held` (see `_tracer`)."""
+        None if `cancel` is set meanwhile (or the client closes). The removers of the socket hooks it
+        sets are added to `held` (see `_tracer`)."""
         import httpx2
 
-        if self.closed:
-            raise BackendError("the connection to the server was closed")
         delay = FIRST_DELAY_S
         for attempt in range(1, ATTEMPTS + 1):
+            if self.closed:
+                raise BackendError("the connection to the server was closed")
+            if cancel.is_set():
+                return None
             try:
                 request = self.http.build_request(
                     method, url, json=body, extensions={"trace": self._tracer(cancel, held)},
@@ -203,19 +211,12 @@ class ServerClient:
                 response = self.http.send(request, stream=True)
             except httpx2.InvalidURL as exc:
                 raise UsageError(f"the server URL {self.shown!r} is not valid: {exc}") from None
-            except httpx2.TransportError as exc:
-                if cancel is not None and cancel.is_set():
+            except (httpx2.TransportError, RuntimeError) as exc:  # RuntimeError: the client was closed meanwhile
+                if cancel.is_set() or self.closed:
                     return None  # we shut the connection while it waited for the server
-                if isinstance(exc, httpx2.ConnectError):
-                    raise self._unreachable(exc) from None
-                if isinstance(exc, httpx2.TimeoutException) or "ssl" in str(exc).lower():
-                    plain = self.url.lower().startswith("https://")  # TLS to a plain-HTTP server stalls or fails
-                    raise BackendError(f"the server at {self.shown} did not answer" + (" over https" if plain else
-                                                                                      " in time"),
-                                       hint="is it an http:// server?" if plain else "--timeout SECONDS waits longer"
-                                       ) from None
-                raise BackendError(f"the request to {self.shown} failed: {type(exc).__name__}: "
-                                   f"{self.redact(str(exc)[:300])}") from None
+                if isinstance(exc, RuntimeError):
+                    raise
+                raise self.errors.unreachable(exc) from None
             if response.status_code < 300:
                 return response
             if response.status_code < 400:
@@ -223,109 +224,44 @@ class ServerClient:
                 target = shown_url(response.headers.get("location", "elsewhere"))
                 raise BackendError(f"the server redirects {shown_url(url)} to {target}",
                                    hint="give the URL it redirects to as --server")
-            response.read()
-            response.close()
+            try:
+                said = _read(response, LONGEST_ERROR_BODY, cut=True)
+            except (httpx2.RequestError, httpx2.StreamError) as exc:
+                if cancel.is_set():
+                    return None
+                label = f"{response.status_code} {response.reason_phrase}".strip()
+                why = f"sent nothing more for {self.read_timeout:g} s" if isinstance(exc, httpx2.TimeoutException) \
+                    else "broke it off"
+                raise BackendError(f"the server answered {label}, then {why} instead of saying why",
+                                   hint="its log may say more") from None
+            finally:
+                response.close()
             if response.status_code in RETRIED_STATUSES and attempt < ATTEMPTS:
                 told = _retry_after(response)
                 if told is not None and told > LONGEST_RETRY_AFTER_S:
                     raise BackendError(f"the server is busy ({response.status_code}) and asks to retry after "
                                        f"{told:.0f} s", hint="try again later")
-                wait = delay if told is None else told
-                if cancel is not None and cancel.wait(wait):
+                if cancel.wait(delay if told is None else told):
                     return None  # stopped while waiting for a busy server
-                if cancel is None:
-                    time.sleep(wait)
                 delay = min(delay * 2, LONGEST_DELAY_S)
                 continue
-            raise self._refused(response, attempt)
+            raise self.errors.refused(response, said, attempt)
         raise AssertionError("unreachable")
 
-    def _unreachable(self, exc: Exception) -> BackendError:
-        text = str(exc).lower()
-        why = ("its host name does not resolve" if "name or service" in text or "nodename" in text or "resolution" in text
-               else "connection refused" if "refused" in text else str(exc) or type(exc).__name__)
-        proxy = proxy_for(self.url)
-        if proxy:
-            host = urlsplit(self.url).hostname
-            return BackendError(f"cannot reach the server at {self.shown} through the proxy {proxy}: {self.redact(why)}",
-                                hint=f"is the proxy up? NO_PROXY={host} skips it (the proxy comes from HTTP(S)_PROXY)")
-        return BackendError(f"cannot reach the server at {self.shown}: {self.redact(why)}",
-                            hint="is the server running there? --server or PONDER_SERVER gives its URL, "
-                                 "e.g. http://127.0.0.1:8000/v1")
-
-    def _refused(self, response, attempts: int) -> BackendError:
-        status = response.status_code
-        where = f"{self.shown}{response.request.url.path[len(urlsplit(self.url).path):]}"
-        said = self._error_text(_json_or_none(response)) or self.redact(response.text.strip()[:300])[:200]
-        label = f"{status} {response.reason_phrase}".strip()
-        if status in (401, 403):
-            return BackendError(f"the server refused the request ({label})" + (f": {said}" if said else ""),
-                                hint=KEY_HINT if not self._key else "check PONDER_API_KEY (or OPENAI_API_KEY)")
-        if status == 404 and not said.lower().count("model"):
-            return BackendError(f"{where} does not exist on the server ({label})",
-                                hint="--server is the API's base URL, usually ending in /v1, e.g. http://host:8000/v1")
-        if status in RETRIED_STATUSES:
-            return BackendError(f"the server is busy ({label}) after {attempts} tries" + (f": {said}" if said else ""),
-                                hint="try again later, or lower --parallel")
-        return ServerRefused(f"the server answered {label}" + (f": {said}" if said else ""), status=status, said=said)
-
-    def _error_text(self, payload) -> str:
-        """The message in an OpenAI-style error body, on one line, the key removed."""
-        if not isinstance(payload, dict):
-            return ""
-        error = payload.get("error", payload.get("detail", payload.get("message")))
-        if isinstance(error, dict):
-            error = error.get("message") or json.dumps(error)
-        if isinstance(error, list):
-            error = json.dumps(error)
-        return self.redact(" ".join(str(error or "")[:2000].split()))[:300]
-
-    def redact(self, text: str) -> str:
-        """`text` with the API key, or any long stretch of it, replaced: a server may echo it."""
-        key = self._key
-        if key and len(key) >= 8:
-            text = text.replace(key, "[API key]")
-            for n in range(len(key) - 1, 7, -1):  # a partial echo ("sk-abc…xyz") of at least 8 characters
-                for start in range(0, len(key) - n + 1):
-                    if key[start:start + n] in text:
-                        text = text.replace(key[start:start + n], "[API key]")
-        elif key:
-            text = text.replace(key, "[API key]")
-        return text
+    def stop(self) -> None:
+        """Stop every request in flight: each ends as cancelled, at once; the client stays usable."""
+        self.in_flight.stop()
 
     def close(self) -> None:
-        """Shut every stream in flight (their readers end at once) and the client."""
-        self.closed = True
-        with self._lock:
-            sockets = list(self._open_sockets)
-        for sock in sockets:
-            _shut(sock)
+        """Stop every request in flight, for good, and close the client."""
+        self.in_flight.stop(for_good=True)
         self.http.close()
 
 
-class StreamBroken(BackendError):
-    """The stream failed after it began: the reply so far is worth keeping."""
-
-
-class ServerRefused(BackendError):
-    """A status the server gave with a reason, which a caller may adapt the request to."""
-
-    def __init__(self, message: str, status: int, said: str):
-        super().__init__(message)
-        self.status, self.said = status, said
-
-
-def proxy_for(url: str) -> str | None:
-    """The proxy the environment sends `url` through (HTTP(S)_PROXY, ALL_PROXY, unless NO_PROXY
-    covers its host), shown without credentials; None for a direct connection."""
-    import urllib.request
-
-    parts = urlsplit(url)
-    proxies = urllib.request.getproxies_environment()
-    proxy = proxies.get(parts.scheme) or proxies.get("all")
-    if not proxy or urllib.request.proxy_bypass_environment(parts.hostname or "", proxies):
-        return None
-    return shown_url(proxy)
+def _release(held: list) -> None:
+    for remove in held:
+        remove()
+    held.clear()
 
 
 def _shut(sock: socket.socket) -> None:
@@ -335,11 +271,16 @@ def _shut(sock: socket.socket) -> None:
         pass  # already closed
 
 
-def _json_or_none(response):
-    try:
-        return response.json()
-    except ValueError:
-        return None
+def _read(response, limit: int, cut: bool = False) -> bytes:
+    """At most `limit` bytes of the body; beyond it, ValueError (or the first `limit`, if `cut`)."""
+    data = bytearray()
+    for chunk in response.iter_bytes():
+        data += chunk
+        if len(data) > limit:
+            if cut:
+                return bytes(data[:limit])
+            raise ValueError("too long")
+    return bytes(data)
 
 
 def _retry_after(response) -> float | None:
@@ -352,5 +293,5 @@ def _retry_after(response) -> float | None:
     except ValueError:
         try:
             return max(parsedate_to_datetime(value).timestamp() - time.time(), 0.0)
-        except (TypeError, ValueError):
+        except (TypeError, ValueError, OverflowError):
             return None
