@@ -89,9 +89,11 @@ def largest_sequences(weights_bytes: int, shape: Shape, budget_bytes: int, conte
 
 
 def model_footprint(path: str) -> tuple[Shape, int] | None:
-    """The KV shape and weight bytes of a local GGUF file or MLX directory; None if unreadable."""
-    import json
+    """The KV shape and weight bytes of a local GGUF file or MLX directory; None if unreadable, or
+    if its figures are not whole numbers above 0 (a corrupt or lying header plans nothing)."""
     from pathlib import Path
+
+    from ponder.outside_files import read_json_object
 
     p = Path(path)
     try:
@@ -104,14 +106,20 @@ def model_footprint(path: str) -> tuple[Shape, int] | None:
             head_dim = meta.get(f"{arch}.attention.key_length") or meta[f"{arch}.embedding_length"] // heads
             shape = Shape(meta[f"{arch}.block_count"], meta.get(f"{arch}.attention.head_count_kv", heads), head_dim,
                           meta.get(f"{arch}.context_length", 0))
-            return shape, p.stat().st_size
-        if p.is_dir():
-            config = json.loads((p / "config.json").read_text())
+            weights = p.stat().st_size
+        elif p.is_dir():
+            config = read_json_object(p / "config.json")  # not a FIFO's open, which would block
             heads = config["num_attention_heads"]
             head_dim = config.get("head_dim") or config["hidden_size"] // heads
             shape = Shape(config["num_hidden_layers"], config.get("num_key_value_heads", heads), head_dim,
                           config.get("max_position_embeddings", 0))
-            return shape, sum(f.stat().st_size for f in p.glob("*.safetensors"))
+            weights = sum(f.stat().st_size for f in p.glob("*.safetensors"))
+        else:
+            return None
     except (OSError, ValueError, KeyError, TypeError, ZeroDivisionError):
         return None
-    return None
+    sizes = (shape.layers, shape.kv_heads, shape.head_dim)
+    if not all(type(n) is int and 0 < n < 2**20 for n in sizes) or not (
+            type(shape.trained_context) is int and shape.trained_context >= 0):
+        return None
+    return shape, weights

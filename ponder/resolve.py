@@ -23,26 +23,28 @@ class NotDownloaded(ModelError):
         self.given = given
 
 
-def resolve_model(name: str | None, backend: str) -> str:
+def resolve_model(name: str | None, backend: str, warnings: list[str] | None = None) -> str:
     """The path (or hub repo id, for mlx-lm) of the model `name` stands for; `name` None means
     $PONDER_MODEL, else the default model of `backend`. Raises NotDownloaded for a catalogue model
-    that is not in the cache."""
+    that is not in the cache. A name no local model has gets, in `warnings`, the entries the model
+    folders' scan skipped (one of them may have been it)."""
     from ponder.catalogue import CATALOGUE, DEFAULTS
 
     name = name or os.environ.get(MODEL_ENV)
     path = os.path.expanduser(name) if name else None
-    if path and os.path.exists(path):
-        if not (os.path.isfile(path) or os.path.isdir(path)):  # a FIFO or a device: reading it could block
-            raise ModelError(f"{path} is not a regular file or a directory",
-                             hint="pass a .gguf file or an MLX model directory")
+    if path and os.path.lexists(path):
+        _check_path(path)
         return path
     if name and name.lower() not in CATALOGUE:
         from ponder.backends import MLX, model_kind
-        from ponder.models import find_local
+        from ponder.models import find_all
 
         # Any name `ponder models` prints (owner/repo/file.gguf, deepseek-r1:7b…) runs from its path;
         # but an MLX repo id goes to mlx-lm as it is: mlx-lm reads the same cache, and names the model by it.
-        listed = find_local(name)
+        found = find_all()
+        listed = found.named(name)
+        if listed is None and warnings is not None:
+            warnings += found.warnings
         if listed is not None and not (listed.backend == MLX and model_kind(name) == MLX):
             return str(listed.path)
         return path
@@ -54,3 +56,29 @@ def resolve_model(name: str | None, backend: str) -> str:
     if found is None:
         raise NotDownloaded(artifact, given=name is not None)
     return str(found)
+
+
+def _check_path(path: str) -> None:
+    """A model path a backend can read without blocking: a regular file, or a directory whose
+    config.json (where it has one) is a JSON object. A one-line ModelError otherwise."""
+    from ponder.outside_files import Unreadable, problem, read_json_object, shown
+
+    hint = "pass a .gguf file or an MLX model directory"
+    if os.path.isdir(path):
+        try:
+            os.scandir(path).close()
+            config = os.path.join(path, "config.json")
+            if os.path.lexists(config):
+                read_json_object(config)
+        except Unreadable as exc:
+            raise ModelError(f"{shown(config)} is {exc}", hint="an MLX model's config.json is a JSON object") from None
+        except OSError as exc:
+            raise ModelError(f"cannot read {shown(path)}: {exc.strerror or exc}") from None
+        return
+    why = problem(path)  # a FIFO or a device would block a reader; a broken link leads nowhere
+    if why:
+        raise ModelError(f"{shown(path)} is {why.replace('regular file', 'regular file or a directory')}", hint=hint)
+    try:
+        os.close(os.open(path, os.O_RDONLY | os.O_NONBLOCK))
+    except OSError as exc:
+        raise ModelError(f"cannot read {shown(path)}: {exc.strerror or exc}") from None

@@ -25,6 +25,7 @@ def doctor(server: Optional[str] = ServerOptions.server) -> None:
     from ponder.backends import available, default_backend, probe
     from ponder.history import data_dir
     from ponder.models import find_all
+    from ponder.outside_files import shown
     from ponder.settings import config_path
 
     print(f"ponder {__version__} · Python {platform.python_version()} ({sys.executable})")
@@ -56,10 +57,13 @@ def doctor(server: Optional[str] = ServerOptions.server) -> None:
     if url:
         print(server_lines(url)[1][0])
 
-    models = find_all()
+    found = find_all()
+    models = found.models
     print(f"models found: {len(models)}" + (" (`ponder models` lists them)" if models else ""))
     for model in models[:5]:
-        print(f"  {model.name} ({model.source}, {model.size / GIB:.2f} GiB, {model.backend})")
+        print(f"  {shown(model.name)} ({model.source}, {model.size / GIB:.2f} GiB, {model.backend})")
+    for line in found.warnings:
+        print(f"ponder: warning: {line}", file=sys.stderr)
     print(f"config file: {config_path()}" + ("" if config_path().exists() else " (none yet)"))
     print(f"data (history): {data_dir()}")
     try:

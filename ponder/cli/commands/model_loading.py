@@ -74,8 +74,9 @@ def _model_path(term: Terminal, model: str | None, backend: str) -> str:
     terminal (in a pipe, the error says how to get it)."""
     from ponder.resolve import NotDownloaded, resolve_model
 
+    warnings: list[str] = []
     try:
-        return resolve_model(model, backend)
+        return resolve_model(model, backend, warnings)
     except NotDownloaded as missing:
         if not (term.stdin_is_tty and term.stderr_is_tty):
             raise
@@ -88,3 +89,6 @@ def _model_path(term: Terminal, model: str | None, backend: str) -> str:
         from ponder.download import pull
 
         return str(pull(artifact))
+    finally:  # entries of the model folders skipped while looking for the name: one may have been it
+        for line in warnings:
+            term.stderr.write(f"ponder: warning: {line}\n")

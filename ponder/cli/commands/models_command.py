@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import sys
+
 import typer
 
 models_app = typer.Typer(help="Local models: list, info, rm.", rich_markup_mode=None)
@@ -12,18 +15,30 @@ GIB = 2**30
 def _find(name: str):
     from pathlib import Path
 
-    from ponder.errors import UsageError
-    from ponder.models import LocalModel, find_local
+    from ponder.errors import ModelError, UsageError
+    from ponder.models import LocalModel, find_all, mlx_weights_size
+    from ponder.outside_files import Unreadable, shown
 
-    model = find_local(name)
+    found = find_all()
+    model = found.named(name)
     if model is not None:
         return model
     path = Path(name).expanduser()
     if path.exists():  # any file or directory, listed or not
-        backend = "mlx" if path.is_dir() else "llama.cpp"
-        size = path.stat().st_size if path.is_file() else sum(p.stat().st_size for p in path.glob("*.safetensors"))
-        return LocalModel(str(path), "path", path, size, "", backend)
+        try:
+            size = mlx_weights_size(path) if path.is_dir() else path.stat().st_size
+        except (Unreadable, OSError) as exc:
+            raise ModelError(f"cannot read {shown(path)}: {getattr(exc, 'strerror', None) or exc}") from None
+        return LocalModel(str(path), "path", path, size, "", "mlx" if path.is_dir() else "llama.cpp")
+    _warn(found.warnings)  # one of the entries skipped may have been the one meant
+    if os.path.islink(path):
+        raise ModelError(f"{shown(path)} is a broken link (or a link in a loop)")
     raise UsageError(f"no local model {name!r}", hint="`ponder models` lists them")
+
+
+def _warn(warnings: list[str]) -> None:
+    for line in warnings:
+        print(f"ponder: warning: {line}", file=sys.stderr)
 
 
 @models_app.callback(invoke_without_command=True)
@@ -36,6 +51,8 @@ def models_list(ctx: typer.Context, json: bool = typer.Option(False, "--json", h
     from ponder.models import find_all
 
     found = find_all()
+    _warn(found.warnings)
+    found = found.models
     if json:
         print(json_module.dumps([{"name": m.name, "source": m.source, "path": str(m.path), "size": m.size,
                                   "quantization": m.quantization, "backend": m.backend} for m in found], indent=2))
@@ -43,9 +60,12 @@ def models_list(ctx: typer.Context, json: bool = typer.Option(False, "--json", h
     if not found:
         print("no models found in the Hugging Face cache, Ollama or LM Studio")
         return
-    width = max(len(m.name) for m in found)
-    for m in found:
-        print(f"{m.name:{width}}  {m.source:8}  {m.size / GIB:6.2f} GiB  {m.quantization or '?':8}  {m.backend:9}  {m.path}")
+    from ponder.outside_files import shown
+
+    width = max(len(shown(m.name)) for m in found)
+    for m in found:  # names come from file names: shown, so that one cannot hold an escape sequence
+        print(f"{shown(m.name):{width}}  {m.source:8}  {m.size / GIB:6.2f} GiB  {m.quantization or '?':8}  "
+              f"{m.backend:9}  {shown(m.path)}")
 
 
 @models_app.command("info")
@@ -54,6 +74,7 @@ def models_info(name: str = typer.Argument(..., help="A name from `ponder models
     import json as json_module
 
     from ponder.errors import ModelError
+    from ponder.outside_files import shown
 
     model = _find(name)
     facts = {"name": model.name, "source": model.source, "path": str(model.path), "backend": model.backend,
@@ -63,25 +84,28 @@ def models_info(name: str = typer.Argument(..., help="A name from `ponder models
 
         try:
             facts.update(summary(read_metadata(model.path)))
-        except (NotGguf, OSError) as exc:
-            raise ModelError(f"cannot read {model.path}: {exc}") from exc
+        except NotGguf as exc:  # its message names the file
+            raise ModelError(str(exc)) from None
+        except OSError as exc:
+            raise ModelError(f"cannot read {shown(model.path)}: {exc.strerror or exc}") from None
     else:
         facts.update(_mlx_facts(model.path))
     width = max(len(k) for k in facts)
-    for key, value in facts.items():
-        print(f"{key:{width}}  {json_module.dumps(value) if isinstance(value, bool) else value}")
+    for key, value in facts.items():  # values come from the model's own metadata: shown, never obeyed
+        print(f"{key:{width}}  {json_module.dumps(value) if isinstance(value, bool) else shown(value)}")
 
 
 def _mlx_facts(directory) -> dict:
-    import json
-
     from ponder.errors import ModelError
     from ponder.models import mlx_quantization
+    from ponder.outside_files import Unreadable, read_json_object, shown
 
     try:
-        config = json.loads((directory / "config.json").read_text())
-    except (OSError, ValueError) as exc:
-        raise ModelError(f"cannot read {directory}/config.json: {exc}") from exc
+        config = read_json_object(directory / "config.json")
+    except Unreadable as exc:
+        if str(exc) == "missing":
+            raise ModelError(f"{shown(directory)} is not a model directory: it has no config.json") from None
+        raise ModelError(f"cannot read {shown(directory / 'config.json')}: it is {exc}") from None
     template = (directory / "chat_template.jinja").is_file() or "chat_template" in _read_json(
         directory / "tokenizer_config.json")
     return {
@@ -94,11 +118,11 @@ def _mlx_facts(directory) -> dict:
 
 
 def _read_json(path) -> dict:
-    import json
+    from ponder.outside_files import Unreadable, read_json_object
 
     try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError):
+        return read_json_object(path)
+    except Unreadable:
         return {}
 
 
