@@ -7,6 +7,7 @@ sha256 the hub publishes for it (its LFS ETag) and records the commit it got.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 from ponder.plan import KNOWN_MODELS
@@ -55,12 +56,55 @@ DEFAULTS = {"llama.cpp": "r1-7b", "mlx": "r1-7b-mlx"}
 
 def lookup(name: str) -> Artifact | None:
     """An alias, or "owner/repo/file.gguf" for any GGUF on the hub (not catalogued: verified
-    against the hub's own sha256 only)."""
+    against the hub's own sha256 only), or "owner/repo" for an MLX repo; None for a name that is
+    neither. A reference that cannot name anything on the hub is a UsageError, before any network."""
     if name.lower() in CATALOGUE:
         return CATALOGUE[name.lower()]
+    if "/" not in name and "\\" not in name:
+        return None
+    problem = reference_problem(name)
+    if problem:
+        from ponder.errors import UsageError
+
+        raise UsageError(f"{_short(name)!r} is not a hub reference: {problem}",
+                         hint="owner/repo/file.gguf (a GGUF file) or owner/repo (an MLX repo), as on huggingface.co;"
+                              " a file on this machine goes to --model instead")
     parts = name.split("/")
-    if len(parts) == 3 and parts[2].endswith(".gguf"):
+    if len(parts) == 3:
         return Artifact(name, "llama.cpp", "/".join(parts[:2]), parts[2], 0)
-    if len(parts) == 2 and all(parts):
-        return Artifact(name, "mlx", name, None, 0)
+    return Artifact(name, "mlx", name, None, 0)
+
+
+# The hub's own rules for a repo id's parts (huggingface_hub's validate_repo_id): ASCII letters,
+# digits, "-", "_" and "."; a letter, digit or "_" at each end; no "--" or ".."; at most 96 characters.
+NAME_PART = re.compile(r"[A-Za-z0-9_](?:[A-Za-z0-9_.-]{0,94}[A-Za-z0-9_])?", re.ASCII)
+FILE_NAME_BYTES = 255  # what a file system takes
+
+
+def reference_problem(name: str) -> str | None:
+    """What is wrong with an "owner/repo[/file.gguf]" reference, or None."""
+    if name.startswith(("/", "~", "./", "../")) or "\\" in name:
+        return "it looks like a path on this machine"
+    parts = name.split("/")
+    if len(parts) > 3:
+        return "a GGUF file is owner/repo/file.gguf, with no folders between"
+    for role, part in zip(("owner", "repo"), parts[:2], strict=True):
+        if not part:
+            return f"the {role} is empty"
+        if not NAME_PART.fullmatch(part) or "--" in part or ".." in part or part.endswith(".git"):
+            return (f"the {role} {_short(part)!r} is not a hub name (ASCII letters, digits, -, _ and ., at most 96;"
+                    " no -- or .., no - or . at either end, no .git at the end)")
+    if len(parts) == 2:
+        return None
+    file = parts[2]
+    if not file.lower().endswith(".gguf") or file.startswith("."):
+        return "the file name is empty" if not file else f"the file {_short(file)!r} is not a .gguf file with a name"
+    if len(file.encode("utf-8", "surrogatepass")) > FILE_NAME_BYTES:
+        return f"the file name is longer than {FILE_NAME_BYTES} bytes"
+    if not file.isprintable():
+        return "the file name holds characters that cannot be printed"
     return None
+
+
+def _short(text: str) -> str:
+    return text if len(text) <= 60 else text[:57] + "..."
