@@ -11,6 +11,12 @@ from ponder.backends import LLAMA_CPP, LoadOptions
 from ponder.defaults import DEFAULT_CONTEXT, MEMORY_ENV
 from ponder.errors import UsageError
 
+MAX_MEMORY_GIB = 2**30  # an exbibyte: more than any machine, and a byte count that stays exact
+# llama.cpp keeps a cache's size in a uint32 and its positions in an int32: a larger --ctx wraps round
+# (2**32 runs with the model's own context, 10**23 hangs in llama_init_from_model).
+MAX_CACHE_TOKENS = 2**31 - 1
+HOPELESS = 2  # a context needing this many times the machine's memory is refused (swap is no help there)
+
 
 @dataclass(frozen=True)
 class Fit:
@@ -25,11 +31,17 @@ def fit_context(path: str, backend: str, options: LoadOptions, sequences_given: 
     samples) each gets that context; see _fit_sequences for what gives where they do not fit."""
     from ponder.plan import model_footprint, plan
 
+    if options.context and options.context * options.sequences > MAX_CACHE_TOKENS:
+        each = f" for each of {options.sequences} samples" if options.sequences > 1 else ""
+        raise UsageError(f"--ctx {options.context}{each} is beyond what a model's cache can hold "
+                         f"({MAX_CACHE_TOKENS} tokens in all)", hint="`ponder plan` shows what a context needs")
     budget, where = memory_budget(backend)  # first: a bad PONDER_MEMORY_GIB is an error for any model
     footprint = model_footprint(path)
     if footprint is None:
         return Fit(options)
     shape, weights = footprint
+    if options.context:
+        _check_possible(weights, shape, options.context, budget if where == "GPU memory" else 0)
     ceiling = min(DEFAULT_CONTEXT, shape.trained_context or DEFAULT_CONTEXT)
     needed = plan(weights, shape, options.context or ceiling, sequences=options.sequences).total
     if needed <= budget:
@@ -43,6 +55,19 @@ def fit_context(path: str, backend: str, options: LoadOptions, sequences_given: 
         alone = f"ponder: note: the samples run one after another: two at once do not fit in {where} ({_gib(budget)})"
         return Fit(one.options, alone + (f"\n{one.note}" if one.note else ""))
     return _fit_one(weights, shape, options, ceiling, budget, where)
+
+
+def _check_possible(weights: int, shape, context: int, vram: int) -> None:
+    """A --ctx that needs several times all the memory of this machine is an error, not a warning:
+    llama.cpp would fill the RAM setting its cache up (by gigabytes a second) before it failed."""
+    from ponder import machine
+    from ponder.plan import plan
+
+    needed = plan(weights, shape, context).total
+    memory = machine.ram().total + vram
+    if needed > HOPELESS * memory:
+        raise UsageError(f"--ctx {context} needs about {_gib(needed)} for this model, far beyond this machine's "
+                         f"{_gib(memory)} of memory", hint="a smaller --ctx; `ponder plan` shows the figures")
 
 
 def _gib(size: float) -> str:
@@ -136,4 +161,6 @@ def memory_cap() -> int | None:
     if not 0 < gib < math.inf:  # also false for nan
         raise UsageError(f"{MEMORY_ENV} must be a number of GiB above 0, not {value!r}",
                          hint=f"for example {MEMORY_ENV}=6, or unset it")
+    if gib > MAX_MEMORY_GIB:  # 1e308 GiB has no byte count
+        raise UsageError(f"{MEMORY_ENV} must be at most {MAX_MEMORY_GIB} GiB, not {value!r}")
     return int(gib * 2**30)

@@ -36,9 +36,9 @@ class ModelOptions:
         None, "--ctx", help=f"Context size in tokens [default: {defaults.DEFAULT_CONTEXT}, capped by the model].",
         callback=_checked("ctx"), show_default=False,
     )
-    threads = typer.Option(
+    threads = typer.Option(  # at most llama.cpp's GGML_MAX_N_THREADS: more crashes it (a segfault, not an error)
         None, "--threads", "-t", help="CPU threads [default: physical cores].", callback=_checked("threads"),
-        show_default=False,
+        min=1, max=512, show_default=False,
     )
 
 

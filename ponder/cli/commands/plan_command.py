@@ -30,7 +30,8 @@ def plan_command(
     kv_type: str = typer.Option("f16", "--kv-type", help="KV cache element type: " + ", ".join(KV_TYPES) + ".",
                                 callback=_choice(KV_TYPES)),
     memory: Optional[float] = typer.Option(None, "--memory", help="Plan for this many GiB (another machine) "
-                                           "instead of this one's RAM and VRAM.", min=0.1, show_default=False),
+                                           "instead of this one's RAM and VRAM.", min=0.1, max=2**30,
+                                           show_default=False),
     samples: int = typer.Option(1, "--samples", "-n", min=1, max=MAX_PARALLEL,
                                 help="Samples decoded together (--parallel of solve and batch; by default all of solve's "
                                      "--samples): each has a cache of --ctx tokens."),
