@@ -12,6 +12,12 @@ MAGIC = b"GGUF"
 SCALARS = {0: "<B", 1: "<b", 2: "<H", 3: "<h", 4: "<I", 5: "<i", 6: "<f", 7: "<?", 10: "<Q", 11: "<q", 12: "<d"}
 STRING, ARRAY = 8, 9
 TRUNCATED = "the GGUF header is truncated (the file is cut short; download it again)"
+# A header's counts and lengths are checked against the bytes left before anything is read or kept:
+# a corrupt or lying one is an error, never gigabytes of memory or minutes of reading.
+MAX_STRING = 16 * 2**20  # a chat template is kilobytes
+MAX_ITEMS = 2**24  # an array walked item by item: a vocabulary is ~150k strings
+MAX_DEPTH = 4  # arrays of arrays: GGUF writers nest at most one level
+SMALLEST_KV = 8 + 4 + 1  # a key's length (an empty key), its type, a one-byte value
 
 # llama.cpp's LLAMA_FTYPE values, as general.file_type stores them.
 FILE_TYPES = {
@@ -70,7 +76,7 @@ class _Reader:
 
     def need(self, size: int) -> None:
         """Fail unless `size` more bytes are there: checked before a seek (which succeeds past
-        the end) or a read (which a corrupt length would make huge)."""
+        the end), a read (which a corrupt length would make huge) or a loop over a count."""
         if size > self.size - self.f.tell():
             raise NotGguf(TRUNCATED)
 
@@ -81,6 +87,8 @@ class _Reader:
     def string(self) -> str:
         (length,) = self.unpack("<Q")
         self.need(length)
+        if length > MAX_STRING:
+            raise NotGguf(f"a metadata string of {length} bytes: the GGUF header is corrupt")
         return self.f.read(length).decode("utf-8", "replace")
 
 
@@ -88,6 +96,7 @@ def _read_kv(r: _Reader, stop_at: str | None, skip_arrays: bool) -> dict:
     version, _tensors, count = r.unpack("<IQQ")
     if version < 2:
         raise NotGguf(f"GGUF version {version} is too old")
+    r.need(count * SMALLEST_KV)
     metadata = {}
     for _ in range(count):
         key = r.string()
@@ -98,21 +107,29 @@ def _read_kv(r: _Reader, stop_at: str | None, skip_arrays: bool) -> dict:
     return metadata
 
 
-def _value(r: _Reader, kind: int, skip_arrays: bool):
+def _value(r: _Reader, kind: int, skip_arrays: bool, depth: int = 0):
     if kind == STRING:
         return r.string()
     if kind == ARRAY:
         item_kind, length = r.unpack("<IQ")
-        if skip_arrays and item_kind in SCALARS:
-            r.skip(length * struct.calcsize(SCALARS[item_kind]))
+        scalar = SCALARS.get(item_kind)
+        # a scalar takes its size; a string at least its 8-byte length, an array its 12-byte header
+        r.need(length * (struct.calcsize(scalar) if scalar else {STRING: 8, ARRAY: 12}.get(item_kind, 1)))
+        if skip_arrays and scalar:
+            r.skip(length * struct.calcsize(scalar))
             return length
+        if length > MAX_ITEMS or depth >= MAX_DEPTH:
+            raise NotGguf(f"an array of {length} items, {depth + 1} deep: the GGUF header is corrupt")
         if skip_arrays and item_kind == STRING:  # the vocabulary: hop over each string
             for _ in range(length):
                 (size,) = r.unpack("<Q")
                 r.skip(size)
             return length
-        items = [_value(r, item_kind, skip_arrays) for _ in range(length)]
-        return length if skip_arrays else items
+        if skip_arrays:
+            for _ in range(length):
+                _value(r, item_kind, skip_arrays, depth + 1)
+            return length
+        return [_value(r, item_kind, skip_arrays, depth + 1) for _ in range(length)]
     if kind not in SCALARS:
         raise NotGguf(f"unknown GGUF value type {kind}")
     return r.unpack(SCALARS[kind])[0]
