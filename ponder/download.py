@@ -31,13 +31,20 @@ def cached(artifact: Artifact) -> Path | None:
     from huggingface_hub.errors import LocalEntryNotFoundError
 
     revision = artifact.revision or "main"
-    if artifact.filename:
-        found = try_to_load_from_cache(artifact.repo, artifact.filename, revision=revision)
-        return Path(found) if isinstance(found, str) else None
     try:
+        if artifact.filename:
+            found = try_to_load_from_cache(artifact.repo, artifact.filename, revision=revision)
+            return Path(found) if isinstance(found, str) else None
         return Path(snapshot_download(artifact.repo, revision=revision, local_files_only=True))
-    except (LocalEntryNotFoundError, OSError, ValueError):
+    except LocalEntryNotFoundError:
         return None
+    except (OSError, ValueError) as exc:  # a ref that is not UTF-8 or cannot be read: say so, never download over it
+        from huggingface_hub import constants
+        from huggingface_hub.file_download import repo_folder_name
+
+        folder = Path(constants.HF_HUB_CACHE) / repo_folder_name(repo_id=artifact.repo, repo_type="model")
+        raise ModelError(f"the Hugging Face cache's entry for {artifact.repo} cannot be read ({exc})",
+                         hint=f"move {folder} aside (or remove it), then pull again") from None
 
 
 def pull(artifact: Artifact) -> Path:

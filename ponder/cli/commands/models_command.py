@@ -19,6 +19,8 @@ def _find(name: str):
     from ponder.models import LocalModel, find_all, mlx_weights_size
     from ponder.outside_files import Unreadable, shown
 
+    if not name.strip():
+        raise UsageError("the model name is empty", hint="`ponder models` lists them")
     found = find_all()
     model = found.named(name)
     if model is not None:
