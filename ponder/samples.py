@@ -5,20 +5,50 @@ model loaded for several sequences decodes them together (ponder.parallel), else
 from __future__ import annotations
 
 import time
+from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from contextlib import closing
 from dataclasses import replace
 
 from ponder.backends.base import Model
+from ponder.errors import BackendError
 from ponder.events import GenerationParams, Message, Reply, ReplyEvent
-from ponder.exchange import collect_reply, generate_reply, model_prompt, split_reply, unbroken
-from ponder.parallel import Decide, Job, Settle, Skipped, decode_together
+from ponder.exchange import generate_reply, model_prompt, split_reply
+from ponder.parallel import Decide, Failed, Job, Settle, Skipped, decode_together
 from ponder.threads import model_thread
 
 OnReply = Callable[[int, Reply], None]
 OnEvent = Callable[[int, ReplyEvent], None]
+# Told of a job that failed: True if it was its own failure, taken care of (the other jobs go on);
+# False to stop them all and raise it.
+OnFailure = Callable[[object, Exception], bool]
 DEFAULT_IN_FLIGHT = 8  # samples sent at once to a server that gives one choice per request
+
+
+class BrokenSample(BackendError):
+    """A sample the backend broke off (a stream cut mid-reply): what arrived is in `reply`."""
+
+    def __init__(self, reply: Reply):
+        super().__init__(reply.error or "the reply broke off")
+        self.reply = reply
+
+
+def whole(reply: Reply) -> Reply:
+    """The reply, unless the backend broke it off: then a BrokenSample."""
+    if reply.error:
+        raise BrokenSample(reply)
+    return reply
+
+
+def collect_whole(events: Iterator[ReplyEvent]) -> Reply:
+    """Run a reply to its end unshown; a reply the backend broke off is a BrokenSample."""
+    reply = None
+    for event in events:
+        if isinstance(event, Reply):
+            reply = event
+    assert reply is not None  # every stream ends with a Reply
+    return whole(reply)
 
 
 def sample_params(params: GenerationParams, index: int) -> GenerationParams:
@@ -32,7 +62,7 @@ def draw(model: Model, messages: Sequence[Message], params: GenerationParams, n:
     """`n` samples of the reply to `messages`, in index order; `on_reply(index, reply)` is called on
     the calling thread as each one finishes, `on_event(index, event)` with each reply event where the
     samples are drawn on this machine. `settle(replies, remaining)` (early stop): once true, the samples
-    not finished are ended and left None. A reply broken off by the backend is a BackendError."""
+    not finished are ended and left None. A reply broken off by the backend is a BrokenSample."""
     done: dict[int, Reply | None] = {}
 
     def finished(index: int, reply: Reply | None) -> None:
@@ -73,25 +103,33 @@ def draw(model: Model, messages: Sequence[Message], params: GenerationParams, n:
             if settled():
                 skip(index)
                 continue
-            finished(index, collect_reply(_shown(index, generate_reply(model, messages, sample_params(params, index)),
+            finished(index, collect_whole(_shown(index, generate_reply(model, messages, sample_params(params, index)),
                                                  on_event)))
     return [done[i] for i in range(n)]
 
 
 def decode_jobs(model: Model, jobs: Iterable[Job], finished: Callable[[object, Reply | None], None],
-                on_event: OnEvent | None = None, settle: Settle | None = None) -> None:
+                on_event: OnEvent | None = None, settle: Settle | None = None, failed: OnFailure | None = None) -> None:
     """Run `jobs` decoded together on a local model (ponder.parallel); `finished(key, reply)` on this
-    thread as each ends, with None for one the early stop ended. Ctrl-C ends them all at once."""
+    thread as each ends, with None for one the early stop ended. A job that fails (its prompt over the
+    context, a reply broken off) goes to `failed`; unless it takes it, it ends them all and is raised
+    here. Ctrl-C ends them all at once."""
     stream = model_thread(model).iterate(lambda cancel: decode_together(model, jobs, cancel, settle is not None))
     with closing(stream):
         for key, event in stream:
             if isinstance(event, Decide):
                 event.answer(settle(event.replies, event.remaining))
                 continue
+            if isinstance(event, Reply) and event.error:
+                event = Failed(BrokenSample(event))
+            if isinstance(event, Failed):
+                if failed is None or not failed(key, event.error):
+                    raise event.error
+                continue
             if on_event:
                 on_event(key, event)
             if isinstance(event, Reply):
-                finished(key, unbroken(event))
+                finished(key, event)
             elif isinstance(event, Skipped):
                 finished(key, None)
 
@@ -105,14 +143,15 @@ def _shown(index: int, events: Iterator[ReplyEvent], on_event: OnEvent | None) -
 
 def in_flight(model, jobs: list[tuple[object, Sequence[Message], GenerationParams]], concurrency: int,
               finished: Callable[[object, Reply], None], stop: Callable[[], bool] | None = None,
-              skip: Callable[[object], None] | None = None) -> None:
+              skip: Callable[[object], None] | None = None, failed: OnFailure | None = None) -> None:
     """Run `jobs` (key, messages, params) on a server with up to `concurrency` requests in flight,
     each on a lane of its own; `finished(key, reply)` is called on this thread as each ends. Once
-    `stop()` is true the jobs not sent yet are handed to `skip(key)` instead. Ctrl-C or a failure
-    shuts every stream at once (the server's connection is closed) and is raised here, after the
+    `stop()` is true the jobs not sent yet are handed to `skip(key)` instead. A job that fails goes to
+    `failed(key, error)`, and the others go on if it takes it. Ctrl-C or a failure not taken shuts
+    every stream in flight at once (the server's connection is closed) and is raised here, after the
     replies that had already finished are handed on."""
     lanes = [model.lane(i) for i in range(min(concurrency, len(jobs)))]
-    pending = list(jobs)
+    pending = deque(jobs)  # (popped from the left: a list's pop(0) would make a long batch quadratic)
     running: dict = {}
     pool = ThreadPoolExecutor(max(len(lanes), 1), thread_name_prefix="ponder-request")
     try:
@@ -122,7 +161,7 @@ def in_flight(model, jobs: list[tuple[object, Sequence[Message], GenerationParam
                     skip(key)
                 pending.clear()
             while pending and lanes:
-                key, messages, params = pending.pop(0)
+                key, messages, params = pending.popleft()
                 lane = lanes.pop()
                 running[pool.submit(_collect, lane, messages, params)] = (key, lane)
             ready, _ = wait(running, timeout=0.1, return_when=FIRST_COMPLETED)  # short: Ctrl-C gets through
@@ -130,21 +169,23 @@ def in_flight(model, jobs: list[tuple[object, Sequence[Message], GenerationParam
             for work in ready:
                 key, lane = running.pop(work)
                 lanes.append(lane)
-                if work.exception() is None:
+                error = work.exception()
+                if error is None:
                     finished(key, work.result())
-                else:
-                    failures.append(work.exception())
+                elif not (isinstance(error, Exception) and failed is not None and failed(key, error)):
+                    failures.append(error)
             if failures:
                 raise failures[0]
     except BaseException:
-        model.close()  # the streams in flight end at once
+        if running:
+            model.close()  # the streams in flight end at once
         raise
     finally:
         pool.shutdown(wait=False, cancel_futures=True)
 
 
 def _collect(model, messages, params) -> Reply:
-    return collect_reply(generate_reply(model, messages, params))
+    return collect_whole(generate_reply(model, messages, params))
 
 
 def _one_request(model, messages, params, n: int, finished: OnReply) -> None:
@@ -164,4 +205,4 @@ def _one_request(model, messages, params, n: int, finished: OnReply) -> None:
                 now[0] = when
                 yield event
 
-        finished(index, collect_reply(split_reply(timed(), model.info.chat.reasoning, started, lambda: now[0])))
+        finished(index, collect_whole(split_reply(timed(), model.info.chat.reasoning, started, lambda: now[0])))

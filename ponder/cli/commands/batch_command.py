@@ -1,55 +1,25 @@
-"""`ponder batch`: many prompts or problems from JSON lines, one JSON result per line, resumable."""
+"""`ponder batch`: many prompts or problems from JSON lines, one JSON result per line, resumable.
+
+The tasks (ponder.batch_tasks) and the results files (ponder.batch_results) are all checked before a
+model loads; running them is ponder.cli.commands.batch_run.
+"""
 
 from __future__ import annotations
 
-import json
 import os
+import stat
 from dataclasses import replace
 from pathlib import Path
 from typing import Optional, TextIO
 
 import typer
 
+from ponder.batch_tasks import read_tasks
+from ponder.cli.commands.batch_run import Output, Progress, TaskLines, run_tasks
 from ponder.cli.commands.options import MAX_PARALLEL, ModelOptions, SamplingOptions, ServerOptions, ThinkingOptions, thinking
 from ponder.cli.views.budget_curve import check_plot, label, plot as draw, report, summarize
-from ponder.errors import UsageError
+from ponder.errors import PonderError, UsageError
 from ponder.settings import ModelKind, OnLoop, check
-
-
-def read_tasks(lines: list[str]) -> list[dict]:
-    """Tasks from JSON lines: {"id", "prompt"} or {"id", "problem", "answer"}; blank lines skipped."""
-    tasks, seen = [], set()
-    for number, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
-        try:
-            task = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise UsageError(f"input line {number} is not JSON: {exc.msg}") from None
-        if not isinstance(task, dict) or "id" not in task or not ("prompt" in task or "problem" in task):
-            raise UsageError(f'input line {number} needs "id" and "prompt" or "problem"')
-        if task["id"] in seen:
-            raise UsageError(f"input line {number} repeats id {task['id']!r}")
-        seen.add(task["id"])
-        tasks.append(task)
-    return tasks
-
-
-def finished_results(path: Path) -> list[dict]:
-    """Results already in the output file. A torn last line (a kill mid-write) is cut off,
-    so the file again ends in whole lines."""
-    if not path.exists():
-        return []
-    data = path.read_bytes()
-    complete = data[: data.rfind(b"\n") + 1]
-    if len(complete) != len(data):
-        with path.open("r+b") as f:
-            f.truncate(len(complete))
-    results = []
-    for line in complete.decode("utf-8").splitlines():
-        if line.strip():
-            results.append(json.loads(line))
-    return results
 
 
 def batch(
@@ -93,9 +63,12 @@ def batch(
 
     A task is {"id": ..., "prompt": ...} or {"id": ..., "problem": ..., "answer": ...}; problems
     get DeepSeek's math instruction, and with reference answers the accuracy (pass@1 averaged
-    over --samples, by mathematical equivalence) is reported on stderr.
+    over --samples, by mathematical equivalence) is reported on stderr. A task that fails alone
+    (its prompt over the context, a server refusing its request, a stream broken off) gets a line
+    {"id": ..., "error": ...} and the batch goes on; a rerun with the same -o runs it again.
 
-    Exit codes: 0 done, 1 model failure, 2 bad input, 130 interrupted (finished lines kept).
+    Exit codes: 0 done, 1 a task or the model failed, 2 bad input, 130 interrupted (finished lines
+    kept), 141 stdout closed early.
     """
     from ponder.cli.commands.model_run import Run
 
@@ -112,6 +85,9 @@ def batch(
     tasks = read_tasks(_read_input(input, run.term))
     if plot and not any("answer" in task for task in tasks):
         raise UsageError("--plot needs tasks with reference answers (\"answer\"), to measure accuracy")
+    if output is not None and str(output) == "-":
+        output = None  # -o - is stdout, as the input's - is stdin
+    _not_the_input(input, output)
     loaded = []  # the model, loaded once for every budget, when a task needs it
 
     def model_now():
@@ -120,19 +96,37 @@ def batch(
                                    sequences=parallel or samples, sequences_given=parallel is not None))
         return loaded[0]
 
-    summaries = []
-    for budget in budgets:
-        run.params = replace(run.params, think_budget=run.params.think_budget if len(budgets) == 1 else budget)
-        path = output if len(budgets) == 1 or output is None else _budget_path(output, budget)
-        results = _run_all(run, tasks, path, model_now, samples, parallel, tag=len(budgets) > 1)
-        summaries.append(summarize(budget, results))
+    ids = {task["id"] for task in tasks}
+    outputs = []
+    try:
+        # Every results file is read, checked and opened before the model loads: a wrong -o costs nothing.
+        for budget in budgets:
+            path = output if len(budgets) == 1 or output is None else _budget_path(output, budget)
+            outputs.append(Output(run.term, path, ids))
+        for out in outputs:
+            if _todo(tasks, out):
+                out.open()
+        summaries, failed = [], 0
+        for budget, out in zip(budgets, outputs):
+            run.params = replace(run.params, think_budget=run.params.think_budget if len(budgets) == 1 else budget)
+            results, failures = _run_all(run, tasks, out, model_now, samples, parallel, tag=len(budgets) > 1)
+            failed += failures
+            if len(budgets) > 1:
+                summaries.append(summarize(budget, [r for r in results if "samples" in r]))
+    finally:
+        for out in outputs:
+            out.close()
     if len(budgets) == 1:
         _report_accuracy(results, run.term.stderr)
-        return
-    report(summaries, run.term.stderr, run.term.stderr_is_tty)
-    if plot:
-        draw(summaries, plot)
-        print(f"ponder: the curve is in {plot}", file=run.term.stderr)
+    else:
+        report(summaries, run.term.stderr, run.term.stderr_is_tty)
+        if plot:
+            draw(summaries, plot)
+            print(f"ponder: the curve is in {plot}", file=run.term.stderr)
+    if failed:
+        runs = len(tasks) * len(budgets)
+        raise PonderError(f"{failed} of {runs} tasks failed; their lines hold \"error\"",
+                          hint="a rerun with the same -o runs them again" if output else None)
 
 
 def _budgets(text: str | None) -> list[int | None]:
@@ -157,118 +151,65 @@ def _budget_path(output: Path, budget: int | None) -> Path:
     return output.with_name(f"{output.stem}.budget-{label(budget)}{output.suffix}")
 
 
-def _run_all(run, tasks: list[dict], output: Path | None, model_now, samples: int, parallel: int | None,
-             tag: bool) -> list[dict]:
-    """Every task's result for the current settings: those already in `output`, then the rest, each
-    written as it finishes. `tag`: each result says its think_budget (a sweep to stdout)."""
-    done = finished_results(output) if output else []
-    done_ids = {result.get("id") for result in done}
-    todo = [task for task in tasks if task["id"] not in done_ids]
-    if done:
-        print(f"ponder: resuming: {len(tasks) - len(todo)} of {len(tasks)} tasks already in {output}",
-              file=run.term.stderr)
-    results = [r for r in done if r.get("id") in {t["id"] for t in tasks}]
+def _todo(tasks: list[dict], out: Output) -> list[dict]:
+    """The tasks without a result in `out`: those never run, and those that failed (run again)."""
+    return [task for task in tasks if task["id"] not in out.found.done]
+
+
+def _run_all(run, tasks: list[dict], out: Output, model_now, samples: int, parallel: int | None,
+             tag: bool) -> tuple[list[dict], int]:
+    """Every task's result for the current settings, and how many failed: those already in the output,
+    then the rest, each written as it finishes. `tag`: each result says its think_budget (a sweep to stdout)."""
+    todo = _todo(tasks, out)
+    done = out.found.done
+    if done or out.found.failed:
+        retried = sum(task["id"] in out.found.failed for task in todo)
+        print(f"ponder: resuming: {len(done)} of {len(tasks)} tasks already in {out.path}"
+              + (f"; {retried} that failed run again" if retried else ""), file=run.term.stderr)
+    results = [done[task["id"]] for task in tasks if task["id"] in done]
     if not todo:
-        return results
+        return results, 0
     loaded = model_now()
-    sink = output.open("a", encoding="utf-8") if output else run.term.stdout
-    try:
-        with _progress(run.term, len(tasks), len(tasks) - len(todo)) as advance:
-            def finished(result: dict) -> None:
-                if tag:
-                    result = {**result, "think_budget": run.params.think_budget}
-                _write_result(sink, result)
-                results.append(result)
-                advance()
+    with Progress(run.term, len(tasks), len(tasks) - len(todo)) as progress:
+        def write(result: dict) -> None:
+            if tag:
+                result = {**result, "think_budget": run.params.think_budget}
+            out.write(result)
+            results.append(result)
+            progress.advance()
 
-            _run_tasks(run, loaded, todo, samples, parallel, finished)
-    finally:
-        if output:
-            sink.close()
-    return results
+        lines = TaskLines(todo, samples, write, progress.say)
+        run_tasks(run, loaded, lines.tasks, samples, parallel, lines)
+    return results, lines.failures
 
 
-def _read_input(source: str, term) -> list[str]:
+def _read_input(source: str, term) -> bytes:
     if source == "-":
+        if term.stdin is None:
+            raise UsageError("no tasks: stdin is closed", hint="give a JSON lines file, or pipe the tasks in")
         if term.stdin_is_tty:
             raise UsageError("no tasks: give a JSON lines file, or pipe the tasks in")
-        return term.stdin.read().decode("utf-8", errors="replace").splitlines()
+        return term.stdin.read()
     try:
-        return Path(source).read_text(encoding="utf-8", errors="replace").splitlines()
+        with open(source, "rb") as f:
+            mode = os.fstat(f.fileno()).st_mode
+            if (stat.S_ISCHR(mode) or stat.S_ISBLK(mode)) and os.path.realpath(source) != os.devnull:
+                raise UsageError(f"cannot read tasks from {source}: it is a device, not a file")  # /dev/zero never ends
+            return f.read()
     except OSError as exc:
         raise UsageError(f"cannot read {source}: {exc.strerror}") from None
 
 
-def _run_tasks(run, loaded, tasks: list[dict], samples: int, parallel: int | None, finished) -> None:
-    """`finished(result)` for each task as soon as its samples are all done: in order, one sample at a
-    time; or in the order they end, with several samples at once (decoded together on a local model,
-    requests in flight to a server)."""
-    server = hasattr(loaded, "lane")
-    at_once = (parallel or 1) if server else loaded.info.sequences
-    if at_once == 1:
-        for task in tasks:
-            finished(_result(task, run.samples(loaded, _task_text(task), samples, concurrency=1)))
+def _not_the_input(source: str, output: Path | None) -> None:
+    if source == "-" or output is None:
         return
-    from ponder.events import Message
-    from ponder.exchange import model_prompt
-    from ponder.parallel import Job
-    from ponder.samples import decode_jobs, in_flight, sample_params
-
-    drawn: dict[int, dict] = {}
-
-    def sample_done(key, reply) -> None:
-        number, index = key
-        drawn.setdefault(number, {})[index] = reply
-        if len(drawn[number]) == samples:
-            replies = drawn.pop(number)
-            finished(_result(tasks[number], [replies[i] for i in range(samples)]))
-
-    if server:
-        jobs = [((number, index), [Message("user", _task_text(task))], sample_params(run.params, index))
-                for number, task in enumerate(tasks) for index in range(samples)]
-        in_flight(loaded, jobs, at_once, sample_done)
-        return
-    decode_jobs(loaded, (Job((number, index), model_prompt(loaded, [Message("user", _task_text(task))]),
-                             sample_params(run.params, index), group=number, group_size=samples)
-                         for number, task in enumerate(tasks) for index in range(samples)), sample_done)
-
-
-def _task_text(task: dict) -> str:
-    from ponder.solve import math_prompt
-
-    return math_prompt(task["problem"]) if "problem" in task else task["prompt"]
-
-
-def _result(task: dict, replies: list) -> dict:
-    from ponder.cli.views.json_output import stats_json
-    from ponder.reasoning import extract_boxed
-    from ponder.solve import equivalent
-
-    reference = task.get("answer")
-    drawn = []
-    for reply in replies:
-        boxed = extract_boxed(reply.answer)
-        entry = {"reasoning": reply.reasoning, "answer": reply.answer.lstrip(), "boxed": boxed,
-                 "finish_reason": reply.finish_reason, "reasoning_end": reply.stats.reasoning_end,
-                 "stats": stats_json(reply.stats)}
-        if reference is not None:
-            entry["correct"] = boxed is not None and equivalent(boxed, str(reference))
-        drawn.append(entry)
-    result = {"id": task["id"], "samples": drawn}
-    if reference is not None:
-        result["reference"] = reference
-        result["pass@1"] = sum(s["correct"] for s in drawn) / len(drawn)
-    return result
-
-
-def _write_result(sink, result: dict) -> None:
-    """One whole line, flushed and synced: a kill later loses nothing already written."""
-    sink.write(json.dumps(result, ensure_ascii=False) + "\n")
-    sink.flush()
     try:
-        os.fsync(sink.fileno())
-    except (OSError, ValueError):
-        pass  # a pipe or terminal: nothing to sync
+        same = os.path.samefile(source, output)
+    except OSError:
+        return
+    if same:
+        raise UsageError(f"-o {output} is the input file: the results would go into the tasks",
+                         hint="give -o a file of its own, e.g. -o results.jsonl")
 
 
 def _report_accuracy(results: list[dict], err: TextIO) -> None:
@@ -276,32 +217,6 @@ def _report_accuracy(results: list[dict], err: TextIO) -> None:
     if scored:
         accuracy = sum(scored) / len(scored)
         print(f"accuracy (pass@1): {accuracy:.1%} over {len(scored)} problems", file=err)
-
-
-class _progress:
-    """A progress bar on stderr when it is a terminal; nothing otherwise."""
-
-    def __init__(self, term, total: int, completed: int):
-        self.term, self.total, self.completed = term, total, completed
-        self.bar = None
-
-    def __enter__(self):
-        if self.term.stderr_is_tty:
-            from rich.console import Console
-            from rich.progress import Progress
-
-            self.bar = Progress(console=Console(file=self.term.stderr), transient=False)
-            self.bar.start()
-            self.task = self.bar.add_task("tasks", total=self.total, completed=self.completed)
-        return self.advance
-
-    def advance(self) -> None:
-        if self.bar is not None:
-            self.bar.advance(self.task)
-
-    def __exit__(self, *exc) -> None:
-        if self.bar is not None:
-            self.bar.stop()
 
 
 def register(app: typer.Typer) -> None:

@@ -1,0 +1,101 @@
+"""`ponder batch`'s tasks: JSON lines read and checked, every line, before a model is loaded.
+
+A task is {"id": ..., "prompt": ...} or {"id": ..., "problem": ..., "answer": ...}. A typo found here
+costs nothing, while one found on the model thread hours into a run would stop the batch: so every
+type is checked up front and the whole input is refused (exit 2) with the lines at fault named.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+
+from ponder.errors import UsageError
+
+SHOWN_PROBLEMS = 5  # bad lines named in the error; the rest are counted
+
+
+def read_tasks(data: bytes, source: str = "input") -> list[dict]:
+    """Tasks from JSON lines (UTF-8; blank lines skipped). Lines end at "\\n" alone: a JSON string may
+    hold U+2028 or U+0085, which str.splitlines would take for line ends."""
+    tasks, seen, problems = [], set(), []
+    for number, raw in enumerate(data.split(b"\n"), 1):
+        try:
+            line = raw.decode("utf-8")
+        except UnicodeDecodeError:
+            problems.append(f"line {number} is not UTF-8 text")
+            continue
+        if not line.strip():
+            continue
+        try:
+            task = json.loads(line)
+        except json.JSONDecodeError as exc:
+            problems.append(f"line {number} is not JSON: {exc.msg}")
+            continue
+        except (ValueError, RecursionError):  # an integer of over 4300 digits; nesting too deep
+            problems.append(f"line {number} is not JSON ponder can read")
+            continue
+        why = task_problem(task)
+        if why is None and task["id"] in seen:
+            why = f"repeats id {json.dumps(task['id'], ensure_ascii=False)}"
+        if why is not None:
+            problems.append(f"line {number} {why}")
+            continue
+        seen.add(task["id"])
+        tasks.append(task)
+    if problems:
+        shown = "; ".join(problems[:SHOWN_PROBLEMS])
+        more = len(problems) - SHOWN_PROBLEMS
+        raise UsageError(f"{source} {shown}" + (f" (and {more} more)" if more > 0 else ""),
+                         hint='each line is {"id": ..., "prompt": ...} or {"id": ..., "problem": ..., "answer": ...}')
+    return tasks
+
+
+def task_problem(task) -> str | None:
+    """What is wrong with one parsed line as a task, or None."""
+    if not isinstance(task, dict):
+        return f"is {_kind(task)}, not a JSON object"
+    if "id" not in task or not ("prompt" in task or "problem" in task):
+        return 'needs "id" and "prompt" or "problem"'
+    if not valid_id(task["id"]):
+        return f'has an "id" that is {_kind(task["id"])}: ids are strings or whole numbers'
+    field = "problem" if "problem" in task else "prompt"  # (a problem wins over a prompt, as it always has)
+    if not isinstance(task[field], str):
+        return f'has a "{field}" that is {_kind(task[field])}, not a string'
+    if not task[field].strip():
+        return f'has an empty "{field}"'
+    answer = task.get("answer")
+    if answer is not None and not (isinstance(answer, str) or _finite_number(answer)):
+        return f'has an "answer" that is {_kind(answer)}: answers are strings or numbers'
+    return None
+
+
+def valid_id(value) -> bool:
+    """Ids are strings or integers: not floats (1e999 is infinity, which JSON cannot write back), not
+    booleans (True == 1 would make two tasks one), nor lists or objects."""
+    return isinstance(value, str) or (isinstance(value, int) and not isinstance(value, bool))
+
+
+def task_text(task: dict) -> str:
+    """The user turn of a task: a problem gets DeepSeek's math instruction."""
+    from ponder.solve import math_prompt
+
+    return math_prompt(task["problem"]) if "problem" in task else task["prompt"]
+
+
+def shown_id(value) -> str:
+    return json.dumps(value, ensure_ascii=False)
+
+
+def _finite_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _kind(value) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "true or false"
+    if isinstance(value, float):
+        return "a number with a point or exponent" if math.isfinite(value) else "a number out of range"
+    return {int: "a number", str: "a string", list: "a list", dict: "an object"}.get(type(value), type(value).__name__)
