@@ -83,6 +83,8 @@ def batch(
     if plot:
         check_plot(plot)  # before hours of runs, not after
     tasks = read_tasks(_read_input(input, run.term))
+    if not tasks:
+        print(f"ponder: no tasks in {'stdin' if input == '-' else input}", file=run.term.stderr)
     if plot and not any("answer" in task for task in tasks):
         raise UsageError("--plot needs tasks with reference answers (\"answer\"), to measure accuracy")
     if output is not None and str(output) == "-":

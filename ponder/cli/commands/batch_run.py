@@ -2,7 +2,7 @@
 samples are drawn (one after another, decoded together on a local model, requests in flight to a
 server); a task that fails alone gets an error line and the batch goes on.
 
-Which failures are a task's own: its prompt over the context, a server's 400/413/422 to its request,
+Which failures are a task's own: its prompt over the context, a server's 400/413/422/500 to its request,
 a stream broken off in one of its samples. Everything else stops the batch (the model failing, a
 server that cannot be reached, a full disk, Ctrl-C), and so do ten tasks in a row failing with the
 very same message (a server refusing every request alike is not ten bad tasks).
@@ -19,7 +19,8 @@ from ponder.batch_tasks import shown_id, task_text
 from ponder.cli.views.show_reply import EXIT_BROKEN_PIPE
 from ponder.errors import ContextOverflow, PonderError
 
-TASK_STATUSES = (400, 413, 422)  # a server's refusal of this one request (bad or too long), not of every request
+# A server's refusal of this one request (bad, too long, or the server failing on it), not of every request.
+TASK_STATUSES = (400, 413, 422, 500)
 SAME_FAILURES = 10  # tasks in a row failing with one same message: the cause is not in the tasks
 
 
@@ -45,8 +46,13 @@ class Output:
         self.sink = ResultsSink(path, self.found, stream=term.stdout)
 
     def open(self) -> None:
-        if self.path is None and self.term.stdout is None:
-            raise PonderError("stdout is closed: there is nowhere to write the results", hint="give -o FILE")
+        """Ready to write, before the model loads: a closed stdout or a path that cannot be written fails now."""
+        if self.path is None:
+            try:
+                self.term.stdout.write("")  # fails where the shell closed stdout (`>&-`)
+            except (OSError, AttributeError, ValueError):
+                raise PonderError("stdout is closed: there is nowhere to write the results",
+                                  hint="give -o FILE") from None
         self.sink.open()
 
     def write(self, result: dict) -> None:
@@ -102,7 +108,11 @@ class TaskLines:
         self.gone.add(number)
         self.failures += 1
         task = self.tasks[number]
-        shown = why if index is None or self.samples == 1 else f"sample {index + 1} of {self.samples}: {why}"
+        # A broken stream is one sample's; a prompt too long or refused is the same for all of the task's samples.
+        from ponder.samples import BrokenSample
+
+        alone = index is not None and self.samples > 1 and isinstance(exc, BrokenSample)
+        shown = f"sample {index + 1} of {self.samples}: {why}" if alone else why
         self.write({"id": task["id"], "error": shown})
         self.say(f"ponder: task {shown_id(task['id'])[:60]} failed: {shown}")
         message, count = self._same
