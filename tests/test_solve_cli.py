@@ -141,7 +141,7 @@ def test_batch_resumes_after_a_kill_without_duplicates_or_torn_lines(tiny_r1_ran
     written = kept.count("\n")
     assert 2 <= written < 16, "the kill should land mid-run"
     with out.open("a") as f:
-        f.write('{"id": "t99", "samp')  # as if killed mid-write
+        f.write('{"id": "t15", "samp')  # as if killed mid-write (of a task not done yet: they run in order)
     result = run_ponder(*batch, "--max-tokens", "1")  # which tasks run is what counts here, not their answers
     assert result.returncode == 0, result.stderr
     assert f"resuming: {written} of 16 tasks already".encode() in result.stderr
