@@ -378,6 +378,7 @@ ODD_STREAMS = {
     "a finish_reason that is a list": (delta("x", finish=["stop"]), "finish_reason that is not text"),
     "a choice that is a list": ({"choices": [["x"]]}, "malformed choice"),
     "a line that is not JSON": ("Hello there", "malformed event"),
+    "arrays nested beyond Python's recursion limit": ("[" * 100000 + "]" * 100000, "malformed event"),
 }
 
 
@@ -393,7 +394,8 @@ def test_an_odd_stream_is_one_clear_error_and_keeps_what_came_before(scripted, c
 
 @pytest.mark.parametrize("usage", ["lots", {"prompt_tokens": "ten", "completion_tokens": [1]},
                                    {"prompt_tokens": True, "completion_tokens": -3,
-                                    "completion_tokens_details": {"reasoning_tokens": "many"}}])
+                                    "completion_tokens_details": {"reasoning_tokens": "many"}},
+                                   {"prompt_tokens": 10 ** 400, "completion_tokens": 1.5}])
 def test_odd_usage_figures_are_ignored_and_the_reply_comes(scripted, usage):
     scripted.answer = lambda h, body: send_events(h, [delta("Hello"), delta(" there.", finish="stop"),
                                                       {"choices": [], "usage": usage}])
@@ -452,9 +454,19 @@ def test_a_read_timeout_while_reading_an_error_body_is_a_clear_error(scripted):
     assert time.monotonic() - started < 20
 
 
-def test_a_model_list_cut_short_is_a_clear_error(scripted):
-    scripted.models = b'{"data": [{"id": "tiny"'  # not JSON
+@pytest.mark.parametrize("models", [b'{"data": [{"id": "tiny"', b"[" * 100000 + b"]" * 100000],
+                         ids=["cut short", "nested too deeply"])
+def test_a_model_list_that_is_not_json_is_a_clear_error(scripted, models):
+    scripted.models = models
     assert "did not answer with JSON" in one_error(ask(scripted.url))
+
+
+def test_a_server_that_streams_whole_messages_is_read(scripted):
+    scripted.answer = lambda h, body: send_events(h, [{"choices": [{"index": 0, "finish_reason": "stop",
+                                                                    "message": {"content": "Hello there."}}]}])
+    result = ask(scripted.url)
+    assert result.returncode == 0, result.stderr.decode()
+    assert result.stdout.decode().strip() == "Hello there."
 
 
 def test_props_whose_template_and_tokens_are_not_text_are_not_used(scripted):
@@ -482,6 +494,31 @@ def test_a_stream_whose_compression_is_broken_is_one_clear_error(scripted):
 
     scripted.answer = broken_gzip
     assert "cannot be decoded" in one_error(ask(scripted.url))
+
+
+ESCAPES = "\x1b]0;pwned\x07\x1b[?1049h\x1b[?25l"  # a window title, the alternate screen, a hidden cursor
+
+
+@pytest.mark.parametrize("answer", [
+    lambda h, b: send_json(h, 400, {"error": {"message": f"bad {ESCAPES} request"}}),
+    lambda h, b: send_json(h, 400, f"bad {ESCAPES} request".encode()),
+    lambda h, b: send_events(h, [delta("Hello"), delta(".", finish=f"odd{ESCAPES}")]),
+    lambda h, b: send_events(h, [delta("Hello"), {"error": {"message": f"oops{ESCAPES}"}}]),
+], ids=["an error's message", "an error's body", "a finish reason", "an error mid-stream"])
+def test_control_characters_a_server_sends_in_an_error_reach_no_terminal(scripted, answer):
+    scripted.answer = answer
+    result = ask(scripted.url)
+    line = one_error(result)
+    assert "\x1b" not in result.stderr.decode() + result.stdout.decode()  # no escape character itself
+    assert "\\x1b]0;pwned\\x07" in line  # written out, as data
+
+
+def test_a_model_id_with_control_characters_is_left_out(scripted):
+    scripted.models = {"data": [{"id": "tiny"}, {"id": f"evil{ESCAPES}"}]}
+    result = ask(scripted.url)
+    assert result.returncode == 0, result.stderr.decode()  # one model served: no --model needed
+    listed = run_ponder("backends", "--server", scripted.url, env=ponder_env())
+    assert "models: tiny" in listed.stdout.decode() and "\x1b" not in listed.stdout.decode()
 
 
 # --- 6: errors a batch can tell apart --------------------------------------------------------------

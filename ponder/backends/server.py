@@ -131,9 +131,7 @@ class ServerModel:
                 if cancel.is_set():
                     break
             if not cancel.is_set() and not decoded.choices:
-                raise BackendError("the server's stream held no choices: it is not the OpenAI API",
-                                   hint="--server is the API's base URL, usually ending in /v1, e.g. "
-                                        f"{self.facts.url.rstrip('/')}/v1")
+                raise self._not_openai()
         except StreamBroken as exc:
             yield from decoded.ends(error=exc.message + (f" ({exc.hint})" if exc.hint else ""))
             return
@@ -143,6 +141,13 @@ class ServerModel:
                 return
             raise
         yield from decoded.ends(cancelled=cancel.is_set())
+
+    def _not_openai(self) -> BackendError:
+        url = self.facts.url.rstrip("/")
+        return BackendError("the server's stream held no choices: it does not speak the OpenAI API there",
+                            hint="is --server an OpenAI-compatible server (vLLM, SGLang, llama-server, Ollama, "
+                                 "LM Studio)?" if url.endswith("/v1") else
+                                 f"--server is the API's base URL, usually ending in /v1, e.g. {url}/v1")
 
     def request(self, prompt: str | list[Message], params: GenerationParams) -> tuple[str, dict]:
         """The endpoint and body for one generation."""

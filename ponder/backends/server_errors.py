@@ -65,7 +65,7 @@ class ServerErrors:
         status = response.status_code
         where = f"{self.shown}{response.request.url.path[len(urlsplit(self.url).path):]}"
         payload = _json_or_none(body)
-        said = self.error_text(payload) or " ".join(self.redact(body.decode("utf-8", "replace")[:300]).split())[:200]
+        said = self.error_text(payload) or visible(" ".join(self.redact(body.decode("utf-8", "replace")[:300]).split()))[:200]
         label = f"{status} {response.reason_phrase}".strip()
         if status in (401, 403):
             hint = self.key_withheld or (KEY_HINT if not self.redact.key else "check PONDER_API_KEY (or OPENAI_API_KEY)")
@@ -110,11 +110,16 @@ class ServerErrors:
             error = error.get("message") or json.dumps(error)
         if isinstance(error, list):
             error = json.dumps(error)
-        return self.redact(" ".join(str(error or "")[:2000].split()))[:300]
+        return visible(self.redact(" ".join(str(error or "")[:2000].split())))[:300]
+
+
+def visible(text: str) -> str:
+    """`text` with its control characters written out (\\x1b): text from a server reaches a terminal."""
+    return "".join(c if c.isprintable() or c == " " else repr(c)[1:-1] for c in text)
 
 
 def _json_or_none(body: bytes):
     try:
         return json.loads(body)
-    except ValueError:
+    except (ValueError, RecursionError):
         return None

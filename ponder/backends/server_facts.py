@@ -9,6 +9,7 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ponder.backends.server_errors import visible
 from ponder.backends.server_http import ServerClient
 from ponder.errors import BackendError, ModelError, PonderError
 from ponder.prompt import ChatFormat, is_reasoning_model
@@ -48,7 +49,9 @@ def survey(client: ServerClient) -> ServerFacts:
     if not isinstance(entries, list):
         raise BackendError(f"{client.shown}/models did not answer with a list of models",
                            hint="--server is the API's base URL, usually ending in /v1, e.g. http://host:8000/v1")
-    entries = [e for e in entries if isinstance(e, dict) and isinstance(e.get("id"), str) and e["id"]]
+    # (an id with control characters is no model's: it would reach the terminal in messages)
+    entries = [e for e in entries if isinstance(e, dict) and isinstance(e.get("id"), str) and e["id"]
+               and e["id"].isprintable()]
     facts = ServerFacts(client.shown, models=list(dict.fromkeys(e["id"] for e in entries)))
     facts.contexts = {e["id"]: _context_of(e) for e in entries if _context_of(e)}
     owners = {str(e.get("owned_by", "")).lower() for e in entries}
@@ -58,11 +61,11 @@ def survey(client: ServerClient) -> ServerFacts:
     props = client.try_json("/props", from_root=True)
     if isinstance(props, dict) and ("default_generation_settings" in props or "chat_template" in props):
         facts.kind, facts.props = "llama-server", props
-        facts.version = str(props.get("build_info", ""))[:100]
+        facts.version = visible(str(props.get("build_info", "")))[:100]
     elif facts.kind == "OpenAI-compatible server" or facts.kind == "Ollama":
         version = client.try_json("/api/version", from_root=True)
         if isinstance(version, dict) and "version" in version:
-            facts.kind, facts.version = "Ollama", str(version["version"])[:100]
+            facts.kind, facts.version = "Ollama", visible(str(version["version"]))[:100]
     return facts
 
 

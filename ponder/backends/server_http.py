@@ -114,7 +114,7 @@ class ServerClient:
                 raise BackendError(f"the request to {self.shown} was stopped")
             try:
                 return json.loads(_read(response, LONGEST_JSON))
-            except ValueError:  # not JSON, not UTF-8, or far too long
+            except (ValueError, RecursionError):  # not JSON, not UTF-8, far too long or too deeply nested
                 raise BackendError(f"{shown_url(url)} did not answer with JSON") from None
             except httpx2.TimeoutException:
                 raise BackendError(f"{shown_url(url)} sent nothing for {timeout or self.read_timeout:g} s",

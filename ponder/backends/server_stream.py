@@ -7,7 +7,7 @@ import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
-from ponder.backends.server_errors import ServerErrors, StreamBroken
+from ponder.backends.server_errors import ServerErrors, StreamBroken, visible
 from ponder.events import BackendStats, Finished, TextDelta
 
 FINISH_REASONS = {"stop": "stop", "eos": "stop", "length": "length", "max_tokens": "length"}
@@ -25,7 +25,7 @@ def json_events(events: Iterable, errors: ServerErrors) -> Iterator[dict]:
             continue
         try:
             parsed = json.loads(data)
-        except ValueError:
+        except (ValueError, RecursionError):  # (arrays nested beyond Python's recursion limit)
             parsed = None
         if not isinstance(parsed, dict):
             raise StreamBroken(f"the server sent a malformed event: {errors.redact(data[:200])[:80]!r}")
@@ -111,7 +111,7 @@ class ChoiceStream:
             if choice.finish in FINISH_REASONS:
                 out.append((index, Finished(FINISH_REASONS[choice.finish], stats)))
             elif choice.finish is not None:  # vLLM's and SGLang's "abort", or a reason ponder does not know
-                out.append((index, Finished("interrupted", stats, error=f"the server ended the reply: {choice.finish}")))
+                out.append((index, Finished("interrupted", stats, error=f"the server ended the reply: {visible(choice.finish)[:80]}")))
             elif error is not None:
                 out.append((index, Finished("interrupted", stats, error=error)))
             elif cancelled:
@@ -149,7 +149,7 @@ def texts(choice: dict) -> tuple[str, str]:
     StreamBroken where a field has a type the API does not give it."""
     if "text" in choice and "delta" not in choice:  # /v1/completions
         return "", _text(choice.get("text"), "text")
-    delta = choice.get("delta")
+    delta = choice.get("delta", choice.get("message"))  # (a server that streams whole messages)
     if delta is None:
         return "", ""
     if not isinstance(delta, dict):
@@ -168,7 +168,8 @@ def _text(value, name: str) -> str:
 
 
 def _is_count(value) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+    """Whether `value` can be a count of tokens (an int, not a bool, from 0 to far beyond any context)."""
+    return isinstance(value, int) and not isinstance(value, bool) and 0 <= value < 1 << 40
 
 
 def _shown(value) -> str:
