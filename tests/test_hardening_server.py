@@ -235,6 +235,28 @@ def test_stopping_the_lanes_wakes_them_from_a_retry_after_wait(scripted):
     assert len(scripted.posts()) == 2  # no retry was sent after the stop
 
 
+def test_stop_ends_the_requests_in_flight_and_leaves_the_model_usable(scripted):
+    from ponder.backends.server import connect
+    from ponder.events import GenerationParams, Message
+    from ponder.exchange import collect_reply, generate_reply
+
+    scripted.answer = busy_for_a_minute
+    model = connect(scripted.url)
+    question, params = [Message("user", "?")], GenerationParams(max_tokens=8)
+    replies = []
+    lane = threading.Thread(target=lambda: replies.append(collect_reply(generate_reply(model.lane(0), question, params))),
+                            daemon=True)
+    lane.start()
+    time.sleep(0.5)
+    model.stop()
+    lane.join(timeout=2)
+    assert not lane.is_alive(), "the request still waits out its Retry-After"
+    assert replies[0].finish_reason == "cancelled"
+    scripted.answer = lambda h, body: send_events(h, [delta("Hello", finish="stop")])
+    assert collect_reply(generate_reply(model.lane(0), question, params)).answer == "Hello"  # not closed
+    model.close()
+
+
 def test_ctrl_c_ends_a_batch_whose_requests_wait_out_a_retry_after(scripted, tmp_path):
     scripted.answer = busy_for_a_minute
     tasks = tmp_path / "tasks.jsonl"
