@@ -69,7 +69,7 @@ def _run(model: Model, guarded: GuardedReply) -> Iterator:
                     if guarded.done or guarded.request is not request:
                         break
         except ContextOverflow:
-            if not guarded.continued:
+            if not guarded.cut_after_reasoning:  # the prompt itself does not fit: that is the error
                 raise
             yield from guarded.overflow()
 
@@ -114,9 +114,16 @@ class GuardedReply:
             return self._end("loop")
         return self._cut()
 
+    @property
+    def cut_after_reasoning(self) -> bool:
+        """Whether the request is a continuation after some reasoning. If that does not fit, the reasoning
+        filled the context (see overflow); the first request, or the closing text right after the prompt
+        (no thinking), does not fit because the prompt is too long for the context: a ContextOverflow."""
+        return self.continued and bool(self._taken.before_cut)
+
     def overflow(self) -> list[BackendEvent]:
-        """The continuation did not fit: no room left after the reasoning for the closing text (or, with no
-        thinking, after the prompt), so the reply ends there, as "length"."""
+        """The continuation after some reasoning did not fit: no room left for the closing text, so the
+        reply ends there, as "length"."""
         return self._end("length")
 
     def _end(self, reason) -> list[BackendEvent]:

@@ -46,17 +46,19 @@ def solve(
 ) -> None:
     """Solve a math problem with DeepSeek's instruction; show the final answer prominently.
 
-    Exit codes: 0 answered, 1 no \\boxed{} answer (with --answer-only) or a model failure,
+    Exit codes: 0 answered, 1 no \\boxed{} answer (any -n, any output) or a model failure,
     2 usage error, 130 interrupted, 141 stdout closed early.
     """
     from ponder.cli.commands.model_run import Run
     from ponder.cli.commands.options import early_stop_rule
     from ponder.errors import PonderError
+    from ponder.reasoning import extract_boxed
     from ponder.solve import math_prompt
 
     run = Run.start(debug, reasoning, show_reasoning, hide_reasoning, json, jsonl, invocation=invocation,
                     temperature=temperature, top_p=top_p, max_tokens=max_tokens, seed=seed,
                     **thinking(think_budget, no_think, budget_message, on_loop, invocation))
+    run.needs_stdout()
     settle = early_stop_rule(early_stop, confidence)
     text = math_prompt(run.prompt(problem))
     at_once = min(parallel or samples, samples)  # every sample at once, unless memory or --parallel says fewer
@@ -65,24 +67,30 @@ def solve(
     if samples == 1 and not answer_only:
         reply = run.show(loaded, text)
         run.report(reply, stats)
-        if reply is not None and run.output == "text":
-            _show_final_answer(run, reply.answer)
+        boxed = extract_boxed(reply.answer) if reply is not None else None
+        if run.output == "text" and boxed is not None:
+            _show_final_answer(run, boxed)
+        if boxed is None:
+            if reply is not None and reply.answer.strip():  # (without an answer at all, report said why)
+                print("ponder: no answer: the reply has no \\boxed{} final answer", file=run.term.stderr)
+            raise typer.Exit(EXIT_NO_ANSWER)
         return
 
     from ponder.cli.views.show_reply import exit_on_closed_stdout
 
     with exit_on_closed_stdout(run.term):
         vote = _vote(run, loaded, text, samples, stats, parallel, settle)
-        if answer_only and run.output == "text":
-            if vote.winner is None:
-                raise PonderError("the model gave no \\boxed{} answer",
-                                  hint="run without --answer-only to see the whole reply")
+        if answer_only and run.output == "text" and vote.winner is not None:
             print(vote.winner, file=run.term.stdout)
-            run.term.stdout.flush()
-            return
-        if run.output == "text":
+        elif run.output == "text" and vote.winner is not None:
             _show_vote(run, vote, samples)
         run.term.stdout.flush()  # (a reader gone already is found here, not at exit)
+    if vote.winner is None:  # whatever the output: the exit status says there is no final answer
+        if answer_only:
+            raise PonderError("the model gave no \\boxed{} answer",
+                              hint="run without --answer-only to see the whole reply" if run.output == "text" else None)
+        print("ponder: no answer: no sample gave a \\boxed{} answer", file=run.term.stderr)
+        raise typer.Exit(EXIT_NO_ANSWER)
 
 
 def _vote(run, loaded, text: str, samples: int, stats: bool, parallel: int | None, settle):
@@ -143,13 +151,8 @@ def _report_sample(run, reply, stats: bool, label: str) -> None:
         print(label + line, file=run.term.stderr)
 
 
-def _show_final_answer(run, answer: str) -> None:
-    from ponder.reasoning import extract_boxed
-
-    boxed = extract_boxed(answer)
-    if boxed is None:
-        print("ponder: note: the answer has no \\boxed{} final answer", file=run.term.stderr)
-    elif run.term.stdout_is_tty:
+def _show_final_answer(run, boxed: str) -> None:
+    if run.term.stdout_is_tty:
         _answer_panel(run, boxed, subtitle=None)
     else:
         print(f"Answer: {boxed}", file=run.term.stdout)
@@ -159,9 +162,6 @@ def _show_vote(run, vote, samples: int) -> None:
     split = ", ".join(f"{answer} ×{count}" for answer, count in vote.counts)
     if vote.missing:
         split += f", no answer ×{vote.missing}"
-    if vote.winner is None:
-        print("ponder: no sample gave a \\boxed{} answer", file=run.term.stderr)
-        raise typer.Exit(EXIT_NO_ANSWER)
     done = sum(count for _, count in vote.counts) + vote.missing
     heading = f"Votes ({samples} samples)" if done == samples else f"Votes ({done} of {samples} samples, the rest ended early)"
     if run.term.stdout_is_tty:
