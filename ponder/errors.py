@@ -43,3 +43,13 @@ def enable_debug() -> None:
 def debugging() -> bool:
     """--debug or PONDER_DEBUG: show tracebacks (and llama.cpp's log)."""
     return os.environ.get(DEBUG_ENV, "").strip().lower() not in ("", "0", "false", "no", "off")  # as click reads it
+
+
+def describe_os_error(exc: OSError) -> str:
+    """An OS error in one line, as Unix tools say it: "PATH: Permission denied"."""
+    reason = exc.strerror or str(exc) or type(exc).__name__
+    if exc.filename is not None and exc.filename2 is not None:
+        return f"{exc.filename} -> {exc.filename2}: {reason}"
+    if exc.filename is not None:
+        return f"{exc.filename}: {reason}"
+    return reason

@@ -128,24 +128,58 @@ def model_thread(model: object) -> ModelThread:
 
 
 def stop_and_wait(cancel: threading.Event, done: threading.Event) -> None:
-    """Set `cancel` and wait for `done`; a Ctrl-C meanwhile is held until then, and raised after.
+    """Set `cancel` and wait for `done`; a Ctrl-C, SIGTERM or SIGHUP meanwhile is held until then, and
+    delivered after.
 
-    Used while a cancelled generation finishes its current token: a second Ctrl-C must
-    not leave the model's context mid-decode while the caller moves on.
+    Used while a cancelled generation finishes its current token: a second signal must not leave the
+    model's context mid-decode while the caller moves on.
     """
     if threading.current_thread() is not threading.main_thread():
         cancel.set()
         done.wait()
         return
-    interrupted = []
-    previous = signal.signal(signal.SIGINT, lambda *_: interrupted.append(True))
+    held: list[int] = []
+    previous = {signum: signal.signal(signum, lambda signum, _: held.append(signum)) for signum in HELD_SIGNALS}
     try:
-        cancel.set()  # only now: the handler that holds a Ctrl-C is in place
+        cancel.set()  # only now: the handlers that hold a signal are in place
         done.wait()
     finally:
-        signal.signal(signal.SIGINT, previous if previous is not None else signal.default_int_handler)
-    if interrupted:
-        raise KeyboardInterrupt
+        for signum, handler in previous.items():
+            signal.signal(signum, handler if handler is not None else signal.SIG_DFL)
+    # The process's own handlers now take them, the ones that end it first: raise_signal runs a Python
+    # handler before returning (so a Ctrl-C raises KeyboardInterrupt here), and a default one ends the process.
+    for signum in sorted(set(held), key=lambda s: s == signal.SIGINT):
+        signal.raise_signal(signum)
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM or SIGHUP, raised where a Ctrl-C would be: whatever stops cleanly on Ctrl-C (the
+    generation at its next token, the live view, the chat keeping a partial reply) does so for these
+    too. Only the exit status differs (128 + the signal), and a REPL must not carry on after one."""
+
+    def __init__(self, signum: int):
+        super().__init__(signum)
+        self.signum = signum
+
+
+TERMINATING = (signal.SIGTERM, signal.SIGHUP)
+HELD_SIGNALS = (signal.SIGINT, *TERMINATING)
+
+
+def raise_on_termination() -> None:
+    """From now on SIGTERM and SIGHUP raise Terminated in the main thread. A signal the process was
+    started ignoring (`nohup` ignores SIGHUP) stays ignored."""
+    for signum in TERMINATING:
+        if signal.getsignal(signum) is signal.SIG_DFL:
+            signal.signal(signum, _terminate)
+
+
+def _terminate(signum: int, _frame) -> None:
+    # Once: a second SIGTERM (a service manager repeats it) must not cut short the clean-up the first began.
+    for other in TERMINATING:
+        if signal.getsignal(other) is _terminate:
+            signal.signal(other, signal.SIG_IGN)
+    raise Terminated(signum)
 
 
 class _Failure:

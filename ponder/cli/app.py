@@ -6,17 +6,18 @@ Exit codes: 0 ok, 1 model or runtime failure, 2 usage error, 3 no answer (ask), 
 
 from __future__ import annotations
 
+import errno
 import sys
 from typing import TextIO
 
 import typer
 
 from ponder import __version__
-from ponder.cli.views.terminal import Terminal
+from ponder.cli.views.terminal import EXIT_INTERRUPTED, Terminal, interrupted, is_tty, silence, stream_closed
 from ponder.defaults import DEBUG_ENV
-from ponder.errors import PonderError, debugging, enable_debug
+from ponder.errors import PonderError, debugging, describe_os_error, enable_debug
 
-EXIT_INTERRUPTED = 130
+EXIT_BROKEN_PIPE = 141
 MODEL_COMMANDS = ("ask", "chat", "solve", "batch")  # the commands the config file sets defaults for
 
 app = typer.Typer(
@@ -64,22 +65,65 @@ def main(argv: list[str] | None = None, term: Terminal | None = None) -> None:
     `term` stands in for the process's streams, for the commands and the error lines alike
     (as httpie's Environment does): tests run a command in-process with one."""
     args = sys.argv[1:] if argv is None else argv
-    if not args and sys.stdin.isatty() and sys.stdout.isatty():
+    if not args and is_tty(sys.stdin) and is_tty(sys.stdout):
         args = ["chat"]
     try:
         app(args=args, prog_name="ponder", default_map=_config_defaults(args), obj=term)
+        code: int | str | None = 0  # (typer always exits; kept for a command that returns)
     except SystemExit as exc:
-        if exc.code == EXIT_INTERRUPTED:  # typer turns Ctrl-C into this exit code, silently
-            print("\nponder: interrupted", file=_stderr(term))
-        raise
+        code = _exit_status(exc, term)
     except PonderError as exc:
         message = f"ponder: error: {exc.message}"
         if exc.hint:
             message += f"\n  hint: {exc.hint}"
-        _fail(message, exc, exc.exit_code, _stderr(term))
-    except Exception as exc:  # a bug or an unforeseen failure: still one line unless debugging
-        _fail(f"ponder: unexpected error: {type(exc).__name__}: {exc}\n  (run with --debug for the traceback)", exc, 1,
-              _stderr(term))
+        code = _fail(message, exc, exc.exit_code, term)
+    except OSError as exc:  # a full disk, a closed stream, a file that cannot be read or written
+        code = _os_failure(exc, term)
+    except Exception as exc:  # a bug: still one line unless debugging
+        code = _fail(f"ponder: unexpected error: {type(exc).__name__}: {exc}\n  (run with --debug for the traceback)",
+                     exc, 1, term)
+    sys.exit(_flushed(code, term))
+
+
+def _exit_status(exc: SystemExit, term: Terminal | None) -> int | str | None:
+    """A command's exit status, where typer's own handlers decided it: a signal, a closed pipe."""
+    handled = exc.__context__  # what typer was handling when it exited
+    if exc.code == EXIT_INTERRUPTED:  # typer: Exit(130) from the KeyboardInterrupt, silently
+        signalled = handled.__cause__ if handled is not None else None
+        return interrupted(signalled, _stderr(term))
+    if isinstance(handled, BrokenPipeError):  # click's rule is exit 1: ours is SIGPIPE's status, as while streaming
+        return _os_failure(handled, term)
+    return exc.code
+
+
+def _os_failure(exc: OSError, term: Terminal | None) -> int:
+    """An OS error that reached the top, as one line: a reader that closed stdout early ends quietly with
+    141 (what a program killed by SIGPIPE reports); a closed stdout, a full disk, a file out of reach."""
+    stdout = _stdout(term)
+    if isinstance(exc, BrokenPipeError):
+        silence(stdout)
+        return EXIT_BROKEN_PIPE
+    if stream_closed(stdout) and exc.errno == errno.EBADF:
+        return _fail("ponder: error: stdout is closed", exc, 1, term)
+    return _fail(f"ponder: error: {describe_os_error(exc)}", exc, 1, term)
+
+
+def _flushed(code: int | str | None, term: Terminal | None) -> int | str | None:
+    """Flush stdout before the interpreter does (its failure then would print "Exception ignored" and a
+    traceback): output still buffered fails here, where it is reported as any other."""
+    stdout = _stdout(term)
+    try:
+        stdout.flush()
+    except BrokenPipeError:
+        silence(stdout)
+        return EXIT_BROKEN_PIPE if code in (0, None) else code
+    except OSError as exc:
+        silence(stdout)
+        failed = _fail(f"ponder: error: cannot write to stdout: {exc.strerror or exc}", exc, 1, term)
+        return failed if code in (0, None) else code
+    except ValueError:  # closed already (a test's stream)
+        pass
+    return code
 
 
 def _config_defaults(args: list[str]) -> dict | None:
@@ -94,17 +138,28 @@ def _config_defaults(args: list[str]) -> dict | None:
     return {name: dict(settings) for name in MODEL_COMMANDS}  # the keys are the commands' parameter names
 
 
+def _stdout(term: Terminal | None) -> TextIO:
+    return term.stdout if term else sys.stdout
+
+
 def _stderr(term: Terminal | None) -> TextIO:
     return term.stderr if term else sys.stderr  # read when needed: click may have swapped sys.stderr
 
 
-def _fail(message: str, exc: BaseException, code: int, stderr: TextIO) -> None:
+def _say(line: str, term: Terminal | None) -> None:
+    try:
+        print(line, file=_stderr(term), flush=True)
+    except (OSError, ValueError):  # stderr gone too (a hung-up terminal): nowhere to say it
+        pass
+
+
+def _fail(message: str, exc: BaseException, code: int, term: Terminal | None) -> int:
     if debugging():
         import traceback
 
-        traceback.print_exception(exc, file=stderr)
-    try:
-        print(message, file=stderr)
-    except OSError:
-        pass
-    sys.exit(code)
+        try:
+            traceback.print_exception(exc, file=_stderr(term))
+        except (OSError, ValueError):
+            pass
+    _say(message, term)
+    return code

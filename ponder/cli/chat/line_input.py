@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import os
 
+from ponder.threads import Terminated
+
 BLOCK = '"""'
 
 
@@ -37,12 +39,16 @@ class ChatInput:
 
     def _line(self, prompt: str, default: str) -> str | None:
         if self._session is None:  # piped input: one message per line
+            if self.term.stdin is None:  # closed by the shell (`<&-`): at its end already
+                return None
             line = self.term.stdin.readline()
             return line.decode("utf-8", "replace").rstrip("\r\n") if line else None
         while True:
             try:
                 return self._session.prompt(prompt, default=default)
-            except KeyboardInterrupt:  # Ctrl-C at the prompt: a fresh, empty line
+            except KeyboardInterrupt as exc:  # Ctrl-C at the prompt: a fresh, empty line
+                if isinstance(exc, Terminated):  # SIGTERM, SIGHUP: the chat ends
+                    raise
                 default = ""
             except EOFError:
                 return None

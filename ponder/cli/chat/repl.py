@@ -20,6 +20,7 @@ class ChatRepl:
         self.history_warned = False
         self.running = True
         self.last_reply = None  # the last finished reply: piped chat's exit status tells if it answered
+        self.failed: int | None = None  # the exit code of the first turn that failed (piped chat exits with it)
 
     # --- the loop -----------------------------------------------------------------------
 
@@ -70,6 +71,7 @@ class ChatRepl:
         from ponder.cli.views.render import make_renderer
         from ponder.cli.views.show_reply import show_reply
         from ponder.errors import ContextOverflow
+        from ponder.threads import Terminated
 
         with AnswerNowKey(enabled=self.run.answer_key_wanted(self.chat.model) and self.input.interactive) as key:
             # The key's terminal mode is entered before the live view's and left after it.
@@ -78,11 +80,14 @@ class ChatRepl:
             try:
                 events = self.chat.reply(self.run.params, key.pressed if key.active else None)
                 reply = show_reply(until_answering(events, key), recorder, self.run.term)
-            except KeyboardInterrupt:
+            except KeyboardInterrupt as exc:  # what arrived is kept, in the history too
                 self.chat.interrupted(recorder.answer_text, recorder.reasoning_text)
+                if isinstance(exc, Terminated):  # SIGTERM, SIGHUP: the chat ends, as the process must
+                    raise
                 self.note("[interrupted]")
                 return
             except ContextOverflow as exc:
+                self.failed = self.failed or exc.exit_code
                 self.pending = self.chat.take_back()
                 self.note(f"{exc.message}. Your message is back in the input line; /clear starts a new conversation.",
                           "red")
@@ -90,12 +95,14 @@ class ChatRepl:
             except typer.Exit:  # stdout closed (141): the session ends, as ask's would
                 raise
             except Exception as exc:  # the turn failed, not the session: report it and keep what was typed
+                self.failed = self.failed or getattr(exc, "exit_code", 1)
                 self.pending = self.chat.take_back()
                 self.note(f"error: {describe_error(exc, self.run.term)}. Your message is back in the input line.", "red")
                 return
         self.chat.replied(reply)
         self.last_reply = reply
         if reply.error:
+            self.failed = self.failed or 1
             self.note(f"error: {reply.error}. What arrived is kept; /retry asks again.", "red")
         if reply.finish_reason == "loop":
             self.note("[stopped: the reply repeated itself]", "yellow")

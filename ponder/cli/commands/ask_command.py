@@ -51,10 +51,16 @@ def ask(
     run = Run.start(debug, reasoning, show_reasoning, hide_reasoning, json, jsonl, invocation=invocation,
                     temperature=temperature, top_p=top_p, max_tokens=max_tokens, seed=seed,
                     **thinking(think_budget, no_think, budget_message, on_loop, invocation))
+    run.needs_stdout()
     code = _code_renderer(run, extract, extract_last, lang)
     text = run.prompt(prompt)
     loaded = run.load(model, backend, ctx, threads, server, timeout, model_kind)
-    reply = run.show(loaded, text, code)
+    try:
+        reply = run.show(loaded, text, code)
+    except KeyboardInterrupt:  # Ctrl-C, SIGTERM, SIGHUP: what arrived is kept in the history too
+        if not no_log:
+            run.log_stopped(loaded, text)
+        raise
     if not no_log:
         run.log(loaded, text, reply)
     run.report(reply, stats, logged=not no_log)

@@ -43,12 +43,17 @@ def chat(
     run = Run.start(debug, reasoning, show_reasoning, hide_reasoning, invocation=invocation,
                     temperature=temperature, top_p=top_p, max_tokens=max_tokens, seed=seed,
                     **thinking(think_budget, no_think, budget_message, on_loop, invocation))
+    run.needs_stdout()
     repl = ChatRepl(run, log=not no_log)
     repl.chat.resume(resume, resume_last)  # before loading: a bad ID fails fast
     repl.chat.use(run.load(model, backend, ctx, threads, server, timeout, model_kind))
     repl.loop()
+    if repl.input.interactive:
+        return
+    if repl.failed:  # piped: a turn that failed (2: a message longer than the context) fails the command
+        raise typer.Exit(repl.failed)
     last = repl.last_reply
-    if not repl.input.interactive and last is not None and not last.answer.strip():
+    if last is not None and not last.answer.strip():
         from ponder.cli.views.show_reply import EXIT_NO_ANSWER
 
         raise typer.Exit(EXIT_NO_ANSWER)

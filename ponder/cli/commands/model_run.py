@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from collections.abc import Iterator
+from dataclasses import dataclass, field, replace
 
 from ponder.backends import LoadOptions, Model
 from ponder.cli.commands.options import MAX_PARALLEL, output_format, reasoning_mode
 from ponder.cli.views.render import OutputFormat, ReasoningMode
 from ponder.cli.views.terminal import Terminal
-from ponder.events import GenerationParams, Message, Reply
+from ponder.events import AnswerDelta, GenerationParams, Message, ReasoningDelta, Reply, ReplyEvent
 
 PROMPT_ROOM = 1024  # tokens of prompt a sample's context allows for, beside --max-tokens
 
@@ -20,6 +21,7 @@ class Run:
     output: OutputFormat
     params: GenerationParams
     invocation: object = None  # the command's typer context: where each option's value came from
+    arrived: Arrived = field(default_factory=lambda: Arrived())  # the text of the reply being shown
 
     @classmethod
     def start(cls, debug: bool = False, reasoning: ReasoningMode = "collapse", show_reasoning: bool = False,
@@ -38,6 +40,14 @@ class Run:
             params=GenerationParams(**sampling),
             invocation=invocation,
         )
+
+    def needs_stdout(self) -> None:
+        """Fail at once, before a model loads, where the shell closed stdout (`>&-`): the reply goes there."""
+        if self.term.stdout_closed():
+            from ponder.errors import PonderError
+
+            raise PonderError("stdout is closed: there is nowhere to write the reply",
+                              hint="redirect it instead: >reply.txt, or >/dev/null to discard it")
 
     def typed(self, name: str) -> bool:
         """Whether option `name` was given on the command line (not by the environment or config file)."""
@@ -71,7 +81,8 @@ class Run:
 
     def show(self, model: Model, user_text: str, renderer=None) -> Reply | None:
         """Stream one reply to the user turn, rendered as this run's output asks (or by `renderer`).
-        On a terminal, Enter while the model thinks ends its reasoning (AnswerNowKey)."""
+        On a terminal, Enter while the model thinks ends its reasoning (AnswerNowKey). What arrived of a
+        reply that Ctrl-C (or SIGTERM, SIGHUP) stopped stays in `arrived`."""
         from ponder.cli.views.answer_now import AnswerNowKey, until_answering
         from ponder.cli.views.render import make_renderer
         from ponder.cli.views.show_reply import show_reply
@@ -82,7 +93,7 @@ class Run:
             events = generate_reply(model, [Message("user", user_text)], self.params,
                                     key.pressed if key.active else None)
             renderer = renderer or make_renderer(self.term, self.mode, model.info, self.output, key.active)
-            return show_reply(until_answering(events, key), renderer, self.term)
+            return show_reply(self.arrived.record(until_answering(events, key)), renderer, self.term)
 
     def answer_key_wanted(self, model: Model) -> bool:
         """Whether Enter can end the reasoning: a live view, a reasoning model, a prompt ponder renders."""
@@ -98,8 +109,14 @@ class Run:
 
     def log(self, model: Model, user_text: str, reply: Reply | None) -> None:
         """Keep a one-shot in the history database; a history problem only warns."""
-        if reply is None:
-            return
+        if reply is not None:
+            self._keep(model, user_text, lambda chat: chat.replied(reply))
+
+    def log_stopped(self, model: Model, user_text: str) -> None:
+        """Keep what arrived of a one-shot that Ctrl-C (or SIGTERM, SIGHUP) stopped, marked interrupted."""
+        self._keep(model, user_text, lambda chat: chat.interrupted(self.arrived.answer, self.arrived.reasoning))
+
+    def _keep(self, model: Model, user_text: str, add_reply) -> None:
         import sqlite3
 
         from ponder.conversation import Chat
@@ -112,7 +129,7 @@ class Run:
             print(f"ponder: warning: not logged to the history: {exc}", file=self.term.stderr)
             return
         chat.use(model)
-        if not (chat.add(Turn("user", user_text)) and chat.replied(reply)):
+        if not (chat.add(Turn("user", user_text)) and add_reply(chat)):
             print(f"ponder: warning: not logged to the history: {chat.history_error}", file=self.term.stderr)
         if chat.history is not None:
             chat.history.close()
@@ -126,3 +143,28 @@ class Run:
             from ponder.errors import BackendError
 
             raise BackendError(reply.error, hint="what arrived is kept in the history" if logged else None)
+
+
+class Arrived:
+    """The reasoning and answer text of a reply as its events pass by: what to keep of one stopped early."""
+
+    def __init__(self) -> None:
+        self._parts: dict[type, list[str]] = {ReasoningDelta: [], AnswerDelta: []}
+
+    @property
+    def reasoning(self) -> str:
+        return "".join(self._parts[ReasoningDelta])
+
+    @property
+    def answer(self) -> str:
+        return "".join(self._parts[AnswerDelta])
+
+    def record(self, events: Iterator[ReplyEvent]) -> Iterator[ReplyEvent]:
+        self._parts = {ReasoningDelta: [], AnswerDelta: []}
+        try:
+            for event in events:
+                if type(event) in self._parts:
+                    self._parts[type(event)].append(event.text)
+                yield event
+        finally:
+            events.close()  # (show_reply closes this to stop the generation: the stop reaches the model)
