@@ -5,6 +5,7 @@ The rules serve the flags (cli/options.py), the config file and chat's `/set` al
 The config file is a flat TOML table of defaults for the commands that run a model.
 Precedence: built-in defaults < this file < environment variables < flags. The CLI hands the
 file's values to the commands as click defaults (cli/app.py), which rank exactly there.
+`ponder config set` edits the file in place: the user's comments and layout stay.
 """
 
 from __future__ import annotations
@@ -132,15 +133,12 @@ def read(path: Path | None = None) -> ConfigFile:
     """The file's settings and problems; an empty ConfigFile when there is none. A file that
     cannot be read or parsed is a UsageError: ponder leaves alone what it cannot understand."""
     config = ConfigFile(path or config_path())
+    text = None  # not UTF-8, when decoding fails
     try:
-        text = config.path.read_bytes().decode("utf-8")
+        text, _ = _text(config.path)
         config.raw = tomllib.loads(text)
-    except FileNotFoundError:
-        return config
-    except OSError as exc:
-        raise UsageError(f"cannot read the config file {config.path}: {exc.strerror}") from None
     except ValueError as exc:  # TOMLDecodeError and UnicodeDecodeError alike
-        _read_by_line(config, text if isinstance(exc, tomllib.TOMLDecodeError) else None, exc)
+        _read_by_line(config, text, exc)
     for key, value in config.raw.items():
         if key not in KEYS:
             config.problems[key] = "is not a setting (known: " + ", ".join(KEYS) + ")"
@@ -149,6 +147,26 @@ def read(path: Path | None = None) -> ConfigFile:
         else:
             config.settings[key] = _widened(key, value)
     return config
+
+
+def _text(path: Path) -> tuple[str, bool]:
+    """The file's text ("" when there is none) and whether it began with a byte order mark (as
+    Notepad writes it: not TOML, yet no reason to refuse the file). /dev/null, the usual way to
+    say "no config file", reads as empty; any other file that is not a regular one is refused."""
+    from ponder import files
+
+    if os.path.realpath(path) == os.devnull:
+        return "", False
+    try:
+        data = files.read_bytes(path)
+    except FileNotFoundError:
+        return "", False
+    except files.FileError as exc:
+        raise UsageError(exc.message, hint=f"move it aside, or point {CONFIG_ENV} at a TOML file") from None
+    except OSError as exc:
+        raise UsageError(f"cannot read the config file {path}: {exc.strerror}") from None
+    text = data.decode("utf-8")  # UnicodeDecodeError: the caller's ValueError
+    return (text[1:], True) if text.startswith("\ufeff") else (text, False)
 
 
 def _read_by_line(config: ConfigFile, text: str | None, error: ValueError) -> None:
@@ -184,15 +202,47 @@ def check_key(key: str) -> None:
         raise UsageError(f"unknown key {key!r}", hint="known keys: " + ", ".join(KEYS))
 
 
-def save(settings: dict, path: Path | None = None, unparsed: dict | None = None) -> Path:
-    """Write `settings` as TOML (a TOML writer: JSON's `Infinity` or escapes are not TOML), and
-    the `unparsed` lines as they were."""
-    import tomli_w
+def edit(key: str, value=None, path: Path | None = None) -> Path:
+    """Set `key` to `value` in the config file (None: remove it), keeping everything else as it was
+    written: comments, layout, other settings (wrong ones too). A new file gets a header line. The
+    file is replaced atomically, through a link to its target; one that is not a regular file is
+    refused (ponder.files). The file written."""
+    from ponder import files
 
     path = path or config_path()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    text = FILE_HEADER + tomli_w.dumps(settings) + "".join(f"{line}\n" for line in (unparsed or {}).values())
-    temporary = path.with_name(path.name + ".tmp")
-    temporary.write_text(text, encoding="utf-8")
-    os.replace(temporary, path)  # a crash leaves the old file or the new one, never half of one
-    return path
+    text, bom = _text(path)
+    try:
+        edited = _edited_toml(text, key, value)
+    except ValueError:  # not TOML as a whole: `key = value` lines, as `read` made sure
+        edited = _edited_lines(text, key, value)
+    return files.write_text(path, ("\ufeff" if bom else "") + (edited if text.strip() else FILE_HEADER + edited),
+                            parents=True)
+
+
+def _edited_toml(text: str, key: str, value) -> str:
+    import tomlkit  # keeps comments and layout, where a TOML writer would start the file afresh
+
+    document = tomlkit.parse(text)  # its ParseError is a ValueError
+    if value is None:
+        document.pop(key, None)
+    else:
+        document[key] = value
+    return tomlkit.dumps(document)
+
+
+def _edited_lines(text: str, key: str, value) -> str:
+    """The `key = ...` lines replaced by one (the first keeps its place; None: all removed), every
+    other line as it was."""
+    import tomlkit
+
+    new = tomlkit.dumps({key: value}).rstrip("\n") if value is not None else None
+    lines = []
+    for line in text.splitlines():
+        if line.partition("=")[0].strip() != key or line.lstrip().startswith("#"):
+            lines.append(line)
+        elif new is not None:
+            lines.append(new)
+            new = None
+    if new is not None:
+        lines.append(new)
+    return "".join(f"{line}\n" for line in lines)

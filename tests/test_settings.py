@@ -197,9 +197,11 @@ def test_a_broken_file_does_not_break_commands_that_do_not_use_it(config, tmp_pa
 
 
 def test_saved_settings_load_back(tmp_path):
-    from ponder.settings import load, save
+    from ponder.settings import edit, load
 
     settings = {"model": "a/b", "backend": "mlx", "temperature": 0.0, "top_p": 1.0, "max_tokens": 1,
                 "reasoning": "collapse"}
-    path = save(settings, Path(tmp_path / "sub" / "config.toml"))
+    path = Path(tmp_path / "sub" / "config.toml")
+    for key, value in settings.items():
+        assert edit(key, value, path) == path
     assert load(path) == settings

@@ -46,15 +46,13 @@ def config_set(
     key: str = typer.Argument(..., help="model, backend, temperature, top_p, max_tokens or reasoning."),
     value: str = typer.Argument(..., help="The value; checked before it is written."),
 ) -> None:
-    """Set one setting (the file is created if needed; everything else in it is kept)."""
+    """Set one setting (the file is created if needed; everything else in it is kept, comments too)."""
     from ponder.settings import check_key, parse, read
 
     check_key(key)
     checked = parse(key, value)  # before the file is touched
-    config = read()
-    config.raw[key] = checked
-    config.unparsed.pop(key, None)
-    _write(config, f"{key} = {checked}")
+    read()  # a file ponder cannot understand is left alone
+    _write(key, checked, f"{key} = {checked}")
 
 
 @config_app.command("unset")
@@ -68,18 +66,18 @@ def config_unset(
     if key not in config.raw and key not in config.unparsed:
         print(f"{key} is not set ({config.path})")
         return
-    config.raw.pop(key, None)
-    config.unparsed.pop(key, None)
-    _write(config, f"removed {key}")
+    _write(key, None, f"removed {key}")
 
 
-def _write(config, done: str) -> None:
-    """Save the edited file; settings that are still wrong are kept as written, and named."""
-    from ponder.settings import read, save
+def _write(key: str, value, done: str) -> None:
+    """Edit the file in place; settings that are still wrong are kept as written, and named."""
+    from ponder.settings import config_path, edit, read
 
-    print(f"{done}  ({save(config.raw, config.path, config.unparsed)})")
-    for key, wrong in read(config.path).problems.items():
-        print(f"ponder: warning: {key} in {config.path} {wrong}", file=sys.stderr)
+    path = config_path()
+    written = edit(key, value, path)
+    print(f"{done}  ({path}" + (f" -> {written}" if path.is_symlink() else "") + ")")  # the link's target
+    for name, wrong in read(path).problems.items():
+        print(f"ponder: warning: {name} in {path} {wrong}", file=sys.stderr)
 
 
 def register(app: typer.Typer) -> None:
