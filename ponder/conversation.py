@@ -7,14 +7,12 @@ Every front end that talks to a model uses it (chat for many turns, ask for one)
 from __future__ import annotations
 
 import threading
-
-import sqlite3
 from collections.abc import Iterator
 
 from ponder.backends.base import Model
 from ponder.errors import UsageError
 from ponder.events import GenerationParams, Reply, ReplyEvent
-from ponder.history import Conversation, History, Turn
+from ponder.history import Conversation, History, HistoryError, Turn
 from ponder.exchange import generate_reply
 
 CONTEXT_WARNING = 0.8  # a conversation this full of the context is worth a warning
@@ -34,7 +32,8 @@ class Chat:
         if conversation_id is None and not last:
             return
         if self.history is None:
-            raise UsageError("--continue and --resume read the history, which --no-log turns off")
+            why = f"cannot be used: {self.history_error}" if self.history_error else "--no-log turns off"
+            raise UsageError(f"--continue and --resume read the history, which {why}")
         found = conversation_id if conversation_id is not None else self.history.last_chat()
         loaded = self.history.load(found) if found is not None else None
         if loaded is None:
@@ -69,8 +68,8 @@ class Chat:
             return True
         try:
             change(self.history)
-        except (sqlite3.Error, OSError) as exc:
-            self.history, self.history_error = None, str(exc)
+        except HistoryError as exc:  # History raises nothing else for the database's failures
+            self.history, self.history_error = None, exc.reason
             return False
         return True
 

@@ -3,7 +3,9 @@
 WAL journaling and a transaction per turn mean a killed process loses nothing already shown,
 and a failure half-way leaves nothing half-written. The schema has a version (PRAGMA
 user_version) and migrations, so a later release can change the tables and keep everyone's
-history. The directory and database are created readable by the user alone.
+history. The directory and database are created readable by the user alone. Whatever goes
+wrong (a damaged, busy, read-only or newer database) is a HistoryError, and the file is never
+deleted or made afresh; what the rows hold is read as outside data, its types not trusted.
 """
 
 from __future__ import annotations
@@ -58,6 +60,53 @@ def _version(db: sqlite3.Connection) -> int:
     return db.execute("PRAGMA user_version").fetchone()[0]
 
 
+ROW_IDS = range(-2**63, 2**63)  # what SQLite's INTEGER holds: any other id names no row
+HINT = "ponder leaves it as it is: move it aside to start a new one, or run with --no-log"
+
+
+class HistoryError(PonderError):
+    """The history database cannot be opened, read or written (exit 1). `reason` is the bare
+    cause, for lines that already say it is about the history."""
+
+    def __init__(self, path: Path, reason: str, hint: str = HINT):
+        super().__init__(f"the history database {path} cannot be used: {reason}", hint=hint)
+        self.reason = reason
+
+
+def _history_error(path: Path, exc: Exception) -> HistoryError:
+    """The error to show for `exc`, with the hint that fits it."""
+    if isinstance(exc, (FileExistsError, NotADirectoryError)):  # PONDER_DATA_DIR names a file
+        return HistoryError(path, f"cannot make the directory {path.parent}: a file is in the way",
+                            hint=f"{DATA_DIR_ENV} must name a directory; or run with --no-log")
+    reason = str(exc)
+    if isinstance(exc, OSError):
+        reason = (exc.strerror or reason) + (f" ({exc.filename})" if exc.filename else "")
+    if isinstance(exc, PermissionError) or "readonly" in reason:
+        return HistoryError(path, reason, hint="ponder may not write there: check its permissions (`lsattr` shows"
+                                               " an immutable one), or run with --no-log")
+    if "locked" in reason:
+        return HistoryError(path, reason, hint="another ponder is writing to it: try again, or run with --no-log")
+    if "malformed" in reason or "not a database" in reason:
+        return HistoryError(path, reason, hint="ponder will not change it: move it aside to start a new one"
+                                               " (sqlite3's .recover may save what it holds), or run with --no-log")
+    return HistoryError(path, reason)
+
+
+def _text(value) -> str:
+    """A text column as text, whatever the row holds (a database edited by hand, a bug)."""
+    if isinstance(value, bytes):
+        return value.decode("utf-8", "replace")
+    return "" if value is None else str(value)
+
+
+def _stats(value) -> dict | None:
+    try:
+        stats = json.loads(value) if isinstance(value, (str, bytes)) else None
+    except ValueError:
+        return None
+    return stats if isinstance(stats, dict) else None
+
+
 def data_dir() -> Path:
     override = os.environ.get(DATA_DIR_ENV)
     if override:
@@ -106,20 +155,38 @@ class Summary:
 
 
 class History:
+    """Every failure, opening included, is a HistoryError: the database is never deleted or made
+    afresh, and a reply never depends on it (conversation.Chat turns a failing history off)."""
+
     def __init__(self, path: Path | None = None):
-        path = path or data_dir() / "history.db"
+        self.path = path or data_dir() / "history.db"
+        with self._errors():
+            self._db = self._open(self.path)
+            try:
+                version = self._migrate()  # none for a newer ponder's database: it is left exactly as it is
+            except BaseException:
+                self.close()
+                raise
+        if version > len(MIGRATIONS):
+            self.close()
+            raise HistoryError(self.path, f"it was written by a newer version of ponder (schema {version};"
+                                      f" this one knows up to {len(MIGRATIONS)})",
+                           hint="upgrade ponder to use it, or run with --no-log")
+
+    @staticmethod
+    def _open(path: Path) -> sqlite3.Connection:
         path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         old_umask = os.umask(0o077)  # the database, its WAL and shared-memory files: user only
         try:
-            self._db = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False)
-            version = _version(self._db)
-            if version <= len(MIGRATIONS):  # a newer ponder's database is left exactly as it is
-                self._db.execute("PRAGMA journal_mode=WAL")
-                self._db.execute("PRAGMA foreign_keys=ON")
-                version = self._migrate()
-        except sqlite3.DatabaseError as exc:
-            raise PonderError(f"the history database {path} cannot be used: {exc}",
-                              hint="move it aside, or run with --no-log") from exc
+            # timeout: another ponder writing a turn holds the lock a moment; wait that long for it
+            db = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False, timeout=10)
+            try:
+                if _version(db) <= len(MIGRATIONS):
+                    db.execute("PRAGMA journal_mode=WAL")
+                    db.execute("PRAGMA foreign_keys=ON")
+            except BaseException:
+                db.close()
+                raise
         finally:
             os.umask(old_umask)
         for name in (path.name, path.name + "-wal", path.name + "-shm"):  # made readable by an older ponder
@@ -127,12 +194,15 @@ class History:
                 os.chmod(path.with_name(name), 0o600)
             except OSError:
                 pass
-        if version > len(MIGRATIONS):
-            self._db.close()
-            raise PonderError(f"the history database {path} was written by a newer version of ponder"
-                              f" (schema {version}; this one knows up to {len(MIGRATIONS)})",
-                              hint="upgrade ponder to use it, or run with --no-log")
-        self.path = path
+        return db
+
+    @contextmanager
+    def _errors(self):
+        """SQLite's and the OS's errors as one line that names the database."""
+        try:
+            yield
+        except (sqlite3.Error, OSError) as exc:
+            raise _history_error(self.path, exc) from exc
 
     def _migrate(self) -> int:
         """Apply the migrations this database lacks, in order; its version after."""
@@ -158,7 +228,10 @@ class History:
             raise
 
     def close(self) -> None:
-        self._db.close()
+        try:
+            self._db.close()
+        except sqlite3.Error:
+            pass  # nothing is left uncommitted: each change committed on its own
 
     # --- writing ------------------------------------------------------------------
 
@@ -166,7 +239,7 @@ class History:
         """Store `turn` (creating the conversation on its first turn) and commit at once."""
         now = time.time()
         conversation_id = conversation.id
-        with self._transaction():
+        with self._errors(), self._transaction():
             if conversation_id is None:
                 conversation_id = self._db.execute(
                     "INSERT INTO conversations(kind, model, backend, created, updated) VALUES (?, ?, ?, ?, ?)",
@@ -183,37 +256,45 @@ class History:
 
     def remove_turn(self, turn: Turn) -> None:
         if turn.id is not None:
-            with self._transaction():
+            with self._errors(), self._transaction():
                 self._db.execute("DELETE FROM turns WHERE id = ?", (turn.id,))
 
     def delete(self, conversation_id: int) -> bool:
-        with self._transaction():
+        if conversation_id not in ROW_IDS:
+            return False
+        with self._errors(), self._transaction():
             return self._db.execute("DELETE FROM conversations WHERE id = ?", (conversation_id,)).rowcount > 0
 
     # --- reading ------------------------------------------------------------------
 
     def load(self, conversation_id: int) -> Conversation | None:
-        row = self._db.execute("SELECT model FROM conversations WHERE id = ?", (conversation_id,)).fetchone()
-        if row is None:
+        if conversation_id not in ROW_IDS:
             return None
-        turns = [
-            Turn(role, content, reasoning, finish, json.loads(stats) if stats else None, turn_id)
-            for turn_id, role, content, reasoning, finish, stats in self._db.execute(
-                "SELECT id, role, content, reasoning, finish_reason, stats FROM turns"
-                " WHERE conversation_id = ? ORDER BY id", (conversation_id,))
-        ]
-        return Conversation(conversation_id, turns, row[0])
+        with self._errors():
+            row = self._db.execute("SELECT model FROM conversations WHERE id = ?", (conversation_id,)).fetchone()
+            if row is None:
+                return None
+            rows = self._db.execute("SELECT id, role, content, reasoning, finish_reason, stats FROM turns"
+                                    " WHERE conversation_id = ? ORDER BY id", (conversation_id,)).fetchall()
+        turns = [Turn(_text(role), _text(content), _text(reasoning), finish if isinstance(finish, str) else None,
+                      _stats(stats), turn_id)
+                 for turn_id, role, content, reasoning, finish, stats in rows]
+        return Conversation(conversation_id, turns, _text(row[0]))
 
     def last_chat(self) -> int | None:
-        row = self._db.execute("SELECT id FROM conversations WHERE kind = 'chat' ORDER BY updated DESC, id DESC"
-                               " LIMIT 1").fetchone()
+        with self._errors():
+            row = self._db.execute("SELECT id FROM conversations WHERE kind = 'chat' ORDER BY updated DESC, id DESC"
+                                   " LIMIT 1").fetchone()
         return row[0] if row else None
 
     def summaries(self, limit: int = 20) -> list[Summary]:
-        rows = self._db.execute(
-            "SELECT c.id, c.kind, c.model, c.updated, COUNT(t.id),"
-            " (SELECT content FROM turns WHERE conversation_id = c.id AND role = 'user' ORDER BY id LIMIT 1)"
-            " FROM conversations c LEFT JOIN turns t ON t.conversation_id = c.id"
-            " GROUP BY c.id ORDER BY c.updated DESC, c.id DESC LIMIT ?", (limit,))
-        return [Summary(i, kind, model, updated, n, " ".join((first or "").split())[:60])
+        with self._errors():
+            rows = self._db.execute(
+                "SELECT c.id, c.kind, c.model, c.updated, COUNT(t.id),"
+                " (SELECT content FROM turns WHERE conversation_id = c.id AND role = 'user' ORDER BY id LIMIT 1)"
+                " FROM conversations c LEFT JOIN turns t ON t.conversation_id = c.id"
+                " GROUP BY c.id ORDER BY c.updated DESC, c.id DESC LIMIT ?",
+                (limit if limit in ROW_IDS else -1,)).fetchall()  # -1: no limit, as a huge one means
+        return [Summary(i, _text(kind), _text(model), updated if isinstance(updated, (int, float)) else 0.0, n,
+                        " ".join(_text(first).split())[:60])
                 for i, kind, model, updated, n, first in rows]

@@ -8,7 +8,7 @@ import pytest
 
 from ponder.errors import PonderError
 from ponder import history
-from ponder.history import Conversation, History, Turn
+from ponder.history import Conversation, History, HistoryError, Turn
 from tests.support.cli import ponder_env, run_ponder
 
 # The tables as ponder 0.1 created them, before the schema had a version: a frozen record, never
@@ -62,7 +62,7 @@ def test_a_failure_inside_add_turn_writes_nothing(db_path):
     store = History(db_path)
     fail_on_conversation_update(db_path)
     conversation, turn = Conversation(model="m"), Turn("user", "hi")
-    with pytest.raises(sqlite3.DatabaseError, match="disk on fire"):
+    with pytest.raises(HistoryError, match="disk on fire"):
         store.add_turn(conversation, turn, "chat", "llama.cpp")
     assert rows(db_path, "conversations") == [] and rows(db_path, "turns") == []
     assert conversation.id is None and turn.id is None  # not pointing at rows that were rolled back
@@ -76,7 +76,7 @@ def test_a_failed_turn_leaves_the_conversation_as_it_was(db_path):
     store.add_turn(conversation, Turn("user", "hi"), "chat", "llama.cpp")
     before = rows(db_path, "conversations"), rows(db_path, "turns")
     fail_on_conversation_update(db_path)
-    with pytest.raises(sqlite3.DatabaseError):
+    with pytest.raises(HistoryError):
         store.add_turn(conversation, Turn("assistant", "hello"), "chat", "llama.cpp")
     assert (rows(db_path, "conversations"), rows(db_path, "turns")) == before
     store.close()

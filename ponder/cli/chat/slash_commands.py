@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import base64
 import os
-import sqlite3
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -109,14 +108,24 @@ def _stats(repl, _args: str) -> None:
 def _save(repl, args: str) -> None:
     if not repl.chat.conversation.turns:
         raise CommandError("nothing to save yet")
-    path = Path(args).expanduser() if args else Path(f"ponder-chat-{time.strftime('%Y%m%d-%H%M%S')}.md")
-    try:
-        from ponder.cli.views.transcript import transcript_markdown
+    from ponder.cli.views.transcript import transcript_markdown
 
-        path.write_text(transcript_markdown(repl.chat.conversation, repl.chat.model.info.name), encoding="utf-8")
-    except OSError as exc:
-        raise CommandError(f"cannot write {path}: {exc.strerror}") from exc
+    path = Path(args).expanduser() if args else Path(f"ponder-chat-{time.strftime('%Y%m%d-%H%M%S')}.md")
+    _write_new(path, transcript_markdown(repl.chat.conversation, repl.chat.model.info.name))
     repl.note(f"saved {path}")
+
+
+def _write_new(path: Path, text: str) -> None:
+    """`text` as the new file `path`: an existing name (a link too) is never overwritten, as /save
+    and /save-code agree."""
+    from ponder import files
+
+    try:
+        files.write_text(path, text, exclusive=True)
+    except files.FileExists:
+        raise CommandError(f"{path} exists; nothing written (give another name)") from None
+    except files.FileError as exc:
+        raise CommandError(exc.message) from None
 
 
 def _code_block(repl, number: str):
@@ -165,25 +174,20 @@ def _save_code(repl, args: str) -> None:
         raise CommandError("usage: /save-code [N] FILE")
     block, about = _code_block(repl, number)
     path = Path(file).expanduser()
-    try:
-        with path.open("x", encoding="utf-8") as out:  # "x": an existing file is never overwritten
-            out.write(block.text)
-    except FileExistsError:
-        raise CommandError(f"{path} exists; nothing written (give another name)") from None
-    except OSError as exc:
-        raise CommandError(f"cannot write {path}: {exc.strerror}") from exc
+    _write_new(path, block.text)
     repl.note(f"saved {about} to {path}")
 
 
 def _history(repl, _args: str) -> None:
     if repl.chat.history is None:
-        raise CommandError("history is off in this session (--no-log)")
+        raise CommandError(f"history is off in this session ({repl.chat.history_error or '--no-log'})")
     from ponder.cli.views.transcript import summary_lines
+    from ponder.history import HistoryError
 
     try:
         summaries = repl.chat.history.summaries()
-    except sqlite3.Error as exc:
-        raise CommandError(f"cannot read the history: {exc}") from exc
+    except HistoryError as exc:
+        raise CommandError(f"cannot read the history: {exc.reason}") from exc
     for line in summary_lines(summaries) or ["no conversations yet"]:
         repl.note(line, "")
 

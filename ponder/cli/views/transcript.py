@@ -7,11 +7,14 @@ import time
 
 
 def summary_lines(summaries) -> list[str]:
-    return [
-        f"{s.id:>5}  {time.strftime('%Y-%m-%d %H:%M', time.localtime(s.updated))}  {s.kind:4}  "
-        f"{s.turns:>3} turns  {s.title}"
-        for s in summaries
-    ]
+    return [f"{s.id:>5}  {_when(s.updated)}  {s.kind:4}  {s.turns:>3} turns  {s.title}" for s in summaries]
+
+
+def _when(timestamp: float) -> str:
+    try:
+        return time.strftime("%Y-%m-%d %H:%M", time.localtime(timestamp))
+    except (OverflowError, OSError, ValueError):  # a time no clock shows (the history is outside data)
+        return "????-??-?? ??:??"
 
 
 def transcript_markdown(conversation, model_name: str) -> str:
