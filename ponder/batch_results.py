@@ -191,10 +191,10 @@ class ResultsSink:
             raise _os_error(exc, self.path, "write") from None
         if not found.regular:
             return
-        self.created = not found.existed
         if found.lock_fd is None:  # a new file: lock it now
             found.lock_fd = os.dup(self.fd)
             _lock(found.lock_fd, self.path)
+        self.created = not found.existed  # (only once locked: an empty file another batch just made is not ours)
         if found.existed and os.fstat(self.fd).st_size != found.size:
             raise PonderError(f"{self.path} changed while ponder read it; nothing was written to it")
         try:

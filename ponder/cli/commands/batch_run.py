@@ -10,6 +10,7 @@ very same message (a server refusing every request alike is not ten bad tasks).
 
 from __future__ import annotations
 
+import errno
 from collections.abc import Callable
 
 import typer
@@ -21,6 +22,7 @@ from ponder.errors import ContextOverflow, PonderError
 
 # A server's refusal of this one request (bad, too long, or the server failing on it), not of every request.
 TASK_STATUSES = (400, 413, 422, 500)
+CLOSED = "stdout is closed: there is nowhere to write the results"
 SAME_FAILURES = 10  # tasks in a row failing with one same message: the cause is not in the tasks
 
 
@@ -48,24 +50,29 @@ class Output:
     def open(self) -> None:
         """Ready to write, before the model loads: a closed stdout or a path that cannot be written fails now."""
         if self.path is None:
-            try:
-                self.term.stdout.write("")  # fails where the shell closed stdout (`>&-`)
-            except (OSError, AttributeError, ValueError):
-                raise PonderError("stdout is closed: there is nowhere to write the results",
-                                  hint="give -o FILE") from None
+            if self.term.stdout is None:
+                raise PonderError(CLOSED, hint="give -o FILE")
+            self._guarded(lambda: self.term.stdout.write(""))  # fails where the shell closed stdout (`>&-`)
         self.sink.open()
 
     def write(self, result: dict) -> None:
+        self._guarded(lambda: self.sink.write(result))
+
+    def _guarded(self, write: Callable[[], object]) -> None:
         try:
-            self.sink.write(result)
+            write()
         except BrokenPipeError:
             if self.path is None:
                 self.term.silence_stdout()
             raise typer.Exit(EXIT_BROKEN_PIPE) from None
-        except OSError as exc:  # stdout only: a file's errors come as PonderErrors
+        except OSError as exc:
+            if self.path is not None:
+                raise  # (a file's errors are PonderErrors already)
+            if exc.errno == errno.EBADF:
+                raise PonderError(CLOSED, hint="give -o FILE") from None
             self.term.silence_stdout()  # what is still buffered must not fail again at exit
             raise PonderError(f"cannot write the results to stdout: {exc.strerror or exc}",
-                              hint="the results written so far were written; -o FILE resumes a batch") from None
+                              hint="-o FILE keeps the results, and a rerun with it resumes") from None
 
     def close(self) -> None:
         self.sink.close()
