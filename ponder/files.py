@@ -42,10 +42,15 @@ def _refuse_irregular(path: Path, mode: int, doing: str) -> None:
 
 
 def write_text(path: Path | str, text: str, *, exclusive: bool = False, parents: bool = False) -> Path:
-    """Write `text` (UTF-8) to `path`: atomically through a link, or with `exclusive` only as a new
-    file. The file written (a link's target); a FileError (FileExists, NotRegular) if nothing was."""
+    """`text` in UTF-8, as write_bytes writes it."""
+    return write_bytes(path, text.encode("utf-8"), exclusive=exclusive, parents=parents)
+
+
+def write_bytes(path: Path | str, data: bytes, *, exclusive: bool = False, parents: bool = False) -> Path:
+    """Write `data` to `path`: atomically through a link, or with `exclusive` only as a new file
+    (`parents`: its directory made if need be). The file written (a link's target); a FileError
+    (FileExists, NotRegular) if nothing was."""
     path = Path(path)
-    data = text.encode("utf-8")
     # A link is followed to its end (os.path.realpath leaves a loop as it is: stat then says so).
     target = path if exclusive else Path(os.path.realpath(path))
     try:

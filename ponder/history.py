@@ -81,9 +81,9 @@ def _history_error(path: Path, exc: Exception) -> HistoryError:
     reason = str(exc)
     if isinstance(exc, OSError):
         reason = (exc.strerror or reason) + (f" ({exc.filename})" if exc.filename else "")
-    if isinstance(exc, PermissionError) or "readonly" in reason:
-        return HistoryError(path, reason, hint="ponder may not write there: check its permissions (`lsattr` shows"
-                                               " an immutable one), or run with --no-log")
+    if isinstance(exc, PermissionError) or "readonly" in reason or "unable to open" in reason:
+        return HistoryError(path, reason, hint="check the file and its directory: their permissions (`lsattr`"
+                                               " shows an immutable one), their kind; or run with --no-log")
     if "locked" in reason:
         return HistoryError(path, reason, hint="another ponder is writing to it: try again, or run with --no-log")
     if "malformed" in reason or "not a database" in reason:

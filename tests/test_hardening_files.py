@@ -448,3 +448,11 @@ def test_a_failing_history_only_turns_itself_off_in_a_chat(tmp_path):
     assert chat.history is None and chat.history_error == "no such table: turns"
     assert [t.content for t in chat.conversation.turns] == ["hi", "hello"]
     assert issubclass(HistoryError, PonderError)
+
+
+def test_bytes_are_written_exactly(tmp_path):
+    from ponder.files import write_bytes
+
+    data = bytes(range(256)) * 4  # a plot, say: no encoding, no newline translation
+    assert write_bytes(tmp_path / "plot.png", data) == tmp_path / "plot.png"
+    assert (tmp_path / "plot.png").read_bytes() == data
