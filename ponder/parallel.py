@@ -151,7 +151,7 @@ class _Driver:
         try:
             slot = self.batch.add(*running.guarded.request, self.cancel)
         except ContextOverflow as exc:
-            if not running.guarded.continued:  # its own prompt: this job alone fails
+            if not running.guarded.cut_after_reasoning:  # its own prompt does not fit: this job alone fails
                 self._ended(running.job)
                 yield running.job.key, Failed(exc)
                 return

@@ -229,8 +229,9 @@ def mixed_tasks(path: Path) -> Path:
     return path
 
 
-@pytest.mark.parametrize("args", [["--parallel", "1"], ["--parallel", "3"], ["-n", "2", "--parallel", "4"]],
-                         ids=["one at a time", "decoded together", "samples decoded together"])
+@pytest.mark.parametrize("args", [["--parallel", "1"], ["--parallel", "3"], ["-n", "2", "--parallel", "4"],
+                                  ["--parallel", "3", "--no-think"]],
+                         ids=["one at a time", "decoded together", "samples decoded together", "no thinking"])
 def test_a_prompt_over_the_context_fails_its_task_alone_and_a_rerun_tries_it_again(tiny_r1_random, tmp_path, args):
     tasks, out = mixed_tasks(tmp_path / "tasks.jsonl"), tmp_path / "out.jsonl"
     batch = ("batch", str(tasks), "-o", str(out), "--model", tiny_r1_random, "--ctx", "512", "--max-tokens", "24", *args)
