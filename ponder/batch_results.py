@@ -16,6 +16,7 @@ from __future__ import annotations
 import codecs
 import errno
 import json
+import math
 import os
 import stat
 from collections.abc import Collection
@@ -134,6 +135,8 @@ def _result_line(raw: bytes, number: int, ids: Collection, name: str) -> dict | 
     if value["id"] not in ids:
         raise refuse(f"is about id {shown_id(value['id'])[:80]}, which is not among the tasks")
     if isinstance(value.get("samples"), list) and all(isinstance(s, dict) for s in value["samples"]):
+        if "pass@1" in value and not _number(value["pass@1"]):  # the accuracy report adds them up
+            raise refuse('has a "pass@1" that is not a number')
         return value
     if isinstance(value.get("error"), str) and "samples" not in value:
         return value
@@ -166,6 +169,17 @@ def _torn_tail(tail: bytes, ids: Collection) -> bool:
         return False
     # The id itself is cut (or is all there is): a prefix of one of the ids as the writer writes them.
     return any(shown_id(key).startswith(rest) for key in ids)
+
+
+def reportable(result: dict) -> bool:
+    """Whether a result line holds the figures a budget sweep's table reads from each sample."""
+    samples = result.get("samples") or []
+    return all(isinstance(s.get("stats"), dict) and _number(s["stats"].get("reasoning_tokens"))
+               and _number(s["stats"].get("total_s") or 0) for s in samples)
+
+
+def _number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
 class ResultsSink:

@@ -131,7 +131,8 @@ def limited_memory():
 
 def test_o_dev_full_is_not_read_and_a_full_disk_is_one_error_line(tiny_r1_random, tmp_path):
     tasks = write_tasks(tmp_path / "tasks.jsonl", 2)
-    result = subprocess.run([sys.executable, "-m", "ponder", "batch", str(tasks), "-o", "/dev/full", "--model", tiny_r1_random,
+    result = subprocess.run([sys.executable, "-m", "ponder", "batch", str(tasks), "-o", "/dev/full", "--model",
+                             tiny_r1_random,
                              "--max-tokens", "16"], capture_output=True, stdin=subprocess.DEVNULL, env=ponder_env(),
                             timeout=120, preexec_fn=limited_memory)
     line = one_error_line(result, 1)
@@ -150,7 +151,8 @@ def test_stdout_on_a_full_disk_is_one_error_line(tiny_r1_random, tmp_path):
 
 def test_o_dev_stdout_into_a_pipe_writes_there_without_reading_it(tiny_r1_random, tmp_path):
     tasks = write_tasks(tmp_path / "tasks.jsonl", 2)
-    result = run_ponder("batch", str(tasks), "-o", "/dev/stdout", "--model", tiny_r1_random, "--max-tokens", "16", timeout=60)
+    result = run_ponder("batch", str(tasks), "-o", "/dev/stdout", "--model", tiny_r1_random, "--max-tokens", "16",
+                        timeout=60)
     assert result.returncode == 0, result.stderr
     assert [json.loads(line)["id"] for line in result.stdout.decode().splitlines()] == ["t0", "t1"]
     assert b"resuming" not in result.stderr
@@ -162,7 +164,8 @@ def test_o_a_fifo_is_written_as_a_stream(tiny_r1_random, tmp_path):
     received = []
     reader = threading.Thread(target=lambda: received.append(fifo.read_bytes()), daemon=True)
     reader.start()
-    result = run_ponder("batch", str(tasks), "-o", str(fifo), "--model", tiny_r1_random, "--max-tokens", "16", timeout=60)
+    result = run_ponder("batch", str(tasks), "-o", str(fifo), "--model", tiny_r1_random, "--max-tokens", "16",
+                        timeout=60)
     reader.join(30)
     assert result.returncode == 0, result.stderr
     assert [json.loads(line)["id"] for line in received[0].decode().splitlines()] == ["t0", "t1"]
@@ -234,7 +237,8 @@ def mixed_tasks(path: Path) -> Path:
                          ids=["one at a time", "decoded together", "samples decoded together", "no thinking"])
 def test_a_prompt_over_the_context_fails_its_task_alone_and_a_rerun_tries_it_again(tiny_r1_random, tmp_path, args):
     tasks, out = mixed_tasks(tmp_path / "tasks.jsonl"), tmp_path / "out.jsonl"
-    batch = ("batch", str(tasks), "-o", str(out), "--model", tiny_r1_random, "--ctx", "512", "--max-tokens", "24", *args)
+    batch = ("batch", str(tasks), "-o", str(out), "--model", tiny_r1_random, "--ctx", "512", "--max-tokens", "24",
+             *args)
     result = run_ponder(*batch)
     assert "1 of 3 tasks failed" in one_error_line(result, 1)
     err = result.stderr.decode()
@@ -285,7 +289,8 @@ def test_which_failures_are_a_tasks_own():
     assert task_failure(own[0]) == "the prompt is 900 tokens, but the context holds 512 (shorten it)"
     stops = [BackendError("cannot reach the server at http://127.0.0.1:9/v1: connection refused"),
              ServerRefused("the server answered 404: model 'x' not found", status=404, said="model 'x' not found"),
-             ServerRefused("the server answered 401", status=401, said=""), StreamBroken("a stream broke (not a reply)"),
+             ServerRefused("the server answered 401", status=401, said=""),
+             StreamBroken("a stream broke (not a reply)"),
              ModelError("the model failed"), OSError(28, "No space left on device"), KeyboardInterrupt()]
     assert [task_failure(exc) for exc in stops] == [None] * len(stops)
 
@@ -444,7 +449,7 @@ def test_a_scripted_server_gone_mid_batch_stops_it_at_once(scripted, tmp_path):
     tasks, out = write_tasks(tmp_path / "tasks.jsonl", 20), tmp_path / "out.jsonl"
     result = run_ponder("batch", str(tasks), "-o", str(out), "--server", scripted.url, timeout=60)
     line = one_error_line(result, 1)
-    assert scripted.url in line  # "cannot reach the server at …", or "the request to … failed" (a kept-alive socket)
+    assert scripted.url in line  # "cannot reach the server at …", or "the request to … failed" (a kept-alive one)
     assert len(lines_of(out)) == 2 and all("samples" in r for r in lines_of(out))
 
 
@@ -486,7 +491,8 @@ def test_every_bad_line_is_named_and_bytes_that_are_not_utf8_too(tmp_path):
     tasks = tmp_path / "tasks.jsonl"
     tasks.write_bytes(b'{"id": 1, "prompt": "ok"}\n{"id": [1]}\n\n\xff\xfe\n{"id": 1, "prompt": "again"}\n')
     message = one_error_line(run_ponder("batch", str(tasks), *NO_MODEL), 2)
-    assert "input line 2 needs" in message and "line 4 is not UTF-8 text" in message and "line 5 repeats id 1" in message
+    assert "input line 2 needs" in message and "line 4 is not UTF-8 text" in message
+    assert "line 5 repeats id 1" in message
 
 
 def test_ids_are_written_back_as_the_json_they_came_as(tiny_r1_random, tmp_path):

@@ -14,6 +14,7 @@ from typing import Optional, TextIO
 
 import typer
 
+from ponder.batch_results import reportable
 from ponder.batch_tasks import read_tasks
 from ponder.cli.commands.batch_run import Output, Progress, TaskLines, run_tasks
 from ponder.cli.commands.options import MAX_PARALLEL, ModelOptions, SamplingOptions, ServerOptions, ThinkingOptions, thinking
@@ -114,7 +115,7 @@ def batch(
             results, failures = _run_all(run, tasks, out, model_now, samples, parallel, tag=len(budgets) > 1)
             failed += failures
             if len(budgets) > 1:
-                summaries.append(summarize(budget, [r for r in results if "samples" in r]))
+                summaries.append(summarize(budget, [r for r in results if "samples" in r and reportable(r)]))
     finally:
         for out in outputs:
             out.close()
