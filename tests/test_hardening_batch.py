@@ -595,3 +595,12 @@ def test_the_last_line_per_task_counts_and_a_result_wins_over_errors():
     assert found.unended is False and found.keep == len(data)  # result_line ends in a newline
     found = read_results(data.rstrip(b"\n"), IDS, "out.jsonl")  # a whole last line without its newline: kept
     assert found.unended is True and found.keep == len(data) - 1 and 7 in found.done
+
+
+def test_a_servers_error_text_reaches_the_terminal_inert(scripted, tmp_path):
+    scripted.answer = lambda h, body: send_json(h, 400, {"error": {"message": "bad \x1b]0;owned\x07 \x1b[?1049h"}})
+    tasks, out = write_tasks(tmp_path / "tasks.jsonl", 1), tmp_path / "out.jsonl"
+    result = run_ponder("batch", str(tasks), "-o", str(out), "--server", scripted.url, timeout=60)
+    assert "1 of 1 tasks failed" in one_error_line(result, 1)
+    assert b"\x1b" not in result.stderr and b"\x07" not in result.stderr and b"0;owned" in result.stderr
+    assert "0;owned" in lines_of(out)[0]["error"]

@@ -207,7 +207,9 @@ class Progress:
             self.bar.advance(self.task)
 
     def say(self, line: str) -> None:
-        line = "".join(c if c.isprintable() else repr(c)[1:-1] for c in line)  # a server's words are data
+        from ponder.cli.views.safe_text import visible
+
+        line = visible(line.replace("\n", " "))  # a server's words are data
         if self.bar is not None:
             self.bar.console.print(line, markup=False, highlight=False)
         else:
