@@ -160,9 +160,10 @@ GENERATORS = {"bash": bash, "zsh": zsh, "fish": fish}
 
 
 def write_all(directory: Path) -> None:
-    directory.mkdir(parents=True, exist_ok=True)
+    from ponder.files import write_text
+
     for shell, filename in SHELLS.items():
-        (directory / filename).write_text(GENERATORS[shell]())
+        write_text(directory / filename, GENERATORS[shell](), parents=True)
 
 
 if __name__ == "__main__":

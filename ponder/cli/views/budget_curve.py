@@ -86,6 +86,33 @@ def check_plot(path: str) -> None:
     if find_spec("matplotlib") is None:
         raise UsageError("--plot needs matplotlib",
                          hint="~/.local/share/ponder/venv/bin/pip install matplotlib (the `plot` extra)")
+    _check_replaceable(path)
+
+
+def _check_replaceable(path: str) -> None:
+    """A plot is drawn again on every (resumed) sweep, so an earlier image may be replaced; anything else
+    at that name (notes, a directory, a device) is the user's, and is refused before hours of runs."""
+    import os
+    import stat
+
+    from ponder.errors import UsageError
+
+    try:
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        return
+    except OSError as exc:
+        raise UsageError(f"--plot {path}: {exc.strerror}") from None
+    if not stat.S_ISREG(mode):
+        raise UsageError(f"--plot {path} is not a regular file; nothing would be drawn there")
+    with open(path, "rb") as existing:
+        head = existing.read(512).lstrip()
+    if not head or head.startswith((_PNG_MAGIC, b"<?xml", b"<svg")):
+        return
+    raise UsageError(f"--plot {path} exists and is not an image; give another name")
+
+
+_PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
 def plot(summaries: list[BudgetSummary], path: str) -> None:
@@ -106,5 +133,11 @@ def plot(summaries: list[BudgetSummary], path: str) -> None:
     axes.set_title("Accuracy against thinking budget")
     axes.grid(alpha=0.3)
     figure.tight_layout()
-    figure.savefig(path)
+    import io
+
+    from ponder.files import write_bytes
+
+    image = io.BytesIO()
+    figure.savefig(image, format="svg" if path.lower().endswith(".svg") else "png")
     plt.close(figure)
+    write_bytes(path, image.getvalue())  # atomic, through a link, never over a device
