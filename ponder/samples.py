@@ -178,7 +178,7 @@ def in_flight(model, jobs: list[tuple[object, Sequence[Message], GenerationParam
                 raise failures[0]
     except BaseException:
         if running:
-            model.close()  # the streams in flight end at once
+            model.stop()  # the requests in flight end at once; the model stays usable
         raise
     finally:
         pool.shutdown(wait=False, cancel_futures=True)
