@@ -1,7 +1,8 @@
 """The `ponder` command: sub-commands, global options, and errors mapped to exit codes here alone.
 
-Exit codes: 0 ok, 1 model or runtime failure, 2 usage error, 3 no answer (ask), 130 interrupted,
-141 stdout closed early (as a program killed by SIGPIPE would report).
+Exit codes: 0 ok, 1 model or runtime failure, 2 usage error, 3 no answer (ask), 130 interrupted (Ctrl-C),
+129 and 143 stopped by SIGHUP and SIGTERM (128 + the signal, as a shell reports a program the signal
+ended), 141 stdout closed early (as a program killed by SIGPIPE would report).
 """
 
 from __future__ import annotations

@@ -44,7 +44,8 @@ def ask(
     """Ask one question and stream the answer (reasoning to stderr when piped).
 
     Exit codes: 0 answered, 1 model or runtime failure, 2 usage error, 3 no answer (the reply ended
-    before one, e.g. out of tokens while thinking), 130 interrupted, 141 stdout closed early.
+    before one, e.g. out of tokens while thinking), 130 interrupted, 129/143 SIGHUP/SIGTERM, 141 stdout
+    closed early.
     """
     from ponder.cli.commands.model_run import Run
 

@@ -47,7 +47,7 @@ def solve(
     """Solve a math problem with DeepSeek's instruction; show the final answer prominently.
 
     Exit codes: 0 answered, 1 no \\boxed{} answer (any -n, any output) or a model failure,
-    2 usage error, 130 interrupted, 141 stdout closed early.
+    2 usage error, 130 interrupted, 129/143 SIGHUP/SIGTERM, 141 stdout closed early.
     """
     from ponder.cli.commands.model_run import Run
     from ponder.cli.commands.options import early_stop_rule
