@@ -214,6 +214,38 @@ def test_a_signal_while_thinking_restores_the_terminal_and_keeps_what_arrived(sm
     assert assistant[3] == "cancelled" and len(assistant[2].split()) > 5  # the reasoning that arrived, kept
 
 
+# Stands in for the user's shell: when the terminal closes, the session leader gets SIGHUP and bash passes it on.
+SHELL_ON_HANGUP = ("import signal, subprocess, sys; child = subprocess.Popen(sys.argv[2:]); "
+                   "signal.signal(signal.SIGHUP, lambda *_: child.send_signal(signal.SIGHUP)); "
+                   "open(sys.argv[1], 'w').write(str(child.wait()))")
+
+
+def test_closing_the_terminal_keeps_what_arrived_and_exits_129(smollm2, tmp_path):
+    """A real hangup: the terminal is gone, so restoring it and the closing line fail (EIO) on top of the signal."""
+    import shlex
+
+    from tests.support.cli import new_tmux_session
+
+    data, status = tmp_path / "data", tmp_path / "status"
+    env = ponder_env(TERM="xterm-256color", PONDER_DATA_DIR=str(data))
+    args = [sys.executable, "-c", SHELL_ON_HANGUP, str(status), sys.executable, "-m", "ponder", "ask", "--model",
+            smollm2, *THINKING, "Write a long story about a dragon."]
+    session = TmuxSession.__new__(TmuxSession)  # (a pane running the stand-in shell, not tmux_command's)
+    session.name = f"ponder-hangup-{time.monotonic_ns()}"
+    new_tmux_session(session.name, 100, 40, "env -i " + " ".join(shlex.quote(f"{k}={v}") for k, v in env.items())
+                     + " " + " ".join(map(shlex.quote, args)))
+    try:
+        session.wait_for(r"Thinking… [0-9.]+ s · \d{2,} tokens", timeout=120)
+    finally:
+        session.close()  # the terminal goes away
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and not (status.exists() and status.read_text()):
+        time.sleep(0.1)
+    assert status.read_text() == "129"
+    (_, assistant) = history_turns(data)
+    assert assistant[3] == "cancelled" and len(assistant[2].split()) > 5
+
+
 def test_sigterm_in_chat_keeps_the_partial_reply_and_ends_the_chat(smollm2, tmp_path):
     data = tmp_path / "data"
     session = TmuxSession("chat", "--model", smollm2, *THINKING,
