@@ -401,3 +401,10 @@ def test_odd_command_lines_are_one_line_usage_errors(tiny_r1_random, args, code,
 def test_a_large_prompt_on_stdin_is_refused_as_too_long(tiny_r1_random):
     result = run_ponder("ask", "--model", tiny_r1_random, "--ctx", "256", stdin=b"many words " * 1_000_000)
     assert result.returncode == 2 and "context holds 256" in clean(result.stderr)
+
+
+def test_solve_refuses_more_samples_than_it_can_plan(tmp_path):
+    """-n 1000000000 planned a job per sample up front: gigabytes within seconds, then the kernel's OOM killer."""
+    result = run_ponder("solve", "-n", "1000000000", "--model", str(tmp_path / "nope.gguf"), "What is 12*7?")
+    err = clean(result.stderr)
+    assert result.returncode == 2 and "--samples" in err and "1024" in err

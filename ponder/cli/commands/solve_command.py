@@ -11,13 +11,15 @@ from ponder.cli.commands.options import (ModelOptions, OutputOptions, ParallelOp
 from ponder.settings import ModelKind, OnLoop, Reasoning
 
 EXIT_NO_ANSWER = 1
+MAX_SAMPLES = 1024  # far beyond what a vote needs (DeepSeek's evaluations draw 64); each is planned up front
 
 
 def solve(
     invocation: typer.Context,  # tells where --reasoning came from
     problem: Optional[str] = typer.Argument(None, help="The problem. Piped stdin is put before it.", show_default=False),
     answer_only: bool = typer.Option(False, "--answer-only", help="Print only the final \\boxed{} answer; exit 1 if none."),
-    samples: int = typer.Option(1, "--samples", "-n", min=1, help="Independent samples; the answer is their majority vote."),
+    samples: int = typer.Option(1, "--samples", "-n", min=1, max=MAX_SAMPLES,
+                                help="Independent samples; the answer is their majority vote."),
     parallel: Optional[int] = ParallelOptions.parallel,
     early_stop: bool = ParallelOptions.early_stop,
     confidence: Optional[float] = ParallelOptions.confidence,
