@@ -408,3 +408,13 @@ def test_solve_refuses_more_samples_than_it_can_plan(tmp_path):
     result = run_ponder("solve", "-n", "1000000000", "--model", str(tmp_path / "nope.gguf"), "What is 12*7?")
     err = clean(result.stderr)
     assert result.returncode == 2 and "--samples" in err and "1024" in err
+
+
+def test_stdin_beyond_any_context_is_refused_before_it_fills_memory(tmp_path):
+    huge = tmp_path / "huge.log"
+    huge.write_bytes(b"a long log line\n" * (65 * 2**16))  # 65 MiB of text
+    with open(huge, "rb") as stdin:
+        result = subprocess.run([sys.executable, "-m", "ponder", "ask", "--model", str(tmp_path / "nope.gguf")],
+                                stdin=stdin, capture_output=True, env=ponder_env(), timeout=120)
+    err = clean(result.stderr)
+    assert result.returncode == 2 and "stdin holds more than 64 MiB" in err

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 
+from ponder.cli.commands.user_input import MAX_STDIN
 from ponder.threads import Terminated
 
 BLOCK = '"""'
@@ -41,7 +42,12 @@ class ChatInput:
         if self._session is None:  # piped input: one message per line
             if self.term.stdin is None:  # closed by the shell (`<&-`): at its end already
                 return None
-            line = self.term.stdin.readline()
+            line = self.term.stdin.readline(MAX_STDIN + 1)  # bounded, as ask's stdin is
+            if len(line) > MAX_STDIN:
+                from ponder.errors import UsageError
+
+                raise UsageError(f"a line of stdin holds more than {MAX_STDIN // 2**20} MiB, far more than a model's "
+                                 "context", hint="each line of piped input is one message")
             return line.decode("utf-8", "replace").rstrip("\r\n") if line else None
         while True:
             try:

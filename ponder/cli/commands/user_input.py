@@ -21,10 +21,16 @@ def _stdin_has_data(term: Terminal) -> bool:
     return stat.S_ISFIFO(mode) or stat.S_ISREG(mode)
 
 
+MAX_STDIN = 64 * 2**20  # bytes: far more text than any model's context holds (a million tokens is about 4 MiB)
+
+
 def read_stdin(term: Terminal) -> str:
     if not _stdin_has_data(term):
         return ""
-    data = term.stdin.read()
+    data = term.stdin.read(MAX_STDIN + 1)  # bounded: `ponder ask < huge.log` must not exhaust memory first
+    if len(data) > MAX_STDIN:
+        raise UsageError(f"stdin holds more than {MAX_STDIN // 2**20} MiB of text, far more than a model's context",
+                         hint="pipe in the part that matters (head, tail, grep)")
     if b"\x00" in data:
         raise UsageError("stdin holds binary data (NUL bytes); ponder reads text", hint="pipe in text, not a binary file")
     text = data.decode("utf-8", errors="replace")
