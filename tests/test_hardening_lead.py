@@ -33,3 +33,16 @@ def test_plot_may_draw_again_over_an_image_and_writes_through_a_link(tmp_path):
     summaries = [BudgetSummary(b, 2, acc, tokens, tokens, 1.0, 0) for b, acc, tokens in ((8, 0.5, 8.0), (None, 1.0, 40.0))]
     plot(summaries, str(link))
     assert link.is_symlink() and b"<svg" in earlier.read_bytes()
+
+
+def test_an_error_line_quoting_outside_text_reaches_stderr_inert():
+    import io
+
+    from ponder.cli.app import _say
+    from ponder.cli.views.terminal import Terminal
+
+    term = Terminal(io.BytesIO(), io.StringIO(), io.StringIO(), False, False, False, False)
+    _say("ponder: error: the server said: \x1b]0;pwned\x07\x1b[?1049h\n  hint: retry", term)
+    said = term.stderr.getvalue()
+    assert "\x1b" not in said and "\x07" not in said and "^[]0;pwned^G" in said
+    assert said.endswith("\n  hint: retry\n")

@@ -148,8 +148,10 @@ def _stderr(term: Terminal | None) -> TextIO:
 
 
 def _say(line: str, term: Terminal | None) -> None:
-    try:
-        print(line, file=_stderr(term), flush=True)
+    from ponder.cli.views.safe_text import visible
+
+    try:  # an error may quote a server's or a file's text: shown, never obeyed
+        print(visible(line), file=_stderr(term), flush=True)
     except (OSError, ValueError):  # stderr gone too (a hung-up terminal): nowhere to say it
         pass
 
