@@ -76,6 +76,15 @@ class BackendStats:
     route: str | None = None  # how a server was asked, e.g. "/v1/completions, prompt rendered by ponder"
 
 
+def decode_timing(generated: int, started: float, first: float, last: float) -> tuple[float, float]:
+    """Time to the first token and the decode rate (tokens/s) of `generated` tokens, the first at `first`
+    and the last at `last`, asked for at `started` (perf_counter seconds). The rate counts the tokens
+    after the first over the time they took; each figure is 0 where the tokens cannot tell it."""
+    span = last - first
+    return (first - started if generated else 0.0,
+            (generated - 1) / span if generated > 1 and span > 0 else 0.0)
+
+
 @dataclass(frozen=True)
 class Finished:
     finish_reason: FinishReason

@@ -12,6 +12,8 @@ import math
 
 import numpy as np
 
+from ponder.errors import BackendError
+
 # Tokens whose weight is below this fraction of the best token's are left out from the start:
 # together they hold under vocabulary size x 1e-12 of the mass (1.5e-7 for a 152k vocabulary),
 # less than float32 logits' own rounding moves the weights, so the draw is exact to that precision.
@@ -30,8 +32,13 @@ class Sampler:
 
     def sample(self, logits: np.ndarray) -> int:
         if self.temperature <= 0:
-            return int(np.argmax(logits))
+            token = int(np.argmax(logits))  # (the first NaN, where there is one)
+            if math.isnan(logits[token]):
+                raise _not_numbers()
+            return token
         top = float(logits.max())
+        if math.isnan(top):
+            raise _not_numbers()
         candidates = np.flatnonzero(logits >= top + self.temperature * _NEGLIGIBLE)
         weights = np.exp((logits[candidates] - np.float32(top)) * np.float32(1.0 / self.temperature))  # the best weighs 1
         if self.top_p >= 1.0:
@@ -51,3 +58,8 @@ class Sampler:
         size = min(int(np.searchsorted(cumulative, needed)) + 1, cumulative.size)
         pick = int(np.searchsorted(cumulative[:size], self.rng.random() * cumulative[size - 1], side="right"))
         return int(candidates[inside[order[min(pick, size - 1)]]])
+
+
+def _not_numbers() -> BackendError:
+    return BackendError("the model's scores for the next token are not numbers (NaN)",
+                        hint="its weights may be corrupt: download the model again")

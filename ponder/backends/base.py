@@ -8,8 +8,9 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Protocol
 
-from ponder.errors import ContextOverflow
-from ponder.events import BackendEvent, BackendStats, Continuation, Finished, FinishReason, GenerationParams, Message
+from ponder.errors import ContextOverflow, UsageError
+from ponder.events import (BackendEvent, BackendStats, Continuation, Finished, FinishReason, GenerationParams, Message,
+                           decode_timing)
 from ponder.prompt import ChatFormat
 
 
@@ -121,8 +122,13 @@ class Backend(Protocol):
 
 
 def generation_budget(prompt_tokens: int, context: int, max_tokens: int) -> int:
-    """How many tokens may be generated after the prompt; refuses a prompt that leaves no room
-    in `context` (ModelInfo.context) for one generated token."""
+    """How many tokens may be generated after the prompt; refuses a prompt of no tokens (there is nothing
+    to take the next token's logits from) and one that leaves no room in `context` (ModelInfo.context)
+    for one generated token."""
+    if not prompt_tokens:
+        raise UsageError("the prompt is empty: the model needs at least one token to go on from")
+    if max_tokens < 1:
+        raise UsageError(f"max_tokens must be at least 1 (it is {max_tokens})")
     if prompt_tokens >= context:
         raise ContextOverflow(
             f"the prompt is {prompt_tokens} tokens, but the context holds {context}",
@@ -140,24 +146,43 @@ def shared_prefix(cached: list[int], tokens: list[int]) -> int:
     return keep
 
 
+def placement(reach: list[int], held: list[int], free: list[int]) -> tuple[int, int]:
+    """Where a BatchDecoder starts a new sequence, from how many tokens of its prompt each slot's cache can
+    give (`reach`) and how many it holds (`held`): (the slot it takes, the slot whose cache it starts from).
+    A slot's cache outlives its sequence (a cut sample's continuation comes back for it), so only the slot
+    taken loses anything: the free slot that gives the most (of equals, the one holding the least, then
+    the lowest), cut past what it gives; or, where a live slot gives more, a copy of that one goes over
+    the free slot holding the least."""
+    best = min(free, key=lambda s: (-reach[s], held[s], s))
+    source = max(range(len(reach)), key=lambda s: reach[s])
+    if reach[source] <= reach[best]:
+        return best, best
+    return min(free, key=lambda s: (held[s], s)), source
+
+
 def prompt_tokens(prompt: str | Continuation, tokenize: Callable[[str], list[int]],
-                  tokenize_plain: Callable[[str], list[int]]) -> list[int]:
+                  tokenize_plain: Callable[[str], list[int]], vocabulary: int) -> list[int]:
     """The token ids of a prompt: its text's, or for a Continuation the prompt's, then the generated ids
-    as they were, then the forced text's (without a BOS)."""
+    as they were, then the forced text's (without a BOS). Refuses generated ids outside the model's
+    `vocabulary` (ids 0 to vocabulary - 1): an engine would read past its embeddings (MLX crashes)."""
     if isinstance(prompt, Continuation):
-        return tokenize(prompt.prompt) + list(prompt.ids) + tokenize_plain(prompt.forced)
+        ids = list(prompt.ids)
+        if ids and (min(ids) < 0 or max(ids) >= vocabulary):
+            raise UsageError("the continuation holds token ids this model does not have"
+                             f" (it has 0 to {vocabulary - 1})")
+        return tokenize(prompt.prompt) + ids + tokenize_plain(prompt.forced)
     return tokenize(prompt)
 
 
 def backend_stats(prompt_tokens: int, generated: int, started: float, first: float, last: float, now: float,
                   peak_memory_bytes: int | None = None, prefilled: int | None = None) -> BackendStats:
     """Figures from timestamps: the first and last generated tokens, after starting at `started`."""
-    decode_time = last - first
+    first_token_s, rate = decode_timing(generated, started, first, last)
     return BackendStats(
         prompt_tokens=prompt_tokens,
         generated_tokens=generated,
-        time_to_first_token_s=first - started if generated else 0.0,
-        decode_tokens_per_s=(generated - 1) / decode_time if generated > 1 and decode_time > 0 else 0.0,
+        time_to_first_token_s=first_token_s,
+        decode_tokens_per_s=rate,
         total_s=now - started,
         peak_memory_bytes=peak_memory_bytes,
         prefilled_tokens=prefilled,

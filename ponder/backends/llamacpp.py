@@ -25,14 +25,16 @@ import numpy as np
 
 from ponder.backends.base import (BackendProbe, LoadOptions, ModelInfo, backend_stats, generation_budget, prompt_tokens,
                                  shared_prefix)
+from ponder.backends.llamacpp_batch import KvStreams, LlamaCppBatch
 from ponder.defaults import DEFAULT_CONTEXT
-from ponder.errors import BackendError, ModelError, debugging
-from ponder.events import BackendEvent, Finished, GenerationParams, TextDelta
+from ponder.errors import BackendError, ModelError, UsageError, debugging
+from ponder.events import BackendEvent, Continuation, Finished, GenerationParams, TextDelta
 from ponder.prompt import ChatFormat, is_reasoning_model
 from ponder.reasoning import OPEN_TAG
 from ponder.sampling import Sampler
 
 PROMPT_CHUNK = 512  # prompt tokens per decode call; cancellation is checked between chunks
+MAX_THREADS = 512  # GGML_MAX_N_THREADS: more crashes llama.cpp (a segfault, not an error)
 # llama.cpp logs through one process-wide callback. Keep recent lines for error messages;
 # echo them only when debugging. The callback object must stay referenced for C's sake.
 _log_lines: collections.deque[str] = collections.deque(maxlen=200)
@@ -51,12 +53,14 @@ lib.llama_log_set(_on_log, ctypes.c_void_p(0))
 lib.llama_backend_init()
 
 
-def _last_error() -> str:
-    """The most telling recent llama.cpp log line, for an error message."""
+def _last_error(first: bool = False) -> str:
+    """The most telling recent llama.cpp log line, for an error message: the last that says something
+    failed, or the first (`first`: the cause, where the log was cleared before the failing call)."""
     lines = [line.strip() for line in _log_lines if line.strip()]
-    for line in reversed(lines):
-        if any(word in line.lower() for word in ("error", "failed", "invalid", "corrupt")):
-            return line
+    words = ("error", "failed", "invalid", "corrupt")
+    telling = [line for line in lines if any(word in line.lower() for word in words)]
+    if telling:
+        return telling[0] if first else telling[-1]
     return lines[-1] if lines else ""
 
 
@@ -110,6 +114,8 @@ def gpu_offload_supported() -> bool:
 class LlamaCppModel:
     def __init__(self, path: str, options: LoadOptions):
         check_gguf(path)
+        if options.threads is not None and not 1 <= options.threads <= MAX_THREADS:
+            raise UsageError(f"threads must be from 1 to {MAX_THREADS}, not {options.threads}")
         self._model = self._ctx = None
         params = lib.llama_model_default_params()
         if options.gpu_layers is not None:
@@ -119,13 +125,17 @@ class LlamaCppModel:
         _log_lines.clear()
         self._model = lib.llama_model_load_from_file(os.fsencode(path), params)
         if not self._model:
-            detail = _last_error()
+            detail = _last_error(first=True)
             raise ModelError(
                 f"llama.cpp could not load {path}" + (f": {detail}" if detail else ""),
                 hint="the file may be truncated or corrupt; download it again",
             )
         self._vocab = lib.llama_model_get_vocab(self._model)
         self._n_vocab = lib.llama_vocab_n_tokens(self._vocab)
+        if lib.llama_vocab_type(self._vocab) == lib.LLAMA_VOCAB_TYPE_NONE or self._n_vocab <= 0:
+            self.close()  # (llama.cpp aborts the process on the first tokenize without one)
+            raise ModelError(f"{path} has no vocabulary: llama.cpp cannot read or write its text",
+                             hint="it was converted without its tokenizer; use a GGUF that has one")
         trained = lib.llama_model_n_ctx_train(self._model)
         context = options.context or min(DEFAULT_CONTEXT, trained)
 
@@ -152,14 +162,13 @@ class LlamaCppModel:
                 + (f" for each of {sequences} sequences" if sequences > 1 else "") + (f": {detail}" if detail else ""),
                 hint="try a smaller --ctx" + (" or fewer parallel samples" if sequences > 1 else ""),
             )
-        self._memory = lib.llama_get_memory(self._ctx)
-        self._chunk = lib.llama_n_batch(self._ctx)  # llama.cpp lowers n_batch for small contexts
+        self.chunk = lib.llama_n_batch(self._ctx)  # prompt tokens per decode (llama.cpp lowers it for small contexts)
         # llama_batch_get_one asks for the logits of each call's last token; a prompt chunk before the last
         # needs none, and computing them costs a small model with a large vocabulary 8% of its prompt speed.
-        self._no_logits = (ctypes.c_int8 * self._chunk)()
-        # Per sequence, the tokens whose keys and values are in its cache; `stream` uses sequence 0.
-        self._caches: list[list[int]] = [[] for _ in range(sequences)]
-        self._cached = self._caches[0]
+        self._no_logits = (ctypes.c_int8 * self.chunk)()
+        # A KV stream per sequence and the tokens each holds; `stream` uses stream 0, `batch()` all.
+        self.streams = KvStreams(lib.llama_get_memory(self._ctx), sequences)
+        self._cached = self.streams.tokens[0]
         self._piece = ctypes.create_string_buffer(256)
 
         template = lib.llama_model_chat_template(self._model, None)
@@ -216,13 +225,36 @@ class LlamaCppModel:
         add_bos = self._add_bos and not (self._bos_text and text.startswith(self._bos_text))
         return self._tokenize(text, add_bos)
 
+    def prompt_ids(self, prompt: str | Continuation) -> list[int]:
+        return prompt_tokens(prompt, self.tokenize, lambda text: self._tokenize(text, False), self._n_vocab)
+
+    # --- what the batch decoder shares --------------------------------------------
+
+    def decode(self, batch, doing: str) -> None:
+        """One llama_decode; BackendError, with llama.cpp's own word on it, where it fails."""
+        if lib.llama_decode(self._ctx, batch) != 0:
+            detail = _last_error()
+            raise BackendError(f"llama.cpp failed to {doing}" + (f": {detail}" if detail else ""))
+
+    def logits(self, row: int) -> np.ndarray:
+        """The logits of a decoded batch's row (-1: the last), read in place: valid until the next decode."""
+        return np.ctypeslib.as_array(lib.llama_get_logits_ith(self._ctx, row), shape=(self._n_vocab,))
+
+    def piece(self, token: int) -> bytes:
+        """A token's text, as bytes (a special token's is empty: it is not the model's words)."""
+        n = lib.llama_token_to_piece(self._vocab, token, self._piece, 256, 0, False)
+        return self._piece.raw[:n]
+
+    def is_end(self, token: int) -> bool:
+        return bool(lib.llama_vocab_is_eog(self._vocab, token))
+
     # --- generation -------------------------------------------------------------
 
     def stream(
         self, prompt: str, params: GenerationParams, cancel: threading.Event | None = None
     ) -> Iterator[BackendEvent]:
         started = time.perf_counter()
-        tokens = prompt_tokens(prompt, self.tokenize, lambda text: self._tokenize(text, False))
+        tokens = self.prompt_ids(prompt)
         budget = generation_budget(len(tokens), self.info.context, params.max_tokens)
         cancel = cancel or threading.Event()
         prefilled = len(tokens) - shared_prefix(self._cached, tokens)
@@ -235,7 +267,6 @@ class LlamaCppModel:
         decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
         token_slot = (lib.llama_token * 1)()
         batch = lib.llama_batch_get_one(token_slot, 1)
-        piece, vocab, ctx, n_vocab = self._piece, self._vocab, self._ctx, self._n_vocab
         generated = 0
         reason = "length"
         first = last = started
@@ -243,22 +274,19 @@ class LlamaCppModel:
             if cancel.is_set():
                 reason = "cancelled"
                 break
-            logits = np.ctypeslib.as_array(lib.llama_get_logits_ith(ctx, -1), shape=(n_vocab,))  # no copy
-            token = sampler.sample(logits)
+            token = sampler.sample(self.logits(-1))
             last = time.perf_counter()
             if generated == 0:
                 first = last
-            if lib.llama_vocab_is_eog(vocab, token):
+            if self.is_end(token):
                 reason = "stop"
                 break
             generated += 1
-            n = lib.llama_token_to_piece(vocab, token, piece, 256, 0, False)
-            yield TextDelta(decoder.decode(piece.raw[:n]), ids=(token,))
+            yield TextDelta(decoder.decode(self.piece(token)), ids=(token,))
             if generated == budget:
                 break
             token_slot[0] = token
-            if lib.llama_decode(ctx, batch) != 0:
-                raise BackendError("llama.cpp failed to decode (the context may be full)")
+            self.decode(batch, "decode")
             self._cached.append(token)
         tail = decoder.decode(b"", final=True)
         if tail:
@@ -268,30 +296,26 @@ class LlamaCppModel:
 
     def _prefill(self, tokens: list[int], cancel: threading.Event) -> bool:
         """Bring the cache to `tokens`, reusing the longest cached prefix. False if cancelled."""
-        keep = shared_prefix(self._cached, tokens)
-        if not lib.llama_memory_seq_rm(self._memory, 0, keep, -1):  # (a recurrent model's state cannot be cut)
-            lib.llama_memory_seq_rm(self._memory, 0, -1, -1)
-            keep = 0
-        del self._cached[keep:]
-        for start in range(keep, len(tokens), self._chunk):
+        keep = self.streams.trim(0, shared_prefix(self._cached, tokens))
+        for start in range(keep, len(tokens), self.chunk):
             if cancel.is_set():
                 return False
-            chunk = tokens[start : start + self._chunk]
+            chunk = tokens[start : start + self.chunk]
             ids = (lib.llama_token * len(chunk))(*chunk)
             batch = lib.llama_batch_get_one(ids, len(chunk))
             if start + len(chunk) < len(tokens):
                 batch.logits = ctypes.cast(self._no_logits, ctypes.POINTER(ctypes.c_int8))
-            if lib.llama_decode(self._ctx, batch) != 0:
-                lib.llama_memory_seq_rm(self._memory, 0, len(self._cached), -1)
-                raise BackendError("llama.cpp failed to process the prompt" + (f": {_last_error()}" if _log_lines else ""))
+            try:
+                self.decode(batch, "process the prompt")
+            except BackendError:
+                self.streams.trim(0, len(self._cached))  # what the failed chunk may have left
+                raise
             self._cached.extend(chunk)
         return True
 
     def batch(self):
         """A decoder of `info.sequences` sequences at once on this context (ponder.backends.llamacpp_batch)."""
-        from ponder.backends.llamacpp_batch import LlamaCppBatch
-
-        return LlamaCppBatch(self, _last_error)
+        return LlamaCppBatch(self)
 
     def close(self) -> None:
         if self._ctx:

@@ -2,16 +2,18 @@
 
 The context is made with `n_seq_max` sequences, each with a KV stream of its own (llama.cpp's
 non-unified cache): a sequence's context is as long as a single one's, and one that fills it ends
-without touching the others. A new sequence copies the longest prefix of its prompt that any stream
-already holds (`llama_memory_seq_cp`), so N samples of one prompt process it once. Each step is one
-`llama_decode` of one token per live sequence; each sequence samples its own row of logits with
-its own seed.
+without touching the others. A stream's cache outlives its sequence. A new sequence goes where
+`placement` (ponder.backends.base) says: the free stream holding the longest prefix of its prompt, or
+a copy of a live one that holds more (`llama_memory_seq_cp`), so N samples of one prompt process it
+once and a cut sample's continuation finds its own tokens, whatever else was placed meanwhile. Each
+step is one `llama_decode` of one token per live sequence; each sequence samples its own row of
+logits with its own seed.
 
 llama.cpp decodes the streams of a batch in one pass only when their ids run consecutively
 (`llama_batch_allocr::split_equal`): streams 0, 2 and 3 would be two passes over the weights. So
-live sequences are kept in streams 0..k-1: a new one takes the lowest free stream, and when one in
-the middle ends the last one moves into its place (a stream copy). Callers know a sequence by the
-handle `add` returns, which never changes.
+before each step the live sequences are gathered into one run of consecutive streams, the run whose
+free streams hold the fewest cached tokens (a move writes over one; the stream moved from keeps a
+copy). Callers know a sequence by the handle `add` returns, which never changes.
 """
 
 from __future__ import annotations
@@ -20,21 +22,49 @@ import codecs
 import itertools
 import threading
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import llama_cpp as lib
-import numpy as np
 
-from ponder.backends.base import BatchedSequence, generation_budget, prompt_tokens, shared_prefix
+from ponder.backends.base import BatchedSequence, generation_budget, placement, shared_prefix
 from ponder.errors import BackendError
 from ponder.events import BackendEvent, Continuation, Finished, FinishReason, GenerationParams, TextDelta
 from ponder.sampling import Sampler
 
 
+class KvStreams:
+    """A llama.cpp context's KV streams (its sequence ids), each with the tokens whose keys and values
+    it holds. LlamaCppModel.stream uses stream 0; a LlamaCppBatch all of them."""
+
+    def __init__(self, memory, count: int):
+        self._memory = memory
+        self.tokens: list[list[int]] = [[] for _ in range(count)]  # (each list kept: callers hold them)
+
+    def trim(self, stream: int, keep: int) -> int:
+        """Cut a stream to its first `keep` tokens; how many it holds after (0 where its memory cannot be cut
+        there, as a recurrent model's state cannot)."""
+        if not lib.llama_memory_seq_rm(self._memory, stream, keep, -1):
+            lib.llama_memory_seq_rm(self._memory, stream, -1, -1)
+            keep = 0
+        del self.tokens[stream][keep:]
+        return keep
+
+    def copy(self, source: int, target: int) -> None:
+        """Make `target` hold what `source` holds (llama.cpp copies across streams only whole, at the next
+        decode); `source` keeps its own."""
+        lib.llama_memory_seq_rm(self._memory, target, -1, -1)
+        lib.llama_memory_seq_cp(self._memory, source, target, -1, -1)
+        self.tokens[target][:] = self.tokens[source]
+
+    def forget(self) -> None:
+        """Empty every stream (after a failed decode nothing in them can be trusted)."""
+        for stream in range(len(self.tokens)):
+            self.trim(stream, 0)
+
+
 @dataclass(kw_only=True)
 class _Sequence(BatchedSequence):
-    stream: int  # the KV stream (llama.cpp sequence id) it lives in, 0..k-1
+    stream: int  # the KV stream (llama.cpp sequence id) it lives in: one of a run of consecutive ones
     position: int  # the pending token's position
     decoder: codecs.IncrementalDecoder = field(default_factory=lambda: codecs.getincrementaldecoder("utf-8")("replace"))
 
@@ -42,13 +72,13 @@ class _Sequence(BatchedSequence):
 class LlamaCppBatch:
     """The BatchDecoder of a LlamaCppModel loaded with `sequences` > 1 (see ponder.backends.base)."""
 
-    def __init__(self, model, last_error: Callable[[], str]):
-        self._model, self._last_error = model, last_error  # (llama.cpp's log is the model module's)
+    def __init__(self, model):
+        self._model, self._streams = model, model.streams
         self.slots = model.info.sequences
         self._live: dict[int, _Sequence] = {}  # by handle
         self._handles = itertools.count()
         self._step_batch = lib.llama_batch_init(self.slots, 0, 1)
-        self._prompt_batch = lib.llama_batch_init(model._chunk, 0, 1)
+        self._prompt_batch = lib.llama_batch_init(model.chunk, 0, 1)
 
     def free_slots(self) -> int:
         return self.slots - len(self._live)
@@ -56,18 +86,17 @@ class LlamaCppBatch:
     # --- starting a sequence ------------------------------------------------------
 
     def add(self, prompt: str | Continuation, params: GenerationParams, cancel: threading.Event) -> int | None:
-        model = self._model
+        chunk = self._model.chunk
         started = time.perf_counter()
-        tokens = prompt_tokens(prompt, model.tokenize, lambda text: model._tokenize(text, False))
-        budget = generation_budget(len(tokens), model.info.context, params.max_tokens)
+        tokens = self._model.prompt_ids(prompt)
+        budget = generation_budget(len(tokens), self._model.info.context, params.max_tokens)
         stream, keep = self._place(tokens)
-        held = model._caches[stream]
         rest = tokens[keep:-1]  # the last prompt token is fed with the next step, for its logits
-        for start in range(0, len(rest), model._chunk):
+        for start in range(0, len(rest), chunk):
             if cancel.is_set():
                 return None
-            self._feed(stream, rest[start:start + model._chunk], keep + start)
-            held.extend(rest[start:start + model._chunk])
+            self._feed(stream, rest[start:start + chunk], keep + start)
+            self._streams.tokens[stream].extend(rest[start:start + chunk])
         handle = next(self._handles)
         self._live[handle] = _Sequence(stream=stream, sampler=Sampler(params.temperature, params.top_p, params.seed),
                                        budget=budget, prompt_tokens=len(tokens), prefilled=len(tokens) - keep,
@@ -75,43 +104,33 @@ class LlamaCppBatch:
         return handle
 
     def _place(self, tokens: list[int]) -> tuple[int, int]:
-        """The lowest free stream, made to hold the longest prefix of `tokens` that any stream holds; that length."""
-        caches = self._model._caches
+        """The stream a new sequence takes (see `placement`), cut to the prefix of `tokens` it holds; that length."""
+        held = self._streams.tokens
         used = {sequence.stream for sequence in self._live.values()}
-        stream = min(s for s in range(self.slots) if s not in used)
-        keep = self._trim(stream, shared_prefix(caches[stream], tokens))
-        source = max(range(self.slots), key=lambda s: shared_prefix(caches[s], tokens))
-        if shared_prefix(caches[source], tokens) > keep:
-            self._move(source, stream)
-            keep = self._trim(stream, shared_prefix(caches[stream], tokens))
-        return stream, keep
-
-    def _trim(self, stream: int, keep: int) -> int:
-        """Cut a stream's cache to its first `keep` tokens; what it holds after (0 where the memory cannot be
-        cut there, as a recurrent model's state cannot)."""
-        memory, cached = self._model._memory, self._model._caches[stream]
-        if not lib.llama_memory_seq_rm(memory, stream, keep, -1):
-            lib.llama_memory_seq_rm(memory, stream, -1, -1)
-            keep = 0
-        del cached[keep:]
-        return keep
-
-    def _move(self, source: int, target: int) -> None:
-        """Make stream `target` hold what `source` holds (llama.cpp copies across streams only whole, at the
-        next decode); `source` keeps its copy, a prefix for later prompts."""
-        memory, caches = self._model._memory, self._model._caches
-        lib.llama_memory_seq_rm(memory, target, -1, -1)
-        lib.llama_memory_seq_cp(memory, source, target, -1, -1)
-        caches[target][:] = caches[source]
+        reach = [shared_prefix(cached, tokens) for cached in held]
+        stream, source = placement(reach, [len(cached) for cached in held],
+                                   [s for s in range(self.slots) if s not in used])
+        if source != stream:
+            self._streams.copy(source, stream)
+        return stream, self._streams.trim(stream, reach[source])
 
     def _compact(self) -> None:
-        """Move the last live sequences into the streams below them that ended, so the live ones run 0..k-1."""
-        live = len(self._live)
-        used = {sequence.stream for sequence in self._live.values()}
-        gaps = [s for s in range(live) if s not in used]
-        movers = sorted((q for q in self._live.values() if q.stream >= live), key=lambda q: q.stream, reverse=True)
-        for gap, sequence in zip(gaps, movers):
-            self._move(sequence.stream, gap)
+        """Gather the live sequences into one run of consecutive streams: the run whose free streams (those
+        the moves write over) hold the fewest tokens, then the one needing the fewest moves, then the lowest."""
+        count, used = len(self._live), {sequence.stream for sequence in self._live.values()}
+        if not used or max(used) - min(used) == count - 1:
+            return
+        held = self._streams.tokens
+
+        def gaps(start: int) -> list[int]:
+            return [s for s in range(start, start + count) if s not in used]
+
+        start = min(range(self.slots - count + 1),
+                    key=lambda a: (sum(len(held[s]) for s in gaps(a)), len(gaps(a)), a))
+        movers = sorted((q for q in self._live.values() if not start <= q.stream < start + count),
+                        key=lambda q: q.stream)
+        for gap, sequence in zip(gaps(start), movers):
+            self._streams.copy(sequence.stream, gap)
             sequence.stream = gap
 
     def _feed(self, stream: int, tokens: list[int], position: int) -> None:
@@ -127,17 +146,16 @@ class LlamaCppBatch:
         self._decode(batch, "process the prompt")
 
     def _decode(self, batch, doing: str) -> None:
-        if lib.llama_decode(self._model._ctx, batch) != 0:
+        try:
+            self._model.decode(batch, doing)
+        except BackendError:
             self._forget_all()
-            detail = self._last_error()
-            raise BackendError(f"llama.cpp failed to {doing}" + (f": {detail}" if detail else ""))
+            raise
 
     def _forget_all(self) -> None:
-        """After a failed decode nothing in the cache can be trusted: every sequence ends, every stream empties."""
+        """After a failed step nothing in the cache can be trusted: every sequence ends, every stream empties."""
         self._live.clear()
-        for stream, cached in enumerate(self._model._caches):
-            lib.llama_memory_seq_rm(self._model._memory, stream, -1, -1)
-            cached.clear()
+        self._streams.forget()
 
     # --- decoding ---------------------------------------------------------------
 
@@ -157,20 +175,21 @@ class LlamaCppBatch:
             batch.logits[i] = 1
         batch.n_tokens = len(order)
         self._decode(batch, "decode")
+        try:  # every row sampled before anything changes (a broken model's NaN scores fail them all)
+            tokens = [sequence.sampler.sample(model.logits(i)) for i, (_, sequence) in enumerate(order)]
+        except BackendError:
+            self._forget_all()
+            raise
         now = time.perf_counter()
         events: list[tuple[int, BackendEvent]] = []
-        ctx, vocab, n_vocab, piece = model._ctx, model._vocab, model._n_vocab, model._piece
-        for i, (handle, sequence) in enumerate(order):
-            model._caches[sequence.stream].append(sequence.pending)
-            logits = np.ctypeslib.as_array(lib.llama_get_logits_ith(ctx, i), shape=(n_vocab,))  # no copy
-            token = sequence.sampler.sample(logits)
+        for (handle, sequence), token in zip(order, tokens):
+            self._streams.tokens[sequence.stream].append(sequence.pending)
             sequence.stepped(now)
-            if lib.llama_vocab_is_eog(vocab, token):
+            if model.is_end(token):
                 events.extend(self._end(handle, "stop"))
                 continue
             sequence.generated += 1
-            n = lib.llama_token_to_piece(vocab, token, piece, 256, 0, False)
-            events.append((handle, TextDelta(sequence.decoder.decode(piece.raw[:n]), ids=(token,))))
+            events.append((handle, TextDelta(sequence.decoder.decode(model.piece(token)), ids=(token,))))
             if sequence.generated == sequence.budget:
                 events.extend(self._end(handle, "length"))
                 continue

@@ -24,10 +24,10 @@ from mlx_lm.utils import load as mlx_load
 
 from ponder.backends.base import (BackendProbe, LoadOptions, ModelInfo, backend_stats, generation_budget, prompt_tokens,
                                  shared_prefix)
-from ponder.backends.mlx_batch import MlxBatch, batchable
+from ponder.backends.mlx_batch import MlxBatch, PromptCache, batchable, one_line
 from ponder.defaults import DEFAULT_CONTEXT
 from ponder.errors import BackendError, ModelError
-from ponder.events import BackendEvent, Finished, GenerationParams, TextDelta
+from ponder.events import BackendEvent, Continuation, Finished, GenerationParams, TextDelta
 from ponder.prompt import ChatFormat, is_reasoning_model
 from ponder.reasoning import OPEN_TAG
 
@@ -124,16 +124,16 @@ class MlxModel:
         except Exception as exc:  # mlx-lm and the hub raise many kinds; each becomes one line
             if _installed_mlx_lm_at_fault(exc):
                 raise BackendError(
-                    f"mlx-lm {mlx_lm.__version__} cannot load {path}: {_one_line(exc)}",
+                    f"mlx-lm {mlx_lm.__version__} cannot load {path}: {one_line(exc)}",
                     hint="pip install -U mlx-lm",
                 ) from exc
             if not local.exists():
                 raise ModelError(
-                    f"cannot fetch {path} from the Hugging Face hub: {_one_line(exc)}",
+                    f"cannot fetch {path} from the Hugging Face hub: {one_line(exc)}",
                     hint="check the repo id and the network (with HF_HUB_OFFLINE=1 only the local cache is used)",
                 ) from exc
             raise ModelError(
-                f"mlx-lm could not load {path}: {_one_line(exc)}",
+                f"mlx-lm could not load {path}: {one_line(exc)}",
                 hint="the weights may be truncated or corrupt; download them again",
             ) from exc
         trained = int(config.get("max_position_embeddings") or DEFAULT_CONTEXT)
@@ -146,10 +146,11 @@ class MlxModel:
             eos_token=tok.eos_token or "",
             reasoning=is_reasoning_model(template, tok.encode(OPEN_TAG, add_special_tokens=False)),
         )
-        self._cache = make_prompt_cache(self._model)
-        self._cached: list[int] = []  # tokens whose keys and values are in the cache
+        self.prompt_cache = PromptCache(self.new_cache())  # `stream`'s, and a batch's slot 0
+        self.end_ids = frozenset(tok.eos_token_ids)  # tokens that end a reply
+        self._vocabulary = getattr(getattr(self._model, "args", None), "vocab_size", None) or len(tok.vocab)
         # Several sequences only where mlx-lm can batch this model's cache; else one after another.
-        sequences = max(1, options.sequences) if batchable(self._cache) else 1
+        sequences = max(1, options.sequences) if batchable(self.prompt_cache.cache) else 1
         self.info = ModelInfo(
             name=local.name if local.exists() else path,
             path=path,
@@ -166,12 +167,30 @@ class MlxModel:
         add_special = not (self._bos_text and text.startswith(self._bos_text))
         return list(self._tokenizer.encode(text, add_special_tokens=add_special))
 
+    def prompt_ids(self, prompt: str | Continuation) -> list[int]:
+        def plain(text: str) -> list[int]:  # (no BOS)
+            return list(self._tokenizer.encode(text, add_special_tokens=False))
+
+        return prompt_tokens(prompt, self.tokenize, plain, self._vocabulary)
+
+    # --- what the batch decoder shares --------------------------------------------
+
+    def forward(self, inputs: mx.array, cache: list) -> mx.array:
+        """The network on `inputs` (sequences x tokens), extending `cache`: the logits."""
+        return self._model(inputs, cache=cache)
+
+    def new_cache(self) -> list:
+        return make_prompt_cache(self._model)
+
+    def detokenizer(self):
+        """A streaming detokenizer for one sequence."""
+        return self._tokenizer.detokenizer
+
     def stream(
         self, prompt: str, params: GenerationParams, cancel: threading.Event | None = None
     ) -> Iterator[BackendEvent]:
         started = time.perf_counter()
-        tokens = prompt_tokens(prompt, self.tokenize,
-                               lambda text: list(self._tokenizer.encode(text, add_special_tokens=False)))
+        tokens = self.prompt_ids(prompt)
         budget = generation_budget(len(tokens), self.info.context, params.max_tokens)
         cancel = cancel or threading.Event()
         mx.reset_peak_memory()
@@ -189,7 +208,7 @@ class MlxModel:
             prefilled = len(new)
             responses = stream_generate(
                 self._model, self._tokenizer, mx.array(new), max_tokens=budget,
-                sampler=_sampler(params.temperature, params.top_p, params.seed), prompt_cache=self._cache,
+                sampler=_sampler(params.temperature, params.top_p, params.seed), prompt_cache=self.prompt_cache.cache,
                 prefill_step_size=PROMPT_CHUNK, prompt_progress_callback=check_cancel,
             )
             for response in responses:
@@ -211,8 +230,8 @@ class MlxModel:
             reason = "cancelled"
         except Exception as exc:  # MLX raises plain ValueError, RuntimeError…: the user gets one line
             # A failed step may leave the layers' caches uneven: the next call starts afresh.
-            self._cache = make_prompt_cache(self._model)
-            raise BackendError(f"MLX failed to generate: {_one_line(exc)}") from exc
+            self.prompt_cache = PromptCache(self.new_cache())
+            raise BackendError(f"MLX failed to generate: {one_line(exc)}") from exc
         finally:
             self._settle_cache(tokens + generated)
         now = time.perf_counter()
@@ -222,23 +241,25 @@ class MlxModel:
 
     def _reuse_cache(self, tokens: list[int]) -> list[int]:
         """Trim the cache to the longest prefix it shares with `tokens`; the tokens left to feed."""
-        keep = shared_prefix(self._cached, tokens)
-        if keep and not can_trim_prompt_cache(self._cache):
+        held = self.prompt_cache
+        keep = shared_prefix(held.tokens, tokens)
+        if keep and not can_trim_prompt_cache(held.cache):
             keep = 0
         if keep == 0:
-            self._cache = make_prompt_cache(self._model)
+            self.prompt_cache = PromptCache(self.new_cache())
         else:
-            trim_prompt_cache(self._cache, _offset(self._cache) - keep)
-        self._cached = tokens[:keep]
+            trim_prompt_cache(held.cache, _offset(held.cache) - keep)
+            self.prompt_cache = PromptCache(held.cache, tokens[:keep])
         return tokens[keep:]
 
     def _settle_cache(self, fed: list[int]) -> None:
         """Record which tokens the cache now holds (mlx-lm feeds each yielded token back in)."""
-        offset = _offset(self._cache)
+        cache = self.prompt_cache.cache
+        offset = _offset(cache)
         if offset > len(fed):
-            trim_prompt_cache(self._cache, offset - len(fed))
+            trim_prompt_cache(cache, offset - len(fed))
             offset = len(fed)
-        self._cached = fed[:offset]
+        self.prompt_cache = PromptCache(cache, fed[:offset])
 
     def batch(self):
         """A decoder of `info.sequences` sequences at once (ponder.backends.mlx_batch); its slot 0 is
@@ -246,14 +267,9 @@ class MlxModel:
         return MlxBatch(self, _sampler, PROMPT_CHUNK)
 
     def close(self) -> None:
-        self._model = self._tokenizer = self._cache = None
+        self._model = self._tokenizer = self.prompt_cache = None
         mx.clear_cache()
 
 
 def _offset(cache) -> int:
     return cache[0].offset if cache else 0
-
-
-def _one_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return text[0] if text else type(exc).__name__

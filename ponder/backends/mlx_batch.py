@@ -6,7 +6,8 @@ with its own sampler (ponder's, with its own seed). A sequence's prompt is proce
 cache of its own (the slot's), which then joins the batch; when the sequence ends its row leaves the
 batch and becomes the slot's cache again. A new prompt starts from the longest prefix of it that any
 slot holds (cut from that cache, not computed again), so N samples of one prompt process it once and
-a continuation of a sequence just ended only processes its new tokens.
+a continuation of a sequence just ended only processes its new tokens (`placement` in
+ponder.backends.base, the rule llama.cpp's batch follows too).
 
 Slot 0's cache is `MlxModel.stream`'s, so a batch and single calls reuse each other's prompts. The
 other slots' caches are freed when the batch closes.
@@ -26,10 +27,10 @@ from dataclasses import dataclass, field
 
 import mlx.core as mx
 from mlx_lm.generate import generation_stream
-from mlx_lm.models.cache import KVCache, make_prompt_cache
+from mlx_lm.models.cache import KVCache
 from mlx_lm.utils import maybe_set_recommended_wired_limit
 
-from ponder.backends.base import BatchedSequence, generation_budget, prompt_tokens, shared_prefix
+from ponder.backends.base import BatchedSequence, generation_budget, placement, shared_prefix
 from ponder.errors import BackendError
 from ponder.events import BackendEvent, Continuation, Finished, FinishReason, GenerationParams, TextDelta
 
@@ -47,9 +48,10 @@ class _Sequence(BatchedSequence):
 
 
 @dataclass
-class _Held:
-    """A slot's own cache and the tokens it holds. While the slot's sequence is live this is its
-    prompt (less the last token), which the batch holds too; when it ends, its row of the batch."""
+class PromptCache:
+    """A prompt cache and the tokens whose keys and values it holds: MlxModel.stream's, and each batch
+    slot's own (slot 0's is the model's). While a slot's sequence is live this is its prompt (less the
+    last token), which the batch holds too; when it ends, its row of the batch."""
 
     cache: list | None = None
     tokens: list[int] = field(default_factory=list)
@@ -63,12 +65,11 @@ class MlxBatch:
         self._make_sampler = make_sampler  # (temperature, top_p, seed) -> sampler, as `stream` samples
         self._chunk = chunk  # prompt tokens per model call
         self.slots = model.info.sequences
-        self._spare = [_Held() for _ in range(self.slots - 1)]  # slots 1…; slot 0 is the model's own
+        self._spare = [PromptCache() for _ in range(self.slots - 1)]  # slots 1…; slot 0 is the model's own
         self._live: dict[int, _Sequence] = {}
         self._rows: list[int] = []  # the slot of each row of the batched cache
         self._batch: list | None = None  # the batched cache, one per layer
         self._steps = 0
-        self._eos = set(model._tokenizer.eos_token_ids)
         self._old_wired_limit = maybe_set_recommended_wired_limit()
         mx.reset_peak_memory()
 
@@ -77,26 +78,22 @@ class MlxBatch:
 
     # --- slots' own caches ------------------------------------------------------
 
-    def _held(self, slot: int) -> _Held:
-        if slot == 0:
-            return _Held(self._model._cache, self._model._cached)
-        return self._spare[slot - 1]
+    def _held(self, slot: int) -> PromptCache:
+        return self._model.prompt_cache if slot == 0 else self._spare[slot - 1]
 
     def _hold(self, slot: int, cache: list | None, tokens: list[int]) -> None:
-        if slot == 0:
-            model = self._model
-            model._cache = cache if cache is not None else make_prompt_cache(model._model)
-            model._cached = tokens if cache is not None else []
+        if slot == 0:  # (the model's stays a cache: its `stream` extends it)
+            self._model.prompt_cache = PromptCache(cache, tokens) if cache is not None else PromptCache(
+                self._model.new_cache())
         else:
-            self._spare[slot - 1] = _Held(cache, tokens)
+            self._spare[slot - 1] = PromptCache(cache, tokens)
 
     # --- starting a sequence ------------------------------------------------------
 
     def add(self, prompt: str | Continuation, params: GenerationParams, cancel: threading.Event) -> int | None:
         model, chunk = self._model, self._chunk
         started = time.perf_counter()
-        tokens = prompt_tokens(prompt, model.tokenize,
-                               lambda text: list(model._tokenizer.encode(text, add_special_tokens=False)))
+        tokens = model.prompt_ids(prompt)
         budget = generation_budget(len(tokens), model.info.context, params.max_tokens)
         slot = self._place(tokens)
         held = self._held(slot)
@@ -109,7 +106,7 @@ class MlxBatch:
                     if cancel.is_set():
                         return None
                     part = rest[start:start + chunk]
-                    model._model(mx.array(part)[None], cache=cache)
+                    model.forward(mx.array(part)[None], cache)
                     mx.eval([layer.state for layer in cache])
                     fed = fed + part
                     self._hold(slot, cache, fed)
@@ -122,33 +119,28 @@ class MlxBatch:
                         batched.extend(new)
         except Exception as exc:  # one line for the user, as `stream` gives
             self._forget_all()  # a layer's cache may have taken the prompt, or joined the batch, and the next not
-            raise BackendError(f"MLX failed to process the prompt: {_one_line(exc)}") from exc
+            raise BackendError(f"MLX failed to process the prompt: {one_line(exc)}") from exc
         self._rows.append(slot)
         self._live[slot] = _Sequence(sampler=self._make_sampler(params.temperature, params.top_p, params.seed),
                                      budget=budget, prompt_tokens=len(tokens), prefilled=len(tokens) - keep,
                                      started=started, pending=tokens[-1], fed=list(fed),
-                                     detokenizer=model._tokenizer.detokenizer)
+                                     detokenizer=model.detokenizer())
         return slot
 
     def _place(self, tokens: list[int]) -> int:
-        """A free slot whose own cache holds the longest prefix of `tokens` that any slot holds (cut
-        from another slot's where that one holds more), cut to that prefix."""
+        """The slot a new sequence takes (see `placement`), its own cache cut to the prefix of `tokens` it
+        gives (a copy of another slot's where that one gives more)."""
         held = [self._held(slot) for slot in range(self.slots)]
-        free = [slot for slot in range(self.slots) if slot not in self._live]
         reach = [self._reach(h, tokens) for h in held]
-        slot = max(free, key=lambda s: reach[s])  # ties: the lowest slot
-        source = max(range(self.slots), key=lambda s: reach[s])
-        if reach[source] > reach[slot]:
-            cache = _prefix(held[source].cache, reach[source], copied=True)
-            self._hold(slot, cache, held[source].tokens[:reach[source]])
-        else:
-            keep = reach[slot]
-            cache = _prefix(held[slot].cache, keep, copied=False) if keep else None
-            self._hold(slot, cache or make_prompt_cache(self._model._model), held[slot].tokens[:keep])
+        slot, source = placement(reach, [len(h.tokens) for h in held],
+                                 [s for s in range(self.slots) if s not in self._live])
+        keep = reach[source]
+        cache = _prefix(held[source].cache, keep, copied=source != slot) if keep else None
+        self._hold(slot, cache or self._model.new_cache(), held[source].tokens[:keep])
         return slot
 
     @staticmethod
-    def _reach(held: _Held, tokens: list[int]) -> int:
+    def _reach(held: PromptCache, tokens: list[int]) -> int:
         """How much of `tokens` a slot's cache can give: its shared prefix, where the cache can be cut there."""
         if held.cache is None:
             return 0
@@ -166,20 +158,20 @@ class MlxBatch:
         try:
             with mx.stream(generation_stream):
                 inputs = mx.array([[sequence.pending] for sequence in sequences])
-                logits = self._model._model(inputs, cache=self._batch)[:, -1, :]
+                logits = self._model.forward(inputs, self._batch)[:, -1, :]
                 logprobs = logits - mx.logsumexp(logits, axis=-1, keepdims=True)
                 sampled = mx.concatenate([sequence.sampler(logprobs[i:i + 1]) for i, sequence in enumerate(sequences)])
                 tokens = sampled.tolist()
         except Exception as exc:
             self._forget_all()
-            raise BackendError(f"MLX failed to decode: {_one_line(exc)}") from exc
+            raise BackendError(f"MLX failed to decode: {one_line(exc)}") from exc
         now = time.perf_counter()
         events: list[tuple[int, BackendEvent]] = []
         ended: list[tuple[int, FinishReason]] = []
         for slot, sequence, token in zip(list(self._rows), sequences, tokens):
             sequence.fed.append(sequence.pending)
             sequence.stepped(now)
-            if token in self._eos:  # the end-of-sequence token: not text, not counted
+            if token in self._model.end_ids:  # the end-of-sequence token: not text, not counted
                 ended.append((slot, "stop"))
                 continue
             sequence.generated += 1
@@ -235,7 +227,7 @@ class MlxBatch:
         self._live.clear()
         self._rows.clear()
         self._batch = None
-        self._spare = [_Held() for _ in range(self.slots - 1)]
+        self._spare = [PromptCache() for _ in range(self.slots - 1)]
         if self._old_wired_limit is not None:
             mx.synchronize(generation_stream)
             mx.set_wired_limit(self._old_wired_limit)
@@ -264,6 +256,7 @@ def _kv_prefix(layer: KVCache, keep: int) -> KVCache:
     return cut
 
 
-def _one_line(exc: BaseException) -> str:
+def one_line(exc: BaseException) -> str:
+    """An exception's first line, for a one-line error."""
     text = str(exc).strip().splitlines()
     return text[0] if text else type(exc).__name__
