@@ -6,40 +6,25 @@ from typing import Optional
 
 import typer
 
-from ponder.cli.commands.options import ModelOptions, OutputOptions, SamplingOptions, ServerOptions, ThinkingOptions, thinking
-from ponder.settings import ModelKind, OnLoop, Reasoning
+from ponder.cli.commands.options import DEBUG, Display, ModelChoice, Output, Sampling, Thinking, option_groups
 
 
+@option_groups
 def ask(
     invocation: typer.Context,  # tells where --reasoning came from
     prompt: Optional[str] = typer.Argument(None, help="The question. Piped stdin is put before it.", show_default=False),
-    model: Optional[str] = ModelOptions.model,
-    backend: str = ModelOptions.backend,
-    ctx: Optional[int] = ModelOptions.ctx,
-    threads: Optional[int] = ModelOptions.threads,
-    server: Optional[str] = ServerOptions.server,
-    timeout: Optional[float] = ServerOptions.timeout,
-    model_kind: ModelKind = ServerOptions.model_kind,
-    temperature: float = SamplingOptions.temperature,
-    top_p: float = SamplingOptions.top_p,
-    max_tokens: int = SamplingOptions.max_tokens,
-    seed: Optional[int] = SamplingOptions.seed,
-    think_budget: Optional[int] = ThinkingOptions.think_budget,
-    no_think: bool = ThinkingOptions.no_think,
-    budget_message: Optional[str] = ThinkingOptions.budget_message,
-    on_loop: OnLoop = ThinkingOptions.on_loop,
-    reasoning: Reasoning = OutputOptions.reasoning,
-    show_reasoning: bool = OutputOptions.show_reasoning,
-    hide_reasoning: bool = OutputOptions.hide_reasoning,
-    stats: bool = OutputOptions.stats,
-    json: bool = OutputOptions.json,
-    jsonl: bool = OutputOptions.jsonl,
+    *,
+    model: ModelChoice,
+    sampling: Sampling,
+    thinking: Thinking,
+    display: Display,
+    output: Output,
     extract: bool = typer.Option(False, "--extract", "-x", help="Print only the code of the answer's first code block."),
     extract_last: bool = typer.Option(False, "--extract-last", help="Print only the code of the answer's last code block."),
     lang: Optional[str] = typer.Option(None, "--lang", help="Print only the first code block in this language.",
                                        show_default=False),
     no_log: bool = typer.Option(False, "--no-log", help="Keep this exchange out of the history database."),
-    debug: bool = OutputOptions.debug,
+    debug: bool = DEBUG,
 ) -> None:
     """Ask one question and stream the answer (reasoning to stderr when piped).
 
@@ -49,13 +34,11 @@ def ask(
     """
     from ponder.cli.commands.model_run import Run
 
-    run = Run.start(debug, reasoning, show_reasoning, hide_reasoning, json, jsonl, invocation=invocation,
-                    temperature=temperature, top_p=top_p, max_tokens=max_tokens, seed=seed,
-                    **thinking(think_budget, no_think, budget_message, on_loop, invocation))
+    run = Run.start(invocation, sampling, thinking, display, output, debug)
     run.needs_stdout()
     code = _code_renderer(run, extract, extract_last, lang)
     text = run.prompt(prompt)
-    loaded = run.load(model, backend, ctx, threads, server, timeout, model_kind)
+    loaded = run.load(model)
     try:
         reply = run.show(loaded, text, code)
     except KeyboardInterrupt:  # Ctrl-C, SIGTERM, SIGHUP: what arrived is kept in the history too
@@ -64,7 +47,7 @@ def ask(
         raise
     if not no_log:
         run.log(loaded, text, reply)
-    run.report(reply, stats, logged=not no_log)
+    run.report(reply, output.stats, logged=not no_log)
     if reply is not None and not reply.answer.strip():
         from ponder.cli.views.show_reply import EXIT_NO_ANSWER
 

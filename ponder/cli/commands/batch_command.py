@@ -17,15 +17,17 @@ import typer
 from ponder.batch_results import reportable
 from ponder.batch_tasks import read_tasks
 from ponder.cli.commands.batch_run import Output, Progress, TaskLines, run_tasks
-from ponder.cli.commands.options import MAX_PARALLEL, ModelOptions, SamplingOptions, ServerOptions, ThinkingOptions, thinking
+from ponder.cli.commands.options import MAX_PARALLEL, ModelChoice, Sampling, Thinking, option_groups
 from ponder.cli.views.budget_curve import check_plot, label, plot as draw, report, summarize
 from ponder.errors import PonderError, UsageError
-from ponder.settings import ModelKind, OnLoop, check
+from ponder.settings import check
 
 
+@option_groups
 def batch(
     invocation: typer.Context,  # carries an injected Terminal
     input: str = typer.Argument("-", help="JSON lines file of tasks, or - for stdin."),
+    *,
     output: Optional[Path] = typer.Option(
         None, "--output", "-o", help="Results file; rerunning with it skips tasks already done. [default: stdout]",
         show_default=False,
@@ -38,17 +40,8 @@ def batch(
     ),
     concurrency: Optional[int] = typer.Option(None, "--concurrency", "-k", min=1, hidden=True,
                                               help="The former name of --parallel."),
-    model: Optional[str] = ModelOptions.model,
-    backend: str = ModelOptions.backend,
-    ctx: Optional[int] = ModelOptions.ctx,
-    threads: Optional[int] = ModelOptions.threads,
-    server: Optional[str] = ServerOptions.server,
-    timeout: Optional[float] = ServerOptions.timeout,
-    model_kind: ModelKind = ServerOptions.model_kind,
-    temperature: float = SamplingOptions.temperature,
-    top_p: float = SamplingOptions.top_p,
-    max_tokens: int = SamplingOptions.max_tokens,
-    seed: Optional[int] = SamplingOptions.seed,
+    model: ModelChoice,
+    sampling: Sampling,
     think_budget: Optional[str] = typer.Option(
         None, "--think-budget", show_default=False,
         help="Reasoning tokens before ponder ends the reasoning; several (256,1024,none) compare them: results"
@@ -56,9 +49,7 @@ def batch(
     ),
     plot: Optional[str] = typer.Option(None, "--plot", show_default=False,
                                        help="With several --think-budget values: draw the curve into FILE.png or .svg."),
-    no_think: bool = ThinkingOptions.no_think,
-    budget_message: Optional[str] = ThinkingOptions.budget_message,
-    on_loop: OnLoop = ThinkingOptions.on_loop,
+    thinking: Thinking,  # (its --think-budget is the list above)
 ) -> None:
     """Run tasks from JSON lines, one result line each (flushed and synced as it finishes).
 
@@ -75,11 +66,10 @@ def batch(
 
     parallel = parallel or concurrency
     budgets = _budgets(think_budget)
-    run = Run.start(invocation=invocation, temperature=temperature, top_p=top_p, max_tokens=max_tokens, seed=seed,
-                    **thinking(budgets[0], no_think, budget_message, on_loop, invocation))
+    run = Run.start(invocation, sampling, replace(thinking, think_budget=budgets[0]))
     if plot and len(budgets) < 2:
         raise UsageError("--plot draws several budgets: give --think-budget a list, e.g. 256,1024,none")
-    if no_think and len(budgets) > 1:
+    if thinking.no_think and len(budgets) > 1:
         raise UsageError("--no-think and a list of budgets: put 0 in the list instead")
     if plot:
         check_plot(plot)  # before hours of runs, not after
@@ -95,8 +85,7 @@ def batch(
 
     def model_now():
         if not loaded:
-            loaded.append(run.load(model, backend, ctx, threads, server, timeout, model_kind,
-                                   sequences=parallel or samples, sequences_given=parallel is not None))
+            loaded.append(run.load(model, sequences=parallel or samples, sequences_given=parallel is not None))
         return loaded[0]
 
     ids = {task["id"] for task in tasks}

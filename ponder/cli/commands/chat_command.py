@@ -6,47 +6,32 @@ from typing import Optional
 
 import typer
 
-from ponder.cli.commands.options import ModelOptions, OutputOptions, SamplingOptions, ServerOptions, ThinkingOptions, thinking
-from ponder.settings import ModelKind, OnLoop, Reasoning
+from ponder.cli.commands.options import DEBUG, Display, ModelChoice, Sampling, Thinking, option_groups
 
 
+@option_groups
 def chat(
     invocation: typer.Context,  # tells where --reasoning came from
-    model: Optional[str] = ModelOptions.model,
-    backend: str = ModelOptions.backend,
-    ctx: Optional[int] = ModelOptions.ctx,
-    threads: Optional[int] = ModelOptions.threads,
-    server: Optional[str] = ServerOptions.server,
-    timeout: Optional[float] = ServerOptions.timeout,
-    model_kind: ModelKind = ServerOptions.model_kind,
-    temperature: float = SamplingOptions.temperature,
-    top_p: float = SamplingOptions.top_p,
-    max_tokens: int = SamplingOptions.max_tokens,
-    seed: Optional[int] = SamplingOptions.seed,
-    think_budget: Optional[int] = ThinkingOptions.think_budget,
-    no_think: bool = ThinkingOptions.no_think,
-    budget_message: Optional[str] = ThinkingOptions.budget_message,
-    on_loop: OnLoop = ThinkingOptions.on_loop,
-    reasoning: Reasoning = OutputOptions.reasoning,
-    show_reasoning: bool = OutputOptions.show_reasoning,
-    hide_reasoning: bool = OutputOptions.hide_reasoning,
+    *,
+    model: ModelChoice,
+    sampling: Sampling,
+    thinking: Thinking,
+    display: Display,
     resume_last: bool = typer.Option(False, "--continue", "-c", help="Resume the last conversation."),
     resume: Optional[int] = typer.Option(None, "--resume", help="Resume conversation ID (see `ponder history`).",
                                          show_default=False),
     no_log: bool = typer.Option(False, "--no-log", help="Keep this conversation out of the history database."),
-    debug: bool = OutputOptions.debug,
+    debug: bool = DEBUG,
 ) -> None:
     """Chat with the model in an interactive session (type /help inside)."""
     from ponder.cli.chat.repl import ChatRepl
     from ponder.cli.commands.model_run import Run
 
-    run = Run.start(debug, reasoning, show_reasoning, hide_reasoning, invocation=invocation,
-                    temperature=temperature, top_p=top_p, max_tokens=max_tokens, seed=seed,
-                    **thinking(think_budget, no_think, budget_message, on_loop, invocation))
+    run = Run.start(invocation, sampling, thinking, display, debug=debug)
     run.needs_stdout()
     repl = ChatRepl(run, log=not no_log)
     repl.chat.resume(resume, resume_last)  # before loading: a bad ID fails fast
-    repl.chat.use(run.load(model, backend, ctx, threads, server, timeout, model_kind))
+    repl.chat.use(run.load(model))
     repl.loop()
     if repl.input.interactive:
         return

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass, field, replace
+from dataclasses import asdict, dataclass, field, replace
 
 from ponder.backends import LoadOptions, Model
-from ponder.cli.commands.options import MAX_PARALLEL, output_format, reasoning_mode
+from ponder.cli.commands.options import MAX_PARALLEL, Display, ModelChoice, Output, Sampling, Thinking
 from ponder.cli.views.render import OutputFormat, ReasoningMode
 from ponder.cli.views.terminal import Terminal
 from ponder.events import AnswerDelta, GenerationParams, Message, ReasoningDelta, Reply, ReplyEvent
@@ -24,20 +24,20 @@ class Run:
     arrived: Arrived = field(default_factory=lambda: Arrived())  # the text of the reply being shown
 
     @classmethod
-    def start(cls, debug: bool = False, reasoning: ReasoningMode = "collapse", show_reasoning: bool = False,
-              hide_reasoning: bool = False, json: bool = False, jsonl: bool = False, invocation=None,
-              **sampling) -> Run:
-        """`invocation`: the command's typer context: whether --reasoning was given as a flag, and the
-        Terminal that `ponder.cli.app.main` was handed, if any (the process's own otherwise)."""
+    def start(cls, invocation=None, sampling: Sampling | None = None, thinking: Thinking | None = None,
+              display: Display | None = None, output: Output | None = None, debug: bool = False) -> Run:
+        """`invocation`: the command's typer context: where each option came from (a flag or the config
+        file), and the Terminal that `ponder.cli.app.main` was handed, if any (the process's own otherwise)."""
         if debug:
             from ponder.errors import enable_debug
 
             enable_debug()
         return cls(
             term=(invocation and invocation.find_object(Terminal)) or Terminal.from_system(),
-            mode=reasoning_mode(reasoning, show_reasoning, hide_reasoning, invocation),
-            output=output_format(json, jsonl),
-            params=GenerationParams(**sampling),
+            mode=display.mode(invocation) if display else "collapse",
+            output=output.format() if output else "text",
+            params=GenerationParams(**(asdict(sampling) if sampling else {}),
+                                    **(thinking.settings(invocation) if thinking else {})),
             invocation=invocation,
         )
 
@@ -61,22 +61,22 @@ class Run:
 
         return user_prompt(argument, self.term)
 
-    def load(self, model: str | None, backend: str, ctx: int | None, threads: int | None, server: str | None = None,
-             timeout: float | None = None, model_kind: str = "auto", sequences: int = 1,
-             sequences_given: bool = False) -> Model:
-        """The model, loaded here or found on `server`; `model_kind` overrides whether it reasons. A local
-        model is made ready to decode `sequences` at once (fewer where memory is short, unless `sequences_given`)."""
+    def load(self, choice: ModelChoice, sequences: int = 1, sequences_given: bool = False) -> Model:
+        """The model `choice` names, loaded here or found on its server; its model_kind overrides whether it
+        reasons. A local model is made ready to decode `sequences` at once (fewer where memory is short,
+        unless `sequences_given`)."""
         from ponder.cli.commands.model_loading import connect_server, load_model, set_model_kind
 
-        options = LoadOptions(context=ctx, threads=threads)
-        if server:
-            return connect_server(self.term, server, model, backend, options, timeout, model_kind, self.typed)
+        options = LoadOptions(context=choice.ctx, threads=choice.threads)
+        if choice.server:
+            return connect_server(self.term, choice.server, choice.model, choice.backend, options, choice.timeout,
+                                  choice.model_kind, self.typed)
         # Each of several samples keeps room for its prompt and all it may generate, where memory allows.
         sample_context = self.params.max_tokens + PROMPT_ROOM
         sequences = min(sequences, MAX_PARALLEL)
-        loaded = load_model(self.term, model, backend, replace(options, sequences=sequences), sequences_given,
-                            sample_context)
-        set_model_kind(loaded, model_kind)
+        loaded = load_model(self.term, choice.model, choice.backend, replace(options, sequences=sequences),
+                            sequences_given, sample_context)
+        set_model_kind(loaded, choice.model_kind)
         return loaded
 
     def show(self, model: Model, user_text: str, renderer=None) -> Reply | None:

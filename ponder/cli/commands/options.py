@@ -1,12 +1,22 @@
-"""Options shared by the commands that run a model, declared once."""
+"""Options shared by the commands that run a model, declared once.
+
+A group (ModelChoice, Sampling, Thinking, Display, Output) is a frozen dataclass whose fields are typer
+options; a command decorated with @option_groups takes the whole group as one parameter, so an option
+added to a group reaches every command that takes it."""
 
 from __future__ import annotations
+
+import functools
+import inspect
+import typing
+from dataclasses import dataclass, field, fields, is_dataclass
+from typing import Optional
 
 import typer
 
 from ponder import defaults
 from ponder.errors import UsageError
-from ponder.settings import Reasoning, check
+from ponder.settings import ModelKind, OnLoop, Reasoning, check
 
 
 def _checked(name: str):
@@ -23,35 +33,90 @@ def _checked(name: str):
     return callback
 
 
-class ModelOptions:
-    model = typer.Option(
+def _option(*args, **kwargs):
+    """A group's field: the typer option that fills it (same arguments as typer.Option)."""
+    return field(metadata={"option": typer.Option(*args, **kwargs)})
+
+
+def _is_group(annotation) -> bool:
+    return isinstance(annotation, type) and is_dataclass(annotation) and all("option" in f.metadata for f in fields(annotation))
+
+
+def option_groups(command):
+    """Let `command` take option groups. Typer sees each parameter annotated with a group as the group's
+    options, in its place (so --help keeps the command's order); the command is called with one instance
+    of the group. An option the command declares itself replaces the group's option of that name (batch's
+    --think-budget takes a list) and fills that field too. Option names stay the parameter names: the config
+    file's defaults (default_map) and get_parameter_source(name) see no difference."""
+    hints = typing.get_type_hints(command)
+    groups = {name: hints[name] for name in inspect.signature(command).parameters if _is_group(hints.get(name))}
+    own = [p for p in inspect.signature(command).parameters.values() if p.name not in groups]
+    declared = {p.name for p in own}
+    shown = []
+    for parameter in inspect.signature(command).parameters.values():
+        group = groups.get(parameter.name)
+        if group is None:
+            shown.append(parameter.replace(annotation=hints.get(parameter.name, parameter.annotation)))
+            continue
+        types = typing.get_type_hints(group)
+        shown += [inspect.Parameter(f.name, inspect.Parameter.KEYWORD_ONLY, default=f.metadata["option"],
+                                    annotation=types[f.name])
+                  for f in fields(group) if f.name not in declared]
+    names = [p.name for p in shown]
+    if len(names) != len(set(names)):
+        raise TypeError(f"{command.__name__}: two options of the same name in {names}")
+
+    @functools.wraps(command)
+    def grouped(**values):
+        for name, group in groups.items():  # (a field may share its group's name: `model` in ModelChoice)
+            values[name] = group(**{f.name: values[f.name] if f.name in declared else values.pop(f.name)
+                                    for f in fields(group)})
+        return command(**values)
+
+    # Keyword-only throughout: typer calls with keywords, and its order is the signature's.
+    shown = [p.replace(kind=inspect.Parameter.KEYWORD_ONLY) for p in shown]
+    grouped.__signature__ = inspect.Signature(shown)
+    grouped.__annotations__ = {p.name: p.annotation for p in shown}
+    del grouped.__wrapped__  # typer must read the signature above, not the command's own
+    return grouped
+
+
+SERVER = typer.Option(
+    None, "--server", envvar=defaults.SERVER_ENV, show_default=False, callback=_checked("server"),
+    help="Use a model on an OpenAI-compatible server (vLLM, SGLang, llama-server, Ollama, LM Studio…): its API's"
+         " base URL, e.g. http://127.0.0.1:8000/v1. --model then names one of its models. API key:"
+         " PONDER_API_KEY or OPENAI_API_KEY.",
+)
+
+
+class ServerOptions:  # for the commands that take --server alone (backends, doctor)
+    server = SERVER
+
+
+@dataclass(frozen=True)
+class ModelChoice:
+    """Which model, on which backend or server, loaded how."""
+
+    model: Optional[str] = _option(
         None, "--model", "-m", envvar=defaults.MODEL_ENV, show_default=False,
         help="A .gguf file (llama.cpp), an MLX model directory or hub repo id (mlx).",
     )
-    backend = typer.Option(
+    backend: str = _option(
         "auto", "--backend", envvar=defaults.BACKEND_ENV,
         help="Inference backend: auto (what the model implies; MLX on Apple Silicon, else llama.cpp), mlx or llama.cpp.",
     )
-    ctx = typer.Option(
+    ctx: Optional[int] = _option(
         None, "--ctx", help=f"Context size in tokens [default: {defaults.DEFAULT_CONTEXT}, capped by the model].",
         callback=_checked("ctx"), show_default=False,
     )
-    threads = typer.Option(  # at most llama.cpp's GGML_MAX_N_THREADS: more crashes it (a segfault, not an error)
+    threads: Optional[int] = _option(  # at most llama.cpp's GGML_MAX_N_THREADS: more crashes it (a segfault, not an error)
         None, "--threads", "-t", help="CPU threads [default: physical cores].", callback=_checked("threads"),
         min=1, max=512, show_default=False,
     )
-
-
-class ServerOptions:
-    server = typer.Option(
-        None, "--server", envvar=defaults.SERVER_ENV, show_default=False, callback=_checked("server"),
-        help="Use a model on an OpenAI-compatible server (vLLM, SGLang, llama-server, Ollama, LM Studio…): its API's"
-             " base URL, e.g. http://127.0.0.1:8000/v1. --model then names one of its models. API key:"
-             " PONDER_API_KEY or OPENAI_API_KEY.",
-    )
-    timeout = typer.Option(None, "--timeout", callback=_checked("timeout"), show_default=False,
-                           help="Seconds a server may send nothing before ponder gives up [default: 300].")
-    model_kind = typer.Option(
+    server: Optional[str] = field(metadata={"option": SERVER})
+    timeout: Optional[float] = _option(None, "--timeout", callback=_checked("timeout"), show_default=False,
+                                       help="Seconds a server may send nothing before ponder gives up [default: 300].")
+    model_kind: ModelKind = _option(
         "auto", "--model-kind", callback=_checked("model_kind"),
         help="Whether the model reasons in <think> tags: auto (from its chat template, or a server model's name),"
              " reasoning or plain.",
@@ -85,32 +150,34 @@ def server_lines(url: str) -> tuple[dict, list[str]]:
     return row, [f"server {facts.url}: reachable · {kind} · models: {facts.listed()}"]
 
 
-class ThinkingOptions:
-    think_budget = typer.Option(
+@dataclass(frozen=True)
+class Thinking:
+    """How long the model may reason, and what ends its reasoning."""
+
+    think_budget: Optional[int] = _option(
         None, "--think-budget", callback=_checked("think_budget"), show_default=False,
         help="Reasoning tokens before ponder ends the reasoning (a closing message fed to the model) and lets it"
              " answer; 0: no thinking [default: none].",
     )
-    no_think = typer.Option(False, "--no-think", help="Answer without thinking: short for --think-budget 0.")
-    budget_message = typer.Option(
+    no_think: bool = _option(False, "--no-think", help="Answer without thinking: short for --think-budget 0.")
+    budget_message: Optional[str] = _option(
         None, "--budget-message", callback=_checked("budget_message"), show_default=False,
         help="The text that ends the reasoning at the budget; it must contain </think> [default: Qwen's message].",
     )
-    on_loop = typer.Option(
+    on_loop: OnLoop = _option(
         "answer", "--on-loop", callback=_checked("on_loop"),
         help="When the reasoning repeats itself: answer (end it as a budget would), stop, or continue.",
     )
 
-
-def thinking(think_budget: int | None, no_think: bool, budget_message: str | None, on_loop: str,
-             invocation: typer.Context | None = None) -> dict:
-    """The generation settings the thinking options give. --no-think wins over a budget from the
-    config file; one typed beside it is a contradiction."""
-    source = invocation.get_parameter_source("think_budget") if invocation else None
-    typed = source is None or source.name == "COMMANDLINE"
-    if no_think and typed and think_budget not in (None, 0):
-        raise UsageError(f"--no-think contradicts --think-budget {think_budget}")
-    return {"think_budget": 0 if no_think else think_budget, "budget_message": budget_message, "on_loop": on_loop}
+    def settings(self, invocation: typer.Context | None = None) -> dict:
+        """The generation settings these options give. --no-think wins over a budget from the config
+        file; one typed beside it is a contradiction (`invocation` tells where the budget came from)."""
+        source = invocation.get_parameter_source("think_budget") if invocation else None
+        typed = source is None or source.name == "COMMANDLINE"
+        if self.no_think and typed and self.think_budget not in (None, 0):
+            raise UsageError(f"--no-think contradicts --think-budget {self.think_budget}")
+        return {"think_budget": 0 if self.no_think else self.think_budget, "budget_message": self.budget_message,
+                "on_loop": self.on_loop}
 
 
 MAX_PARALLEL = 256  # llama.cpp's LLAMA_MAX_SEQ
@@ -144,48 +211,60 @@ def early_stop_rule(early_stop: bool, confidence: float | None):
     return lambda replies, remaining: vote_settled([extract_boxed(r.answer) for r in replies], remaining, confidence)
 
 
-class SamplingOptions:
-    temperature = typer.Option(defaults.DEFAULT_TEMPERATURE, "--temperature", help="Sampling temperature (0: greedy).",
-                               callback=_checked("temperature"))
-    top_p = typer.Option(defaults.DEFAULT_TOP_P, "--top-p", help="Nucleus sampling threshold.", callback=_checked("top_p"))
-    max_tokens = typer.Option(defaults.DEFAULT_MAX_TOKENS, "--max-tokens", help="Most tokens to generate, reasoning included.",
-                              callback=_checked("max_tokens"))
-    seed = typer.Option(None, "--seed", help="Random seed, for repeatable samples.", show_default=False,
-                        callback=_checked("seed"))
+@dataclass(frozen=True)
+class Sampling:
+    """How tokens are drawn: the GenerationParams of the same names."""
+
+    temperature: float = _option(defaults.DEFAULT_TEMPERATURE, "--temperature", help="Sampling temperature (0: greedy).",
+                                 callback=_checked("temperature"))
+    top_p: float = _option(defaults.DEFAULT_TOP_P, "--top-p", help="Nucleus sampling threshold.",
+                           callback=_checked("top_p"))
+    max_tokens: int = _option(defaults.DEFAULT_MAX_TOKENS, "--max-tokens",
+                              help="Most tokens to generate, reasoning included.", callback=_checked("max_tokens"))
+    seed: Optional[int] = _option(None, "--seed", help="Random seed, for repeatable samples.", show_default=False,
+                                  callback=_checked("seed"))
 
 
-class OutputOptions:
-    reasoning = typer.Option(
+@dataclass(frozen=True)
+class Display:
+    """How the reasoning is shown."""
+
+    reasoning: Reasoning = _option(
         "collapse", "--reasoning",
         help="How reasoning is shown: kept on screen, collapsed to a summary line, or not at all"
              " (in a pipe: show and collapse send it to stderr).",
     )
-    show_reasoning = typer.Option(False, "--show-reasoning", help="Short for --reasoning show.")
-    hide_reasoning = typer.Option(False, "--hide-reasoning", help="Short for --reasoning hide.")
-    stats = typer.Option(False, "--stats", help="Print token counts and speed to stderr.")
-    json = typer.Option(False, "--json", help="Print one JSON object: reasoning, answer, boxed, stats (solve -n:"
-                                              " model, backend, every sample and the vote).")
-    jsonl = typer.Option(False, "--jsonl", help="Stream JSON lines: reasoning and answer deltas, then done (solve -n:"
-                                                " a line per sample as it ends, then the vote).")
-    debug = typer.Option(False, "--debug", envvar=defaults.DEBUG_ENV, help="Show tracebacks and llama.cpp's log.")
+    show_reasoning: bool = _option(False, "--show-reasoning", help="Short for --reasoning show.")
+    hide_reasoning: bool = _option(False, "--hide-reasoning", help="Short for --reasoning hide.")
+
+    def mode(self, invocation: typer.Context | None = None) -> Reasoning:
+        """--reasoning, or a shortcut for it. A shortcut beats a --reasoning that came from the config
+        file; contradicting one given beside it on the command line (`invocation` tells) is a usage error."""
+        if self.show_reasoning and self.hide_reasoning:
+            raise UsageError("--show-reasoning and --hide-reasoning cannot be used together")
+        shortcut = "show" if self.show_reasoning else "hide" if self.hide_reasoning else None
+        if shortcut is None or shortcut == self.reasoning:
+            return self.reasoning
+        source = invocation.get_parameter_source("reasoning") if invocation else None
+        if source is not None and source.name == "COMMANDLINE":
+            raise UsageError(f"--{shortcut}-reasoning contradicts --reasoning {self.reasoning}")
+        return shortcut
 
 
-def reasoning_mode(reasoning: Reasoning, show: bool, hide: bool,
-                   invocation: typer.Context | None = None) -> Reasoning:
-    """--reasoning, or a shortcut for it. A shortcut beats a --reasoning that came from the config
-    file; contradicting one given beside it on the command line (`invocation` tells) is a usage error."""
-    if show and hide:
-        raise UsageError("--show-reasoning and --hide-reasoning cannot be used together")
-    shortcut = "show" if show else "hide" if hide else None
-    if shortcut is None or shortcut == reasoning:
-        return reasoning
-    source = invocation.get_parameter_source("reasoning") if invocation else None
-    if source is not None and source.name == "COMMANDLINE":
-        raise UsageError(f"--{shortcut}-reasoning contradicts --reasoning {reasoning}")
-    return shortcut
+@dataclass(frozen=True)
+class Output:
+    """What a one-shot command prints besides the reply: stats, or JSON instead of text."""
+
+    stats: bool = _option(False, "--stats", help="Print token counts and speed to stderr.")
+    json: bool = _option(False, "--json", help="Print one JSON object: reasoning, answer, boxed, stats (solve -n:"
+                                               " model, backend, every sample and the vote).")
+    jsonl: bool = _option(False, "--jsonl", help="Stream JSON lines: reasoning and answer deltas, then done (solve -n:"
+                                                 " a line per sample as it ends, then the vote).")
+
+    def format(self):
+        if self.json and self.jsonl:
+            raise UsageError("--json and --jsonl cannot be used together")
+        return "json" if self.json else "jsonl" if self.jsonl else "text"
 
 
-def output_format(json: bool, jsonl: bool):
-    if json and jsonl:
-        raise UsageError("--json and --jsonl cannot be used together")
-    return "json" if json else "jsonl" if jsonl else "text"
+DEBUG = typer.Option(False, "--debug", envvar=defaults.DEBUG_ENV, help="Show tracebacks and llama.cpp's log.")

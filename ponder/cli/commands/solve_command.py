@@ -6,45 +6,30 @@ from typing import Optional
 
 import typer
 
-from ponder.cli.commands.options import (ModelOptions, OutputOptions, ParallelOptions, SamplingOptions, ServerOptions,
-                                        ThinkingOptions, thinking)
-from ponder.settings import ModelKind, OnLoop, Reasoning
+from ponder.cli.commands.options import (DEBUG, Display, ModelChoice, Output, ParallelOptions, Sampling, Thinking,
+                                        option_groups)
 
 EXIT_NO_ANSWER = 1
 MAX_SAMPLES = 1024  # far beyond what a vote needs (DeepSeek's evaluations draw 64); each is planned up front
 
 
+@option_groups
 def solve(
     invocation: typer.Context,  # tells where --reasoning came from
     problem: Optional[str] = typer.Argument(None, help="The problem. Piped stdin is put before it.", show_default=False),
+    *,
     answer_only: bool = typer.Option(False, "--answer-only", help="Print only the final \\boxed{} answer; exit 1 if none."),
     samples: int = typer.Option(1, "--samples", "-n", min=1, max=MAX_SAMPLES,
                                 help="Independent samples; the answer is their majority vote."),
     parallel: Optional[int] = ParallelOptions.parallel,
     early_stop: bool = ParallelOptions.early_stop,
     confidence: Optional[float] = ParallelOptions.confidence,
-    model: Optional[str] = ModelOptions.model,
-    backend: str = ModelOptions.backend,
-    ctx: Optional[int] = ModelOptions.ctx,
-    threads: Optional[int] = ModelOptions.threads,
-    server: Optional[str] = ServerOptions.server,
-    timeout: Optional[float] = ServerOptions.timeout,
-    model_kind: ModelKind = ServerOptions.model_kind,
-    temperature: float = SamplingOptions.temperature,
-    top_p: float = SamplingOptions.top_p,
-    max_tokens: int = SamplingOptions.max_tokens,
-    seed: Optional[int] = SamplingOptions.seed,
-    think_budget: Optional[int] = ThinkingOptions.think_budget,
-    no_think: bool = ThinkingOptions.no_think,
-    budget_message: Optional[str] = ThinkingOptions.budget_message,
-    on_loop: OnLoop = ThinkingOptions.on_loop,
-    reasoning: Reasoning = OutputOptions.reasoning,
-    show_reasoning: bool = OutputOptions.show_reasoning,
-    hide_reasoning: bool = OutputOptions.hide_reasoning,
-    stats: bool = OutputOptions.stats,
-    json: bool = OutputOptions.json,
-    jsonl: bool = OutputOptions.jsonl,
-    debug: bool = OutputOptions.debug,
+    model: ModelChoice,
+    sampling: Sampling,
+    thinking: Thinking,
+    display: Display,
+    output: Output,
+    debug: bool = DEBUG,
 ) -> None:
     """Solve a math problem with DeepSeek's instruction; show the final answer prominently.
 
@@ -57,18 +42,15 @@ def solve(
     from ponder.reasoning import extract_boxed
     from ponder.solve import math_prompt
 
-    run = Run.start(debug, reasoning, show_reasoning, hide_reasoning, json, jsonl, invocation=invocation,
-                    temperature=temperature, top_p=top_p, max_tokens=max_tokens, seed=seed,
-                    **thinking(think_budget, no_think, budget_message, on_loop, invocation))
+    run = Run.start(invocation, sampling, thinking, display, output, debug)
     run.needs_stdout()
     settle = early_stop_rule(early_stop, confidence)
     text = math_prompt(run.prompt(problem))
     at_once = min(parallel or samples, samples)  # every sample at once, unless memory or --parallel says fewer
-    loaded = run.load(model, backend, ctx, threads, server, timeout, model_kind, sequences=at_once,
-                      sequences_given=parallel is not None)
+    loaded = run.load(model, sequences=at_once, sequences_given=parallel is not None)
     if samples == 1 and not answer_only:
         reply = run.show(loaded, text)
-        run.report(reply, stats)
+        run.report(reply, output.stats)
         boxed = extract_boxed(reply.answer) if reply is not None else None
         if run.output == "text" and boxed is not None:
             _show_final_answer(run, boxed)
@@ -81,7 +63,7 @@ def solve(
     from ponder.cli.views.show_reply import exit_on_closed_stdout
 
     with exit_on_closed_stdout(run.term):
-        vote = _vote(run, loaded, text, samples, stats, parallel, settle)
+        vote = _vote(run, loaded, text, samples, output.stats, parallel, settle)
         if answer_only and run.output == "text" and vote.winner is not None:
             print(vote.winner, file=run.term.stdout)
         elif run.output == "text" and vote.winner is not None:
