@@ -33,7 +33,7 @@ def _checked(name: str):
     return callback
 
 
-def _option(*args, **kwargs):
+def option(*args, **kwargs):
     """A group's field: the typer option that fills it (same arguments as typer.Option)."""
     return field(metadata={"option": typer.Option(*args, **kwargs)})
 
@@ -78,6 +78,7 @@ def option_groups(command):
     grouped.__signature__ = inspect.Signature(shown)
     grouped.__annotations__ = {p.name: p.annotation for p in shown}
     del grouped.__wrapped__  # typer must read the signature above, not the command's own
+    grouped.option_groups = tuple(groups.values())
     return grouped
 
 
@@ -97,26 +98,26 @@ class ServerOptions:  # for the commands that take --server alone (backends, doc
 class ModelChoice:
     """Which model, on which backend or server, loaded how."""
 
-    model: Optional[str] = _option(
+    model: Optional[str] = option(
         None, "--model", "-m", envvar=defaults.MODEL_ENV, show_default=False,
         help="A .gguf file (llama.cpp), an MLX model directory or hub repo id (mlx).",
     )
-    backend: str = _option(
+    backend: str = option(
         "auto", "--backend", envvar=defaults.BACKEND_ENV,
         help="Inference backend: auto (what the model implies; MLX on Apple Silicon, else llama.cpp), mlx or llama.cpp.",
     )
-    ctx: Optional[int] = _option(
+    ctx: Optional[int] = option(
         None, "--ctx", help=f"Context size in tokens [default: {defaults.DEFAULT_CONTEXT}, capped by the model].",
         callback=_checked("ctx"), show_default=False,
     )
-    threads: Optional[int] = _option(  # at most llama.cpp's GGML_MAX_N_THREADS: more crashes it (a segfault, not an error)
+    threads: Optional[int] = option(  # at most llama.cpp's GGML_MAX_N_THREADS: more crashes it (a segfault, not an error)
         None, "--threads", "-t", help="CPU threads [default: physical cores].", callback=_checked("threads"),
         min=1, max=512, show_default=False,
     )
     server: Optional[str] = field(metadata={"option": SERVER})
-    timeout: Optional[float] = _option(None, "--timeout", callback=_checked("timeout"), show_default=False,
+    timeout: Optional[float] = option(None, "--timeout", callback=_checked("timeout"), show_default=False,
                                        help="Seconds a server may send nothing before ponder gives up [default: 300].")
-    model_kind: ModelKind = _option(
+    model_kind: ModelKind = option(
         "auto", "--model-kind", callback=_checked("model_kind"),
         help="Whether the model reasons in <think> tags: auto (from its chat template, or a server model's name),"
              " reasoning or plain.",
@@ -154,17 +155,17 @@ def server_lines(url: str) -> tuple[dict, list[str]]:
 class Thinking:
     """How long the model may reason, and what ends its reasoning."""
 
-    think_budget: Optional[int] = _option(
+    think_budget: Optional[int] = option(
         None, "--think-budget", callback=_checked("think_budget"), show_default=False,
         help="Reasoning tokens before ponder ends the reasoning (a closing message fed to the model) and lets it"
              " answer; 0: no thinking [default: none].",
     )
-    no_think: bool = _option(False, "--no-think", help="Answer without thinking: short for --think-budget 0.")
-    budget_message: Optional[str] = _option(
+    no_think: bool = option(False, "--no-think", help="Answer without thinking: short for --think-budget 0.")
+    budget_message: Optional[str] = option(
         None, "--budget-message", callback=_checked("budget_message"), show_default=False,
         help="The text that ends the reasoning at the budget; it must contain </think> [default: Qwen's message].",
     )
-    on_loop: OnLoop = _option(
+    on_loop: OnLoop = option(
         "answer", "--on-loop", callback=_checked("on_loop"),
         help="When the reasoning repeats itself: answer (end it as a budget would), stop, or continue.",
     )
@@ -215,13 +216,13 @@ def early_stop_rule(early_stop: bool, confidence: float | None):
 class Sampling:
     """How tokens are drawn: the GenerationParams of the same names."""
 
-    temperature: float = _option(defaults.DEFAULT_TEMPERATURE, "--temperature", help="Sampling temperature (0: greedy).",
+    temperature: float = option(defaults.DEFAULT_TEMPERATURE, "--temperature", help="Sampling temperature (0: greedy).",
                                  callback=_checked("temperature"))
-    top_p: float = _option(defaults.DEFAULT_TOP_P, "--top-p", help="Nucleus sampling threshold.",
+    top_p: float = option(defaults.DEFAULT_TOP_P, "--top-p", help="Nucleus sampling threshold.",
                            callback=_checked("top_p"))
-    max_tokens: int = _option(defaults.DEFAULT_MAX_TOKENS, "--max-tokens",
+    max_tokens: int = option(defaults.DEFAULT_MAX_TOKENS, "--max-tokens",
                               help="Most tokens to generate, reasoning included.", callback=_checked("max_tokens"))
-    seed: Optional[int] = _option(None, "--seed", help="Random seed, for repeatable samples.", show_default=False,
+    seed: Optional[int] = option(None, "--seed", help="Random seed, for repeatable samples.", show_default=False,
                                   callback=_checked("seed"))
 
 
@@ -229,13 +230,13 @@ class Sampling:
 class Display:
     """How the reasoning is shown."""
 
-    reasoning: Reasoning = _option(
+    reasoning: Reasoning = option(
         "collapse", "--reasoning",
         help="How reasoning is shown: kept on screen, collapsed to a summary line, or not at all"
              " (in a pipe: show and collapse send it to stderr).",
     )
-    show_reasoning: bool = _option(False, "--show-reasoning", help="Short for --reasoning show.")
-    hide_reasoning: bool = _option(False, "--hide-reasoning", help="Short for --reasoning hide.")
+    show_reasoning: bool = option(False, "--show-reasoning", help="Short for --reasoning show.")
+    hide_reasoning: bool = option(False, "--hide-reasoning", help="Short for --reasoning hide.")
 
     def mode(self, invocation: typer.Context | None = None) -> Reasoning:
         """--reasoning, or a shortcut for it. A shortcut beats a --reasoning that came from the config
@@ -255,10 +256,10 @@ class Display:
 class Output:
     """What a one-shot command prints besides the reply: stats, or JSON instead of text."""
 
-    stats: bool = _option(False, "--stats", help="Print token counts and speed to stderr.")
-    json: bool = _option(False, "--json", help="Print one JSON object: reasoning, answer, boxed, stats (solve -n:"
+    stats: bool = option(False, "--stats", help="Print token counts and speed to stderr.")
+    json: bool = option(False, "--json", help="Print one JSON object: reasoning, answer, boxed, stats (solve -n:"
                                                " model, backend, every sample and the vote).")
-    jsonl: bool = _option(False, "--jsonl", help="Stream JSON lines: reasoning and answer deltas, then done (solve -n:"
+    jsonl: bool = option(False, "--jsonl", help="Stream JSON lines: reasoning and answer deltas, then done (solve -n:"
                                                  " a line per sample as it ends, then the vote).")
 
     def format(self):
