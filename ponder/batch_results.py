@@ -152,6 +152,11 @@ def _torn_tail(tail: bytes, ids: Collection) -> bool:
         text = codecs.getincrementaldecoder("utf-8")().decode(tail, final=False)
     except UnicodeDecodeError:
         return False
+    try:
+        json.loads(text)
+        return False  # a whole JSON value is no kill mid-write: it was written so, and is refused, not cut
+    except ValueError:
+        pass
     head = '{"id": '
     if len(text) <= len(head):
         return head.startswith(text)
@@ -211,13 +216,16 @@ class ResultsSink:
         self.created = not found.existed  # (only once locked: an empty file another batch just made is not ours)
         if found.existed and os.fstat(self.fd).st_size != found.size:
             raise PonderError(f"{self.path} changed while ponder read it; nothing was written to it")
-        try:
-            if found.keep < found.size and not found.unended:
-                os.ftruncate(self.fd, found.keep)  # the torn line of a batch that was killed mid-write
-            elif found.unended:
-                os.write(self.fd, b"\n")
-        except OSError as exc:
-            raise _os_error(exc, self.path, "write") from None
+
+    def _mend(self) -> None:
+        """Before the first new line, and only then (a run that writes nothing leaves the file as it was):
+        cut the torn line of a batch killed mid-write, or end a whole last line that lacks its newline."""
+        found = self.found
+        if found.unended:
+            os.write(self.fd, b"\n")
+        else:
+            os.ftruncate(self.fd, found.keep)
+        found.unended, found.size = False, found.keep
 
     def write(self, result: dict) -> None:
         """One whole line. allow_nan=False: every value was checked, and a bare NaN or Infinity is not JSON."""
@@ -228,6 +236,8 @@ class ResultsSink:
         else:
             data = line.encode("utf-8")
             try:
+                if self.found.regular and (self.found.keep < self.found.size or self.found.unended):
+                    self._mend()
                 while data:
                     data = data[os.write(self.fd, data):]
                 if self.found.regular:

@@ -46,3 +46,34 @@ def test_an_error_line_quoting_outside_text_reaches_stderr_inert():
     said = term.stderr.getvalue()
     assert "\x1b" not in said and "\x07" not in said and "^[]0;pwned^G" in said
     assert said.endswith("\n  hint: retry\n")
+
+
+def test_a_whole_last_line_that_is_no_result_is_refused_not_cut_and_a_failed_run_touches_nothing(tmp_path):
+    """A complete JSON line without its newline was written so, not torn by a kill: never cut. And a torn
+    line of ours is cut only when a new line is written: a run that fails first leaves the file as it was."""
+    import os
+    import subprocess
+    import sys
+
+    tasks = tmp_path / "t.jsonl"
+    tasks.write_text('{"id": 1, "prompt": "hi"}\n{"id": 2, "prompt": "yo"}\n')
+    kept = tmp_path / "kept.jsonl"
+    kept.write_bytes(b'{"id": 1, "samples": [{"answer": "a"}]}\n{"id": 2, "samples": ["my note"], "note": "keep me"}')
+    torn = tmp_path / "torn.jsonl"
+    torn.write_bytes(b'{"id": 1, "samples": [{"answer": "a"}]}\n{"id": 2, "samples": [{"ans')
+    env = {**os.environ, "PONDER_CONFIG": str(tmp_path / "c.toml"), "PONDER_DATA_DIR": str(tmp_path / "d")}
+    for path, code in ((kept, 2), (torn, 1)):  # torn: resumable, but the server is not there
+        before = path.read_bytes()
+        run = subprocess.run([sys.executable, "-m", "ponder", "batch", str(tasks), "-o", str(path), "--server",
+                              "http://127.0.0.1:9/v1", "--timeout", "5"], capture_output=True, text=True, env=env)
+        assert run.returncode == code, run.stderr
+        assert path.read_bytes() == before, run.stderr
+
+
+def test_a_partial_echo_of_a_long_key_is_taken_out():
+    from ponder.backends.server_auth import Redactor
+
+    key = "sk-" + "".join(chr(97 + (i * 7) % 26) + str(i % 10) for i in range(750))  # a 1,503-character token
+    said = Redactor(key)(f"bad key {key[100:400]}; expected {key[:12]}...{key[-9:]}; short {key[:5]}")
+    assert key[100:400] not in said and key[:12] not in said and key[-9:] not in said
+    assert said.startswith("bad key [API key]; expected [API key]...[API key]; short sk-")
