@@ -95,8 +95,8 @@ def _replace(target: Path, data: bytes) -> None:
         old = None
     if old is not None:
         _refuse_irregular(target, old.st_mode, "replace")
-        if not os.access(target, os.W_OK):  # a rename would replace it anyway: keep the user's "read-only"
-            raise FileError(f"{target} is read-only; nothing written")
+        if not old.st_mode & 0o222:  # a rename would replace it anyway: keep the user's "read-only"
+            raise FileError(f"cannot write {target}: it is read-only (chmod u+w to allow it); nothing written")
     temporary, fd = _temporary(target)
     try:
         with os.fdopen(fd, "wb") as out:

@@ -77,3 +77,14 @@ def test_a_partial_echo_of_a_long_key_is_taken_out():
     said = Redactor(key)(f"bad key {key[100:400]}; expected {key[:12]}...{key[-9:]}; short {key[:5]}")
     assert key[100:400] not in said and key[:12] not in said and key[-9:] not in said
     assert said.startswith("bad key [API key]; expected [API key]...[API key]; short sk-")
+
+
+def test_a_file_made_read_only_is_not_replaced(tmp_path):
+    from ponder.files import FileError, write_text
+
+    config = tmp_path / "config.toml"
+    config.write_text("temperature = 0.5\n")
+    config.chmod(0o444)
+    with pytest.raises(FileError, match="read-only"):
+        write_text(config, "temperature = 0.7\n")
+    assert config.read_text() == "temperature = 0.5\n"
