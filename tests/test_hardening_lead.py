@@ -88,3 +88,38 @@ def test_a_file_made_read_only_is_not_replaced(tmp_path):
     with pytest.raises(FileError, match="read-only"):
         write_text(config, "temperature = 0.7\n")
     assert config.read_text() == "temperature = 0.5\n"
+
+
+def test_a_sweep_naming_a_budget_twice_is_a_usage_error():
+    from ponder.cli.commands.batch_command import _budgets
+
+    assert _budgets("8, 16,none") == [8, 16, None]
+    for twice in ("8,8", "none,4,NONE"):
+        with pytest.raises(UsageError, match="twice"):
+            _budgets(twice)
+
+
+def test_a_resumed_chat_and_solves_panel_show_outside_text_inert():
+    import io
+
+    from rich.console import Console
+
+    from ponder.cli.chat.repl import ChatRepl
+    from ponder.cli.commands.solve_command import _answer_panel
+    from ponder.cli.views.terminal import Terminal
+    from ponder.history import Turn
+
+    hostile = "ok \x1b[?1049h\x1b[?25l\x1b]0;pwned\x07"
+    repl = ChatRepl.__new__(ChatRepl)  # only what replay and note use
+    repl.console = Console(file=io.StringIO(), force_terminal=True, width=80)
+    repl.chat = type("C", (), {"conversation": type("V", (), {"turns": [
+        Turn(role="user", content=hostile), Turn(role="assistant", content=hostile, finish_reason="interrupted")]})()})()
+    repl.replay()
+    repl.note(f"server said: {hostile}")
+    shown = repl.console.file.getvalue()
+    assert "?1049h" in shown and "\x1b[?1049h" not in shown and "\x1b]0;" not in shown and "\x07" not in shown
+
+    term = Terminal(io.BytesIO(), io.StringIO(), io.StringIO(), False, True, False, False)
+    _answer_panel(type("R", (), {"term": term})(), "4" + hostile, subtitle=f"Votes: 4{hostile} ×2")
+    shown = term.stdout.getvalue()
+    assert "?25l" in shown and "\x1b[?25l" not in shown and "\x1b]0;" not in shown

@@ -51,11 +51,13 @@ class ChatRepl:
         """Show a resumed conversation, reasoning collapsed."""
         from rich.markdown import Markdown
 
-        for turn in self.chat.conversation.turns:
+        from ponder.cli.views.safe_text import visible
+
+        for turn in self.chat.conversation.turns:  # the history's text: shown, never obeyed
             if turn.role == "user":
-                self.console.print(f"> {turn.content}", markup=False)
+                self.console.print(f"> {visible(turn.content)}", markup=False)
             else:
-                self.console.print(Markdown(turn.content))
+                self.console.print(Markdown(visible(turn.content), hyperlinks=False))
                 if turn.interrupted:
                     self.note("[interrupted]")
 
@@ -123,8 +125,11 @@ class ChatRepl:
             self.note(f"warning: history is off from here on: {self.chat.history_error}", "yellow")
 
     def note(self, text: str, style: str = "dim") -> None:
-        """A line of ponder's own (never parsed as markup: it may quote the user)."""
-        self.console.print(text, style=style, markup=False, highlight=False)
+        """A line of ponder's own (never parsed as markup, control characters shown: it may quote the user,
+        the history or a server)."""
+        from ponder.cli.views.safe_text import visible
+
+        self.console.print(visible(text), style=style, markup=False, highlight=False)
 
 
 class RecordingRenderer:

@@ -128,13 +128,12 @@ def _budgets(text: str | None) -> list[int | None]:
     budgets = []
     for part in str(text).split(","):
         part = part.strip().lower()
-        if part == "none":
-            budgets.append(None)
-            continue
         try:
-            budgets.append(check("think_budget", int(part)))
+            budgets.append(None if part == "none" else check("think_budget", int(part)))
         except ValueError:
             raise UsageError(f"--think-budget takes whole numbers or none, separated by commas, not {part!r}") from None
+        if budgets.count(budgets[-1]) > 1:  # (each budget has a results file of its own)
+            raise UsageError(f"--think-budget names {part} twice")
     return budgets
 
 

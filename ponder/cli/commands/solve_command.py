@@ -60,12 +60,13 @@ def solve(
             raise typer.Exit(EXIT_NO_ANSWER)
         return
 
+    from ponder.cli.views.safe_text import visible
     from ponder.cli.views.show_reply import exit_on_closed_stdout
 
     with exit_on_closed_stdout(run.term):
         vote = _vote(run, loaded, text, samples, output.stats, parallel, settle)
         if answer_only and run.output == "text" and vote.winner is not None:
-            print(vote.winner, file=run.term.stdout)
+            print(visible(vote.winner) if run.term.stdout_is_tty else vote.winner, file=run.term.stdout)
         elif run.output == "text" and vote.winner is not None:
             _show_vote(run, vote, samples)
         run.term.stdout.flush()  # (a reader gone already is found here, not at exit)
@@ -160,12 +161,13 @@ def _answer_panel(run, answer: str, subtitle: str | None) -> None:
     from rich.panel import Panel
     from rich.text import Text
 
+    from ponder.cli.views.safe_text import visible
     from ponder.latex import latex_to_unicode
 
     console = Console(file=run.term.stdout, no_color=not run.term.color, highlight=False)
-    console.print(Panel(Text(latex_to_unicode(answer), style="bold green"), title="Answer", expand=False))
-    if subtitle:
-        console.print(Text(subtitle, style="dim"))
+    console.print(Panel(Text(visible(latex_to_unicode(answer)), style="bold green"), title="Answer", expand=False))
+    if subtitle:  # (the vote's answers: the model's text too)
+        console.print(Text(visible(subtitle), style="dim"))
 
 
 def register(app: typer.Typer) -> None:
