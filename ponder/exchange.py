@@ -27,6 +27,7 @@ from ponder.events import (
     ReplyEvent,
     Stats,
     TextDelta,
+    decode_timing,
 )
 from ponder.prompt import render_prompt
 from ponder.reasoning import ThinkSplitter, strip_reasoning
@@ -81,14 +82,14 @@ class GuardedReply:
     the closing text (a Continuation: the cache already holds every token before the cut)."""
 
     def __init__(self, model: Model, prompt, params: GenerationParams, answer_now: threading.Event | None = None):
-        if params.think_budget is not None and not isinstance(prompt, str) and model.info.chat.reasoning:
-            if not getattr(model, "native_budget", False):
-                raise BackendError(f"{model.info.backend} is asked through its chat endpoint, where ponder cannot end"
-                                   " the reasoning for the model",
-                                   hint="drop --think-budget (and --no-think) for this server")
+        if params.think_budget is not None and model.info.chat.reasoning and model.info.reasoning_end is None:
+            raise BackendError(f"{model.info.backend} is asked through its chat endpoint, where ponder cannot end"
+                               " the reasoning for the model",
+                               hint="drop --think-budget (and --no-think) for this server")
         # A server that bounds the reasoning itself gets the budget in its request; the guard then leaves it be.
-        watched = params if isinstance(prompt, str) else replace(params, think_budget=None)
-        self.guard = ReasoningGuard(watched, model.info.chat.reasoning, answer_now if isinstance(prompt, str) else None)
+        ours = isinstance(prompt, str)  # (a continuation is prompt text: the model's reasoning_end is "ponder")
+        watched = params if ours else replace(params, think_budget=None)
+        self.guard = ReasoningGuard(watched, model.info.chat.reasoning, answer_now if ours else None)
         self.model, self.prompt, self.params = model, prompt, params
         self.started = time.perf_counter()
         self.request: tuple = (prompt, params)  # the (prompt, params) to stream now
@@ -172,11 +173,10 @@ class _Taken:
         generated = before + after.generated_tokens
         now = time.perf_counter()
         first = self.first or (now - after.total_s + after.time_to_first_token_s)
-        span = now - first
+        first_token_s, rate = decode_timing(generated, self.started, first, now)
         prompt_tokens = _prompt_length(model, prompt) or max(after.prompt_tokens - before, 0)  # (a server: about)
         return replace(after, prompt_tokens=prompt_tokens, generated_tokens=generated,
-                       time_to_first_token_s=first - self.started, reasoning_tokens=None,
-                       decode_tokens_per_s=(generated - 1) / span if generated > 1 and span > 0 else 0.0,
+                       time_to_first_token_s=first_token_s, reasoning_tokens=None, decode_tokens_per_s=rate,
                        total_s=now - self.started)
 
 

@@ -82,7 +82,7 @@ def draw(model: Model, messages: Sequence[Message], params: GenerationParams, n:
 
     # One request for n choices cannot have its reasoning ended by ponder: only without a budget (or
     # where the server bounds it itself). Loops are not watched there, nor can an early stop end it.
-    server_bounds = params.think_budget is None or getattr(model, "native_budget", False)
+    server_bounds = params.think_budget is None or model.info.reasoning_end == "server"
     if n > 1 and hasattr(model, "stream_choices") and server_bounds and settle is None:
         _one_request(model, messages, params, n, shown)
 

@@ -164,16 +164,22 @@ def test_a_hub_models_template_comes_from_the_local_hub_cache(tmp_path, monkeypa
 
 
 def test_vllm_bounds_the_reasoning_itself_on_its_chat_route():
+    """Who can end a reasoning is one capability of the model (ModelInfo.reasoning_end): ponder where it
+    renders the prompt, vLLM's chat route by a budget in the request, nobody on another chat route."""
+    from dataclasses import replace
+
     from ponder.backends.base import ModelInfo
     from ponder.backends.server import ServerFacts, ServerModel
     from ponder.events import GenerationParams, Message
     from ponder.prompt import ChatFormat
 
     info = ModelInfo("r1", "http://h/v1", "server (vLLM)", 32768, 32768, ChatFormat(None, reasoning=True),
-                     renders_prompt=False)
+                     renders_prompt=False, native_budget=True)
     model = ServerModel(info, client_with_key("k" * 10), ServerFacts("http://h/v1", kind="vLLM"))
     _, body = model.request([Message("user", "hi")], GenerationParams(think_budget=256))
-    assert model.native_budget and body["thinking_token_budget"] == 256
-    model.facts = ServerFacts("http://h/v1", kind="Ollama")
+    assert info.reasoning_end == "server" and body["thinking_token_budget"] == 256
+    model.info = replace(info, native_budget=False)
     _, body = model.request([Message("user", "hi")], GenerationParams(think_budget=256))
-    assert not model.native_budget and "thinking_token_budget" not in body
+    assert model.info.reasoning_end is None and "thinking_token_budget" not in body
+    assert replace(info, renders_prompt=True).reasoning_end == "ponder"
+    assert replace(info, chat=ChatFormat(None, reasoning=False)).reasoning_end is None

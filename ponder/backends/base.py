@@ -42,8 +42,21 @@ class ModelInfo:
     # False for a server that applies the chat template itself: `stream` then takes the messages
     # (reasoning already stripped) instead of prompt text.
     renders_prompt: bool = True
+    # A server that bounds a --think-budget itself (vLLM's thinking_token_budget on its chat route).
+    native_budget: bool = False
     # How many sequences `Model.batch()` decodes together (LoadOptions.sequences); 1 where it cannot.
     sequences: int = 1
+
+    @property
+    def reasoning_end(self) -> str | None:
+        """Who can end this model's reasoning early: "ponder" (the closing text fed after the tokens the
+        model generated, which needs a prompt ponder renders: budgets, answer now, loop rescue), "server"
+        (only a budget, in the request), or None (it does not reason, or nothing can end it)."""
+        if not self.chat.reasoning:
+            return None
+        if self.renders_prompt:
+            return "ponder"
+        return "server" if self.native_budget else None
 
 
 @dataclass(frozen=True)

@@ -59,6 +59,7 @@ def connect(url: str, model: str | None = None, read_timeout: float | None = Non
     info = ModelInfo(
         name=name, path=facts.url, backend=f"{NAME} ({facts.kind})", context=context,
         trained_context=context, chat=chat, renders_prompt=raw_prompts,
+        native_budget=facts.kind == "vLLM" and not raw_prompts,
     )
     return ServerModel(info, client, facts)
 
@@ -75,11 +76,6 @@ class ServerModel:
         self.takes_n = True  # several choices in one request, until the server refuses them
         self._lock = threading.Lock()
         self._lanes: list[ServerModel] = []  # shared by every lane: each has a thread for good
-
-    @property
-    def native_budget(self) -> bool:
-        """Whether the server itself bounds the reasoning (vLLM's thinking_token_budget on its chat route)."""
-        return self.facts.kind == "vLLM" and not self.info.renders_prompt
 
     @property
     def route(self) -> str:
@@ -155,7 +151,7 @@ class ServerModel:
                       "temperature": params.temperature, "top_p": params.top_p, "max_tokens": params.max_tokens}
         if params.seed is not None:
             body["seed"] = params.seed
-        if params.think_budget is not None and self.native_budget and not isinstance(prompt, Continuation):
+        if params.think_budget is not None and self.info.reasoning_end == "server" and not isinstance(prompt, Continuation):
             body["thinking_token_budget"] = params.think_budget
         if isinstance(prompt, Continuation):  # raw text goes on as text: the server tokenizes it again
             prompt = prompt.prompt + prompt.text + prompt.forced

@@ -8,7 +8,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
 from ponder.backends.server_errors import ServerErrors, StreamBroken, visible
-from ponder.events import BackendStats, Finished, TextDelta
+from ponder.events import BackendStats, Finished, TextDelta, decode_timing
 
 FINISH_REASONS = {"stop": "stop", "eos": "stop", "length": "length", "max_tokens": "length"}
 
@@ -131,13 +131,12 @@ class ChoiceStream:
         reasoning = details.get("reasoning_tokens") if isinstance(details, dict) else None
         prompt = usage.get("prompt_tokens")
         now = time.perf_counter()
-        first, last = choice.first or now, choice.last or now
-        span = last - first
+        first_token_s, rate = decode_timing(generated, self.started, choice.first or now, choice.last or now)
         return BackendStats(
             prompt_tokens=prompt if _is_count(prompt) else 0,
             generated_tokens=generated,
-            time_to_first_token_s=first - self.started if choice.counted else 0.0,
-            decode_tokens_per_s=(generated - 1) / span if generated > 1 and span > 0 else 0.0,
+            time_to_first_token_s=first_token_s if choice.counted else 0.0,
+            decode_tokens_per_s=rate,
             total_s=now - self.started,
             reasoning_tokens=reasoning if _is_count(reasoning) and reasoning > 0 else None,
             route=self.route,

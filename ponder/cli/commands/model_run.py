@@ -96,9 +96,8 @@ class Run:
             return show_reply(self.arrived.record(until_answering(events, key)), renderer, self.term)
 
     def answer_key_wanted(self, model: Model) -> bool:
-        """Whether Enter can end the reasoning: a live view, a reasoning model, a prompt ponder renders."""
-        return (self.term.stdout_is_tty and self.output == "text" and model.info.chat.reasoning
-                and model.info.renders_prompt)
+        """Whether Enter can end the reasoning: a live view, and a model whose reasoning ponder can end."""
+        return self.term.stdout_is_tty and self.output == "text" and model.info.reasoning_end == "ponder"
 
     def samples(self, model: Model, user_text: str, n: int, on_reply=None, concurrency: int | None = None,
                 on_event=None, settle=None) -> list[Reply | None]:
