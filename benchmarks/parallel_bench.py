@@ -131,11 +131,7 @@ def _text_of(model, ids: list[int]) -> str:
 
 def _forget(model) -> None:
     """An empty cache in every sequence: each run processes its prompt afresh."""
-    import llama_cpp as lib
-
-    for slot, cached in enumerate(model._caches):
-        lib.llama_memory_seq_rm(model._memory, slot, -1, -1)
-        cached.clear()
+    model.streams.forget()
 
 
 def batched_bench(path: str, samples: list[int], threads: int, prompt: int, tokens: int) -> dict[int, dict]:

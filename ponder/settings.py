@@ -37,7 +37,7 @@ RULES = {
     "max_tokens": (int, lambda v: v > 0, "a whole number above 0"),
     "seed": (int, lambda v: 0 <= v < 2**32, "a whole number from 0 to 4294967295"),  # what samplers take
     "ctx": (int, lambda v: v > 0, "a whole number above 0"),
-    "threads": (int, lambda v: v > 0, "a whole number above 0"),
+    "threads": (int, lambda v: 0 < v <= 512, "a whole number from 1 to 512"),  # llama.cpp's GGML_MAX_N_THREADS
     "reasoning": (str, lambda v: v in REASONING, "one of " + ", ".join(REASONING)),
     "server": (str, lambda v: v == "" or _is_server_url(v), "a URL starting with http:// or https:// (or '' for none)"),
     "timeout": (float, lambda v: v > 0, "a number of seconds above 0"),
