@@ -290,18 +290,22 @@ def _stats(backend: BackendStats, counted: dict, thinking_s: float | None, reaso
     )
 
 
-def collect_reply(events: Iterator[ReplyEvent]) -> Reply:
-    """Run a reply to its end without showing it; a reply the backend broke off is an error here."""
+def _backend_error(reply: Reply) -> Exception:
+    return BackendError(reply.error)
+
+
+def collect_reply(events: Iterator[ReplyEvent], broken: Callable[[Reply], Exception] = _backend_error) -> Reply:
+    """Run a reply to its end without showing it; a reply the backend broke off raises `broken(reply)`."""
     reply = None
     for event in events:
         if isinstance(event, Reply):
             reply = event
     assert reply is not None  # every stream ends with a Reply
-    return unbroken(reply)
+    return unbroken(reply, broken)
 
 
-def unbroken(reply: Reply) -> Reply:
-    """The reply, unless the backend broke it off: then that is a BackendError."""
+def unbroken(reply: Reply, broken: Callable[[Reply], Exception] = _backend_error) -> Reply:
+    """The reply, unless the backend broke it off: then `broken(reply)` (a BackendError) is raised."""
     if reply.error:
-        raise BackendError(reply.error)
+        raise broken(reply)
     return reply

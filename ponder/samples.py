@@ -14,7 +14,7 @@ from dataclasses import replace
 from ponder.backends.base import Model
 from ponder.errors import BackendError
 from ponder.events import GenerationParams, Message, Reply, ReplyEvent
-from ponder.exchange import generate_reply, model_prompt, split_reply
+from ponder.exchange import collect_reply, generate_reply, model_prompt, split_reply, unbroken
 from ponder.parallel import Decide, Failed, Job, Settle, Skipped, decode_together
 from ponder.threads import model_thread
 
@@ -36,19 +36,12 @@ class BrokenSample(BackendError):
 
 def whole(reply: Reply) -> Reply:
     """The reply, unless the backend broke it off: then a BrokenSample."""
-    if reply.error:
-        raise BrokenSample(reply)
-    return reply
+    return unbroken(reply, BrokenSample)
 
 
 def collect_whole(events: Iterator[ReplyEvent]) -> Reply:
     """Run a reply to its end unshown; a reply the backend broke off is a BrokenSample."""
-    reply = None
-    for event in events:
-        if isinstance(event, Reply):
-            reply = event
-    assert reply is not None  # every stream ends with a Reply
-    return whole(reply)
+    return collect_reply(events, BrokenSample)
 
 
 def sample_params(params: GenerationParams, index: int) -> GenerationParams:
