@@ -288,7 +288,7 @@ def test_sigterm_while_loading_exits_143_at_once(smollm2):
     child.send_signal(signal.SIGTERM)
     out, err = child.communicate(timeout=30)
     assert child.returncode == 143, err
-    assert time.monotonic() - sent < 5
+    assert time.monotonic() - sent < 20  # not after the load (generous: a loaded CI machine)
     assert clean(err).strip().endswith("ponder: stopped by SIGTERM") and out == b""
 
 

@@ -421,7 +421,7 @@ def test_lying_counts_are_refused_at_once(tmp_path):
         started = time.monotonic()
         with pytest.raises(NotGguf):
             read_metadata(path)
-        assert time.monotonic() - started < 2, path
+        assert time.monotonic() - started < 10, path  # the base walked for minutes
 
 
 def test_odd_model_files_are_one_line_errors(tmp_path, tiny_r1_random, tiny_r1_random_mlx):

@@ -226,11 +226,11 @@ def test_stopping_the_lanes_wakes_them_from_a_retry_after_wait(scripted):
         time.sleep(0.05)
     time.sleep(0.5)  # both lanes now sleep in their Retry-After wait
     started = time.monotonic()
-    model.close()  # what samples.in_flight does on Ctrl-C or a failure
+    model.close()  # closing for good wakes them too (samples.in_flight stops them: the next test)
     for lane in lanes:
         lane.join(timeout=5)
     assert not any(lane.is_alive() for lane in lanes), "a lane still sleeps in its Retry-After wait"
-    assert time.monotonic() - started < 2
+    assert time.monotonic() - started < 15  # far below the 60 s wait (generous: a loaded CI machine)
     assert [r.finish_reason for r in replies] == ["cancelled", "cancelled"]
     assert len(scripted.posts()) == 2  # no retry was sent after the stop
 
@@ -281,7 +281,7 @@ def test_ctrl_c_ends_a_batch_whose_requests_wait_out_a_retry_after(scripted, tmp
             process.kill()
             process.wait()
     assert process.returncode == 130, err.decode()
-    assert seconds < 3, f"exit took {seconds:.1f} s after Ctrl-C"
+    assert seconds < 20, f"exit took {seconds:.1f} s after Ctrl-C"  # the Retry-After is 60 s
 
 
 # --- 4: the API key never goes in clear text to a proxy --------------------------------------------
