@@ -13,6 +13,7 @@ import sqlite3
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 
@@ -279,11 +280,24 @@ def test_sigterm_at_the_chat_prompt_exits_143_with_the_terminal_restored(tiny_r1
         session.close()
 
 
+def _wait_until_mapped(pid: int, path: str, limit: float = 60) -> None:
+    """Until process `pid` has the model file mapped: llama.cpp is loading it (or, at the latest, decoding)."""
+    ends = time.monotonic() + limit
+    while time.monotonic() < ends:
+        try:
+            if path in Path(f"/proc/{pid}/maps").read_text():
+                return
+        except OSError:
+            pass
+        time.sleep(0.01)
+    raise AssertionError("the model was never mapped")
+
+
 def test_sigterm_while_loading_exits_143_at_once(smollm2):
     child = subprocess.Popen([sys.executable, "-m", "ponder", "ask", "--model", smollm2, "--ctx", "65536", "hi"],
                              stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                              env=ponder_env())
-    time.sleep(2.5)  # imports done, the load begun (a 64k context takes seconds to clear)
+    _wait_until_mapped(child.pid, smollm2)  # the load has begun (a fixed sleep missed it on a fast machine)
     sent = time.monotonic()
     child.send_signal(signal.SIGTERM)
     out, err = child.communicate(timeout=30)
