@@ -10,17 +10,16 @@ import json
 import os
 import resource
 import signal
-import socket
 import subprocess
 import sys
 import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
 
 from tests.support.cli import ponder_env, run_ponder
+from tests.support.scripted_server import Scripted, delta, send_events, send_json
 
 NO_MODEL = ("--model", "/nonexistent/model.gguf")  # anything checked before loading never gets to it
 TWELVE = "What is 12*7?"  # the trained tiny R1 answers \boxed{84}
@@ -311,80 +310,11 @@ def test_a_stream_cut_in_one_sample_fails_its_task_alone(fault_proxy, tmp_path, 
     assert [len(r["samples"]) for r in lines_of(out) if "samples" in r] == [2]
 
 
-class Scripted:
-    """A loopback OpenAI-style server whose answers the test writes: GET …/models lists one model, and each
-    POST is answered by `answer(handler, body)` (`posts` counts them)."""
-
-    def __init__(self):
-        self.answer = lambda h, body: send_events(h, [delta("Hello.", finish="stop")])
-        self.posts = 0
-        scripted = self
-
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def log_message(self, *args):
-                pass
-
-            def do_GET(self):
-                if self.path.endswith("/models"):
-                    send_json(self, 200, {"object": "list", "data": [{"id": "tiny", "object": "model"}]})
-                else:
-                    send_json(self, 404, {"error": {"message": "not found"}})
-
-            def do_POST(self):
-                body = json.loads(self.rfile.read(int(self.headers.get("Content-Length") or 0)) or b"{}")
-                scripted.posts += 1
-                try:
-                    scripted.answer(self, body)
-                except OSError:  # the client went away
-                    self.close_connection = True
-
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self._server.daemon_threads = True
-        self.url = f"http://127.0.0.1:{self._server.server_address[1]}/v1"
-        threading.Thread(target=self._server.serve_forever, daemon=True).start()
-
-    def close(self) -> None:
-        self._server.shutdown()
-        self._server.server_close()
-
-
 @pytest.fixture
 def scripted():
     server = Scripted()
     yield server
     server.close()
-
-
-def send_json(h, status: int, payload) -> None:
-    data = json.dumps(payload).encode()
-    h.send_response(status)
-    h.send_header("Content-Type", "application/json")
-    h.send_header("Content-Length", str(len(data)))
-    h.end_headers()
-    h.wfile.write(data)
-
-
-def send_events(h, events: list, cut: bool = False) -> None:
-    """A 200 event stream of `events`, then [DONE]; or (`cut`) the socket shut after them."""
-    h.send_response(200)
-    h.send_header("Content-Type", "text/event-stream")
-    h.send_header("Transfer-Encoding", "chunked")
-    h.end_headers()
-    for line in [json.dumps(e) for e in events] + ([] if cut else ["[DONE]"]):
-        data = f"data: {line}\n\n".encode()
-        h.wfile.write(b"%x\r\n%s\r\n" % (len(data), data))
-        h.wfile.flush()
-    if cut:
-        h.close_connection = True
-        h.connection.shutdown(socket.SHUT_RDWR)
-        return
-    h.wfile.write(b"0\r\n\r\n")
-
-
-def delta(content: str, finish=None) -> dict:
-    return {"choices": [{"index": 0, "delta": {"content": content}, "finish_reason": finish}]}
 
 
 # llama-server's refusal of a prompt over its context
@@ -436,13 +366,13 @@ def test_a_scripted_server_refusing_everything_alike_stops_the_batch_after_ten(s
     tasks, out = write_tasks(tmp_path / "tasks.jsonl", 40), tmp_path / "out.jsonl"
     line = one_error_line(run_ponder("batch", str(tasks), "-o", str(out), "--server", scripted.url, timeout=60), 1)
     assert "10 tasks in a row failed alike" in line and "does not take prompts" in line
-    assert len(lines_of(out)) == 10 and scripted.posts == 10
+    assert len(lines_of(out)) == 10 and len(scripted.posts()) == 10
 
 
 def test_a_scripted_server_gone_mid_batch_stops_it_at_once(scripted, tmp_path):
     def answer(h, body):
         send_events(h, [delta("\\boxed{84}", finish="stop")])
-        if scripted.posts == 2:
+        if len(scripted.posts()) == 2:
             threading.Thread(target=scripted.close).start()  # nothing listens once this reply is sent
 
     scripted.answer = answer
