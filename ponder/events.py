@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal, Union
+from typing import TYPE_CHECKING, Literal, Union
+
+if TYPE_CHECKING:
+    from ponder.constraint import Constraint, Parsed
 
 Role = Literal["system", "user", "assistant"]
 # "cancelled": the user stopped it; "interrupted": the backend failed mid-reply (a server's stream broke).
@@ -32,6 +35,7 @@ class GenerationParams:
     think_budget: int | None = None  # reasoning tokens before ponder closes the reasoning; 0: no thinking
     budget_message: str | None = None  # the text that closes it (None: Qwen's documented message)
     on_loop: Literal["answer", "stop", "continue"] = "answer"  # a reasoning that repeats itself
+    constraint: Constraint | None = None  # --schema / --choice: what the answer must be (ponder.constraint)
 
 
 # --- what a backend yields -------------------------------------------------
@@ -140,6 +144,7 @@ class Reply:
     finish_reason: FinishReason
     stats: Stats
     error: str | None = None  # why it was "interrupted": what arrived is kept, then the front end fails
+    parsed: Parsed | None = None  # a constrained answer's value, checked (ponder.constraint)
 
 
 ReplyEvent = Union[ReasoningDelta, AnswerDelta, ReasoningDone, Reply]

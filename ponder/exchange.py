@@ -52,7 +52,16 @@ def generate_reply(model: Model, messages: Sequence[Message], params: Generation
     events = _run(model, guarded)
     with closing(events):  # closed with this generator, not whenever it is collected: the model stops here
         for event in events:
-            yield from splitter.feed(event)
+            for out in splitter.feed(event):
+                yield checked(out, params) if isinstance(out, Reply) else out
+
+
+def checked(reply: Reply, params: GenerationParams) -> Reply:
+    """A constrained reply with its answer's value (`parsed`), checked against the constraint; a reply
+    cut off before its answer was complete stays without one."""
+    if params.constraint is None or reply.finish_reason != "stop" or reply.error:
+        return reply
+    return replace(reply, parsed=params.constraint.check(reply.answer))
 
 
 def _run(model: Model, guarded: GuardedReply) -> Iterator:

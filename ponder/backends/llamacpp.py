@@ -170,6 +170,7 @@ class LlamaCppModel:
         self.streams = KvStreams(lib.llama_get_memory(self._ctx), sequences)
         self._cached = self.streams.tokens[0]
         self._piece = ctypes.create_string_buffer(256)
+        self._vocabulary = None  # llguidance's view of the vocabulary, built for the first constrained answer
 
         template = lib.llama_model_chat_template(self._model, None)
         template_text = template.decode("utf-8") if template else None
@@ -248,6 +249,18 @@ class LlamaCppModel:
     def is_end(self, token: int) -> bool:
         return bool(lib.llama_vocab_is_eog(self._vocab, token))
 
+    def answer_mask(self, prompt: str | Continuation, params: GenerationParams):
+        """The grammar state of a reply that `params.constraint` constrains (ponder.grammar), or None."""
+        if params.constraint is None:
+            return None
+        from ponder.grammar import AnswerMask, closes_reasoning, llama_vocabulary
+
+        if self._vocabulary is None:
+            ends = [t for t in (lib.llama_vocab_eos(self._vocab), lib.llama_vocab_eot(self._vocab)) if t >= 0]
+            self._vocabulary = llama_vocabulary(self._vocab, ends)
+        started = closes_reasoning(prompt, self.info.chat.reasoning)
+        return AnswerMask(self._vocabulary, params.constraint, started, self._n_vocab)
+
     # --- generation -------------------------------------------------------------
 
     def stream(
@@ -264,6 +277,7 @@ class LlamaCppModel:
             return
 
         sampler = Sampler(params.temperature, params.top_p, params.seed)
+        mask = self.answer_mask(prompt, params)
         decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
         token_slot = (lib.llama_token * 1)()
         batch = lib.llama_batch_get_one(token_slot, 1)
@@ -274,7 +288,10 @@ class LlamaCppModel:
             if cancel.is_set():
                 reason = "cancelled"
                 break
-            token = sampler.sample(self.logits(-1))
+            logits = self.logits(-1)
+            if mask is not None:
+                mask.limit(logits)
+            token = sampler.sample(logits)
             last = time.perf_counter()
             if generated == 0:
                 first = last
@@ -282,7 +299,11 @@ class LlamaCppModel:
                 reason = "stop"
                 break
             generated += 1
-            yield TextDelta(decoder.decode(self.piece(token)), ids=(token,))
+            text = decoder.decode(self.piece(token))
+            yield TextDelta(text, ids=(token,))
+            if mask is not None and mask.took(token, text):  # the answer is complete
+                reason = "stop"
+                break
             if generated == budget:
                 break
             token_slot[0] = token

@@ -1,6 +1,6 @@
 """Options shared by the commands that run a model, declared once.
 
-A group (ModelChoice, Sampling, Thinking, Display, Output) is a frozen dataclass whose fields are typer
+A group (ModelChoice, Sampling, Thinking, Display, Output, AnswerShape) is a frozen dataclass whose fields are typer
 options; a command decorated with @option_groups takes the whole group as one parameter, so an option
 added to a group reaches every command that takes it."""
 
@@ -266,6 +266,27 @@ class Output:
         if self.json and self.jsonl:
             raise UsageError("--json and --jsonl cannot be used together")
         return "json" if self.json else "jsonl" if self.jsonl else "text"
+
+
+@dataclass(frozen=True)
+class AnswerShape:
+    """What the answer must be: JSON that a schema allows, or one of some strings (ponder.constraint)."""
+
+    schema: Optional[str] = option(
+        None, "--schema", show_default=False,
+        help="Constrain the answer (not the reasoning) to JSON that validates against this JSON Schema: inline"
+             " JSON, a .json file, or fields like 'name, age int, tags list'. stdout gets the document alone.",
+    )
+    choice: Optional[list[str]] = option(
+        None, "--choice", show_default=False,
+        help="Constrain the answer to exactly one of these strings: --choice yes,no or --choice yes --choice no.",
+    )
+
+    def constraint(self):
+        """The constraint asked for, checked (a usage error before any model loads), or None."""
+        from ponder.constraint import from_options
+
+        return from_options(self.schema, self.choice)
 
 
 DEBUG = typer.Option(False, "--debug", envvar=defaults.DEBUG_ENV, help="Show tracebacks and llama.cpp's log.")

@@ -1,0 +1,76 @@
+"""A constrained answer, token by token: llguidance's mask applied to the logits inside ponder's sampler.
+
+The reasoning is free. For a reasoning model the mask starts after the model's own `</think>` (or at
+once, where the prompt already closed the reasoning: a budget's, answer-now's or --no-think's closing
+text); for a plain model, at the first token. From then on every token is drawn from those the grammar
+allows, and the reply ends as soon as the grammar is complete. Both local backends, and each sequence
+of the batch decoders, keep an AnswerMask of their own.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ponder.constraint import Constraint
+from ponder.errors import BackendError
+from ponder.events import Continuation
+from ponder.reasoning import CLOSE_TAG, OPEN_TAG
+
+
+def closes_reasoning(prompt: str | Continuation, reasoning: bool) -> bool:
+    """Whether the answer starts with the first generated token: a plain model, or a prompt whose text
+    already closed the reasoning (a Continuation's closing text, a prefilled `</think>`)."""
+    if not reasoning:
+        return True
+    text = prompt.forced if isinstance(prompt, Continuation) else prompt
+    return text.rfind(CLOSE_TAG) > text.rfind(OPEN_TAG)
+
+
+def llama_vocabulary(vocab, end_tokens: list[int]):
+    """llguidance's view of a llama.cpp vocabulary (about a second for 152k tokens: build it once a model)."""
+    from llguidance.llamacpp import lltokenizer_from_vocab
+
+    return lltokenizer_from_vocab(vocab, eos_token=end_tokens)
+
+
+class AnswerMask:
+    """One reply's grammar state. `limit(logits)` before a draw masks, in place, what the grammar forbids
+    (nothing while the reasoning runs); `took(token, text)` after it says whether the answer is complete."""
+
+    def __init__(self, vocabulary, constraint: Constraint, started: bool, n_vocab: int):
+        import llguidance
+        import llguidance.numpy
+
+        self._matcher = llguidance.LLMatcher(vocabulary, constraint.grammar(), log_level=0)
+        if self._matcher.is_error():
+            raise BackendError(f"cannot constrain the answer: {self._matcher.get_error()}")
+        self._fill = llguidance.numpy.fill_next_token_bitmask
+        self._bits = llguidance.numpy.allocate_token_bitmask(1, vocabulary.vocab_size)
+        self._n_vocab = n_vocab
+        self._ends = frozenset(vocabulary.eos_tokens)
+        self.active = started
+        self._tail = ""  # the last characters of the reasoning, to see `</think>` across tokens
+
+    def limit(self, logits: np.ndarray) -> None:
+        if not self.active:
+            return
+        self._fill(self._matcher, self._bits)
+        allowed = np.unpackbits(self._bits.view(np.uint8), count=self._n_vocab, bitorder="little").view(bool)
+        if not allowed.any():
+            raise BackendError("the answer's grammar allows no next token", hint="this is a bug in ponder")
+        np.copyto(logits, -np.inf, where=~allowed)
+
+    def took(self, token: int, text: str) -> bool:
+        """Follow the drawn token (its text, decoded); True when the grammar is complete: the answer ends."""
+        if not self.active:
+            self._tail = (self._tail + text)[-2 * len(CLOSE_TAG):]
+            self.active = CLOSE_TAG in self._tail
+            return False
+        if token in self._ends:
+            return True
+        if not self._matcher.consume_token(token):
+            raise BackendError(f"the answer left its grammar: {self._matcher.get_error()}", hint="this is a bug in ponder")
+        return self._matcher.is_stopped()
+
+    def accepting(self) -> bool:
+        return self.active and self._matcher.is_accepting()
