@@ -213,6 +213,7 @@ class BatchedSequence:
     prompt_tokens: int
     prefilled: int
     started: float
+    mask: object = None  # its AnswerMask (ponder.grammar), where params.constraint constrains its answer
     generated: int = 0
     first: float = 0.0
     last: float = 0.0
