@@ -6,7 +6,8 @@ from typing import Optional
 
 import typer
 
-from ponder.cli.commands.options import DEBUG, Display, ModelChoice, Output, Sampling, Thinking, option_groups
+from ponder.cli.commands.options import (DEBUG, AnswerShape, Display, ModelChoice, Output, Sampling, Thinking,
+                                        option_groups)
 
 
 @option_groups
@@ -19,6 +20,7 @@ def ask(
     thinking: Thinking,
     display: Display,
     output: Output,
+    shape: AnswerShape,
     extract: bool = typer.Option(False, "--extract", "-x", help="Print only the code of the answer's first code block."),
     extract_last: bool = typer.Option(False, "--extract-last", help="Print only the code of the answer's last code block."),
     lang: Optional[str] = typer.Option(None, "--lang", help="Print only the first code block in this language.",
@@ -37,10 +39,11 @@ def ask(
     run = Run.start(invocation, sampling, thinking, display, output, debug)
     run.needs_stdout()
     code = _code_renderer(run, extract, extract_last, lang)
+    renderer = _constrained(run, shape, code)
     text = run.prompt(prompt)
     loaded = run.load(model)
     try:
-        reply = run.show(loaded, text, code)
+        reply = run.show(loaded, text, renderer)
     except KeyboardInterrupt:  # Ctrl-C, SIGTERM, SIGHUP: what arrived is kept in the history too
         if not no_log:
             run.log_stopped(loaded, text)
@@ -52,10 +55,38 @@ def ask(
         from ponder.cli.views.show_reply import EXIT_NO_ANSWER
 
         raise typer.Exit(EXIT_NO_ANSWER)
-    if code is not None and code.error:
-        raise code.error
+    if renderer is not None and renderer.error:
+        raise renderer.error
     if code is not None and code.cut_off:
         raise typer.Exit(1)
+    if run.params.constraint is not None and run.output != "text":
+        from ponder.cli.views.parsed_output import incomplete
+
+        error = incomplete(reply)
+        if error is not None:
+            raise error
+
+
+def _constrained(run, shape: AnswerShape, code):
+    """With --schema or --choice: the constraint set in the run's params, and the view that prints the
+    document alone (text output); the code view otherwise."""
+    if code is not None and (shape.schema is not None or shape.choice):
+        from ponder.errors import UsageError
+
+        given = "--schema" if shape.schema is not None else "--choice"
+        raise UsageError(f"{given} makes the answer a document: code extraction (-x, --extract-last, --lang)"
+                         " cannot be used with it")
+    constraint = shape.constraint()
+    if constraint is None:
+        return code
+    from dataclasses import replace
+
+    run.params = replace(run.params, constraint=constraint)
+    if run.output != "text":
+        return None
+    from ponder.cli.views.parsed_output import ParsedRenderer
+
+    return ParsedRenderer(run.term, run.mode)
 
 
 def _code_renderer(run, extract: bool, extract_last: bool, lang: str | None):

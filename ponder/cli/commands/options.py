@@ -273,12 +273,12 @@ class AnswerShape:
     """What the answer must be: JSON that a schema allows, or one of some strings (ponder.constraint)."""
 
     schema: Optional[str] = option(
-        None, "--schema", show_default=False,
+        None, "--schema", show_default=False, metavar="SCHEMA",
         help="Constrain the answer (not the reasoning) to JSON that validates against this JSON Schema: inline"
              " JSON, a .json file, or fields like 'name, age int, tags list'. stdout gets the document alone.",
     )
     choice: Optional[list[str]] = option(
-        None, "--choice", show_default=False,
+        None, "--choice", show_default=False, metavar="A,B,…",
         help="Constrain the answer to exactly one of these strings: --choice yes,no or --choice yes --choice no.",
     )
 

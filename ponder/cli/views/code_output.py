@@ -17,15 +17,15 @@ from ponder.errors import PonderError
 from ponder.events import Reply
 
 
-class CodeRenderer(PlainRenderer):
-    def __init__(self, term: Terminal, mode: ReasoningMode, lang: str | None = None, last: bool = False):
+class AloneRenderer(PlainRenderer):
+    """A view that prints one thing of the answer alone on stdout (`ask -x`, `ask --schema`): reasoning where
+    `ask` sends it in a pipe; on a terminal, collapsed reasoning is one summary line on stderr."""
+
+    def __init__(self, term: Terminal, mode: ReasoningMode):
         collapsed_on_terminal = mode == "collapse" and term.stderr_is_tty
         super().__init__(term, show_reasoning=mode == "show" or (mode == "collapse" and not collapsed_on_terminal))
         self._summary = collapsed_on_terminal
-        self._lang, self._last = lang, last
-        self._stream = None if last else CodeStream(lang)
         self.error: PonderError | None = None  # for the command to raise once the reply is logged
-        self.cut_off = False  # the block had no closing fence: what arrived was printed, exit 1
 
     def reasoning_done(self, seconds: float, tokens: int) -> None:
         super().reasoning_done(seconds, tokens)
@@ -33,6 +33,19 @@ class CodeRenderer(PlainRenderer):
             line = thought_summary(seconds, tokens)
             self.err.write(f"{DIM}{line}{RESET}\n" if self.dim else line + "\n")
             self.err.flush()
+
+    def _write(self, text: str) -> None:
+        if text:
+            self.out.write(self._out_safe(text))
+            self.out.flush()
+
+
+class CodeRenderer(AloneRenderer):
+    def __init__(self, term: Terminal, mode: ReasoningMode, lang: str | None = None, last: bool = False):
+        super().__init__(term, mode)
+        self._lang, self._last = lang, last
+        self._stream = None if last else CodeStream(lang)
+        self.cut_off = False  # the block had no closing fence: what arrived was printed, exit 1
 
     def answer(self, text: str) -> None:
         if self._stream is not None:
@@ -58,8 +71,3 @@ class CodeRenderer(PlainRenderer):
             self.err.write("ponder: warning: the code block was cut off before its closing fence"
                            " (--max-tokens raises the limit)\n")
             self.err.flush()
-
-    def _write(self, code: str) -> None:
-        if code:
-            self.out.write(self._out_safe(code))
-            self.out.flush()

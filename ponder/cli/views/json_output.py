@@ -39,6 +39,7 @@ def reply_json(reply: Reply, info: ModelInfo) -> dict[str, Any]:
         "reasoning_end": reply.stats.reasoning_end,  # model, budget, user, loop, length, cancelled; null: none
         "error": reply.error,  # why an "interrupted" reply broke off
         "stats": stats_json(reply.stats),
+        **({"parsed": reply.parsed.value} if reply.parsed is not None else {}),  # --schema, --choice
     }
 
 
