@@ -110,7 +110,7 @@ def read_schema(text: str) -> dict:
     stripped = text.strip()
     if not stripped:
         raise UsageError("--schema is empty")
-    if stripped.startswith("{"):
+    if stripped[0] in '{["':
         return _json_schema(stripped, "the --schema text")
     path = Path(text).expanduser()
     if stripped.endswith(".json") or path.exists() or "/" in stripped:

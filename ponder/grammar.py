@@ -27,10 +27,27 @@ def closes_reasoning(prompt: str | Continuation, reasoning: bool) -> bool:
 
 
 def llama_vocabulary(vocab, end_tokens: list[int]):
-    """llguidance's view of a llama.cpp vocabulary (about a second for 152k tokens: build it once a model)."""
-    from llguidance.llamacpp import lltokenizer_from_vocab
+    """llguidance's view of a llama.cpp vocabulary: each token's text, control tokens (and added ones written
+    like `<tag>`) marked special, tokenizing left to llama.cpp itself. As llguidance.llamacpp builds it, but
+    with llama.cpp's current call for a token's kind (the deprecated one warns once a token: 152k warnings)."""
+    import ctypes
 
-    return lltokenizer_from_vocab(vocab, eos_token=end_tokens)
+    import llama_cpp as lib
+    from llguidance import LLTokenizer
+
+    buffer = ctypes.create_string_buffer(16 * 1024)
+    tokens: list[bytes] = []
+    for token in range(lib.llama_vocab_n_tokens(vocab)):
+        n = lib.llama_token_to_piece(vocab, token, buffer, len(buffer), 0, True)
+        text = buffer.raw[:max(n, 0)]
+        kind = lib.llama_vocab_get_attr(vocab, token)
+        if kind & lib.LLAMA_TOKEN_ATTR_CONTROL or (
+                kind & lib.LLAMA_TOKEN_ATTR_USER_DEFINED and text.startswith(b"<") and text.endswith(b">")):
+            text = b"\xff" + text  # llguidance's mark of a special token: never part of the answer's text
+        tokens.append(text)
+    tokenize = ctypes.cast(lib.llama_cpp._lib.llama_tokenize, ctypes.c_void_p).value
+    return LLTokenizer.from_llamacpp(tokens=tokens, vocab_ptr=vocab, tokenize_fptr=tokenize, eos_token=end_tokens,
+                                     slices=None)
 
 
 class AnswerMask:
