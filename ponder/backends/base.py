@@ -22,6 +22,8 @@ class LoadOptions:
     flash_attention: bool = True
     # Sequences decoded together (parallel samples): each gets a context of its own of `context` tokens.
     sequences: int = 1
+    # Keep prompt states on disk (ponder.prompt_cache) within this many bytes in all; None: no prompt cache.
+    prompt_cache_bytes: int | None = None
 
 
 @dataclass(frozen=True)

@@ -171,6 +171,7 @@ class LlamaCppModel:
         self._cached = self.streams.tokens[0]
         self._piece = ctypes.create_string_buffer(256)
         self._vocabulary = None  # llguidance's view of the vocabulary, built for the first constrained answer
+        self._disk = self._state_on_disk(path, options, params.n_gpu_layers)
 
         template = lib.llama_model_chat_template(self._model, None)
         template_text = template.decode("utf-8") if template else None
@@ -194,6 +195,18 @@ class LlamaCppModel:
             ignored=("gpu_layers",) if options.gpu_layers and not gpu_offload_supported() else (),  # a CPU build
             sequences=sequences,
         )
+
+    def _state_on_disk(self, path: str, options: LoadOptions, gpu_layers: int):
+        """Stream 0's prompt states on disk (ponder.backends.llamacpp_state), where asked for."""
+        if options.prompt_cache_bytes is None:
+            return None
+        from ponder.backends.llamacpp_state import StateOnDisk, cache_for
+
+        settings = {"context": lib.llama_n_ctx_seq(self._ctx), "sequences": max(1, options.sequences),
+                    "flash_attention": options.flash_attention, "gpu_layers": gpu_layers,
+                    "offload": gpu_offload_supported()}
+        cache = cache_for(path, settings, options.prompt_cache_bytes)
+        return StateOnDisk(self._ctx, self.streams, cache) if cache is not None else None
 
     # --- metadata -------------------------------------------------------------
 
@@ -270,8 +283,8 @@ class LlamaCppModel:
         tokens = self.prompt_ids(prompt)
         budget = generation_budget(len(tokens), self.info.context, params.max_tokens)
         cancel = cancel or threading.Event()
-        prefilled = len(tokens) - shared_prefix(self._cached, tokens)
-        if not self._prefill(tokens, cancel):
+        prefilled = self._prefill(tokens, cancel)
+        if prefilled is None:
             now = time.perf_counter()
             yield Finished("cancelled", backend_stats(len(tokens), 0, started, now, now, now))
             return
@@ -315,12 +328,15 @@ class LlamaCppModel:
         yield Finished(reason, backend_stats(len(tokens), generated, started, first, last, time.perf_counter(),
                                              prefilled=prefilled))
 
-    def _prefill(self, tokens: list[int], cancel: threading.Event) -> bool:
-        """Bring the cache to `tokens`, reusing the longest cached prefix. False if cancelled."""
+    def _prefill(self, tokens: list[int], cancel: threading.Event) -> int | None:
+        """Bring the cache to `tokens`, reusing the longest cached prefix (in memory, else on disk); how many
+        tokens were processed, None if cancelled."""
         keep = self.streams.trim(0, shared_prefix(self._cached, tokens))
+        if self._disk is not None:
+            keep = self._disk.restore(tokens, keep)
         for start in range(keep, len(tokens), self.chunk):
             if cancel.is_set():
-                return False
+                return None
             chunk = tokens[start : start + self.chunk]
             ids = (lib.llama_token * len(chunk))(*chunk)
             batch = lib.llama_batch_get_one(ids, len(chunk))
@@ -332,13 +348,17 @@ class LlamaCppModel:
                 self.streams.trim(0, len(self._cached))  # what the failed chunk may have left
                 raise
             self._cached.extend(chunk)
-        return True
+        if self._disk is not None:
+            self._disk.remember(tokens)
+        return len(tokens) - keep
 
     def batch(self):
         """A decoder of `info.sequences` sequences at once on this context (ponder.backends.llamacpp_batch)."""
         return LlamaCppBatch(self)
 
     def close(self) -> None:
+        if getattr(self, "_disk", None) is not None:
+            self._disk.close()  # its writes finish before the context goes
         if self._ctx:
             lib.llama_free(self._ctx)
             self._ctx = None
