@@ -1,18 +1,23 @@
 """`ponder batch`'s tasks: JSON lines read and checked, every line, before a model is loaded.
 
-A task is {"id": ..., "prompt": ...} or {"id": ..., "problem": ..., "answer": ...}. A typo found here
-costs nothing, while one found on the model thread hours into a run would stop the batch: so every
-type is checked up front and the whole input is refused (exit 2) with the lines at fault named.
+A task is {"id": ..., "prompt": ...} or {"id": ..., "problem": ..., "answer": ...}, and may carry its
+own constraint on the answer: "schema" (a JSON Schema) or "choices" (a list of strings), which beats
+batch's --schema or --choice. A typo found here costs nothing, while one found on the model thread hours
+into a run would stop the batch: so every type, and every task's schema and grammar, is checked up front
+and the whole input is refused (exit 2) with the lines at fault named.
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 
 from ponder.errors import UsageError
 
 SHOWN_PROBLEMS = 5  # bad lines named in the error; the rest are counted
+TASK_SHAPE = ('each line is {"id": ..., "prompt": ...} or {"id": ..., "problem": ..., "answer": ...},'
+              ' optionally with "schema": {...} or "choices": [...]')
 
 
 def read_tasks(data: bytes, source: str = "input") -> list[dict]:
@@ -35,7 +40,7 @@ def read_tasks(data: bytes, source: str = "input") -> list[dict]:
         except (ValueError, RecursionError):  # an integer of over 4300 digits; nesting too deep
             problems.append(f"line {number} is not JSON ponder can read")
             continue
-        why = task_problem(task)
+        why = task_problem(task) or constraint_problem(task)
         if why is None and task["id"] in seen:
             why = f"repeats id {json.dumps(task['id'], ensure_ascii=False)}"
         if why is not None:
@@ -47,7 +52,7 @@ def read_tasks(data: bytes, source: str = "input") -> list[dict]:
         shown = "; ".join(problems[:SHOWN_PROBLEMS])
         more = len(problems) - SHOWN_PROBLEMS
         raise UsageError(f"{source} {shown}" + (f" (and {more} more)" if more > 0 else ""),
-                         hint='each line is {"id": ..., "prompt": ...} or {"id": ..., "problem": ..., "answer": ...}')
+                         hint=TASK_SHAPE)
     return tasks
 
 
@@ -68,6 +73,52 @@ def task_problem(task) -> str | None:
     if answer is not None and not (isinstance(answer, str) or _finite_number(answer)):
         return f'has an "answer" that is {_kind(answer)}: answers are strings or numbers'
     return None
+
+
+def constraint_problem(task: dict) -> str | None:
+    """What is wrong with a task's own "schema" or "choices" (each checked as --schema's and --choice's are,
+    grammar included), or None."""
+    if "schema" in task and "choices" in task:
+        return 'has both "schema" and "choices": give one'
+    if "schema" in task and not isinstance(task["schema"], dict):
+        return f'has a "schema" that is {_kind(task["schema"])}: a JSON Schema is an object'
+    choices = task.get("choices")
+    if "choices" in task and not (isinstance(choices, list) and choices and all(isinstance(c, str) for c in choices)):
+        return f'has "choices" that are {_kind(choices)}: they are a list of strings'
+    if choices and any(not c.strip() or c != c.strip() for c in choices):
+        return 'has a choice that is empty or starts or ends with a space (the answer is compared stripped)'
+    if "schema" in task:
+        return _shape_problem("schema", json.dumps(task["schema"], sort_keys=True))
+    if "choices" in task:
+        return _shape_problem("choices", json.dumps(task["choices"]))
+    return None
+
+
+@functools.lru_cache(maxsize=64)  # (tasks often share one schema: its grammar is compiled once)
+def _shape_problem(field: str, text: str) -> str | None:
+    from ponder.constraint import Constraint, checked
+
+    given = json.loads(text)
+    shape = Constraint(schema=given, source=f'"{field}"') if field == "schema" else \
+        Constraint(choices=tuple(given), source=f'"{field}"')
+    try:
+        checked(shape)
+    except UsageError as exc:
+        return f"has a bad {exc.message}"
+    return None
+
+
+def task_constraint(task: dict, default):
+    """The constraint on a task's answer: its own "schema" or "choices" (checked by read_tasks), else `default`
+    (batch's --schema or --choice; None: unconstrained)."""
+    from ponder.constraint import Constraint
+
+    where = f"task {shown_id(task['id'])[:60]}"
+    if "schema" in task:
+        return Constraint(schema=task["schema"], source=f'{where}\'s "schema"')
+    if "choices" in task:
+        return Constraint(choices=tuple(dict.fromkeys(task["choices"])), source=f'{where}\'s "choices"')
+    return default
 
 
 def valid_id(value) -> bool:

@@ -14,9 +14,10 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 
 from ponder.backends.base import BatchDecoder, Model
+from ponder.constraint import ConstraintBroken
 from ponder.errors import ContextOverflow
 from ponder.events import BackendEvent, Finished, GenerationParams, Reply, ReplyEvent
-from ponder.exchange import GuardedReply, ReplySplitter
+from ponder.exchange import GuardedReply, ReplySplitter, checked
 
 
 @dataclass(frozen=True)
@@ -30,7 +31,8 @@ class Job:
 
 @dataclass(frozen=True)
 class Failed:
-    """A job that could not run (its prompt does not fit the context): the others go on."""
+    """A job that could not run (its prompt does not fit the context), or whose constrained answer failed its
+    check after generation (ConstraintBroken): the others go on."""
 
     error: Exception
 
@@ -83,8 +85,9 @@ class _Group:
 
 def decode_together(model: Model, jobs: Iterable[Job], cancel: threading.Event,
                     early_stop: bool = False) -> Iterator[tuple[object, ReplyEvent | Skipped | Failed | Decide]]:
-    """Each job's reply events, tagged with its key, as the steps produce them; a Failed for a job whose
-    prompt does not fit (it ends alone: the others go on). With `early_stop`, a Decide
+    """Each job's reply events, tagged with its key, as the steps produce them (a constrained reply's with
+    its `parsed` value); a Failed for a job whose prompt does not fit, or whose answer fails its constraint's
+    check (it ends alone: the others go on). With `early_stop`, a Decide
     after each reply that leaves its group unfinished (answer it), and a Skipped for each job of a group
     settled (whose vote can no longer change) that was running or not started. At most `model.info.sequences`
     replies are decoded at once. When `cancel` is set every reply in flight ends ("cancelled") at once and
@@ -193,6 +196,13 @@ class _Driver:
     def _deliver(self, running: _Running, events: list[BackendEvent]) -> Iterator:
         for event in events:
             for out in running.splitter.feed(event):
+                if isinstance(out, Reply):
+                    try:  # a constrained answer's value, checked (as a reply streamed alone gets it)
+                        out = checked(out, running.job.params)
+                    except ConstraintBroken as exc:  # (ponder's bug) this job alone fails: the others go on
+                        self._ended(running.job)
+                        yield running.job.key, Failed(exc)
+                        continue
                 yield running.job.key, out
                 if isinstance(out, Reply):
                     yield from self._finished(running.job, out)

@@ -14,7 +14,7 @@ from dataclasses import replace
 from ponder.backends.base import Model
 from ponder.errors import BackendError
 from ponder.events import GenerationParams, Message, Reply, ReplyEvent
-from ponder.exchange import collect_reply, generate_reply, model_prompt, split_reply, unbroken
+from ponder.exchange import checked, collect_reply, generate_reply, model_prompt, split_reply, unbroken
 from ponder.parallel import Decide, Failed, Job, Settle, Skipped, decode_together
 from ponder.threads import model_thread
 
@@ -55,7 +55,9 @@ def draw(model: Model, messages: Sequence[Message], params: GenerationParams, n:
     """`n` samples of the reply to `messages`, in index order; `on_reply(index, reply)` is called on
     the calling thread as each one finishes, `on_event(index, event)` with each reply event where the
     samples are drawn on this machine. `settle(replies, remaining)` (early stop): once true, the samples
-    not finished are ended and left None. A reply broken off by the backend is a BrokenSample."""
+    not finished are ended and left None. A reply broken off by the backend is a BrokenSample; a constrained
+    reply (params.constraint) carries its answer's `parsed` value, and one that fails that check raises
+    ConstraintBroken."""
     done: dict[int, Reply | None] = {}
 
     def finished(index: int, reply: Reply | None) -> None:
@@ -198,4 +200,5 @@ def _one_request(model, messages, params, n: int, finished: OnReply) -> None:
                 now[0] = when
                 yield event
 
-        finished(index, collect_whole(split_reply(timed(), model.info.chat.reasoning, started, lambda: now[0])))
+        reply = collect_whole(split_reply(timed(), model.info.chat.reasoning, started, lambda: now[0]))
+        finished(index, checked(reply, params))  # (a constrained answer's value; ConstraintBroken where it fails)

@@ -7,7 +7,9 @@ without touching the others. A stream's cache outlives its sequence. A new seque
 a copy of a live one that holds more (`llama_memory_seq_cp`), so N samples of one prompt process it
 once and a cut sample's continuation finds its own tokens, whatever else was placed meanwhile. Each
 step is one `llama_decode` of one token per live sequence; each sequence samples its own row of
-logits with its own seed.
+logits with its own seed, and a constrained one (--schema, --choice) keeps its own grammar state (an
+AnswerMask, ponder.grammar): its row is masked before its draw, and it ends ("stop") once its answer is
+complete.
 
 llama.cpp decodes the streams of a batch in one pass only when their ids run consecutively
 (`llama_batch_allocr::split_equal`): streams 0, 2 and 3 would be two passes over the weights. So
@@ -90,6 +92,7 @@ class LlamaCppBatch:
         started = time.perf_counter()
         tokens = self._model.prompt_ids(prompt)
         budget = generation_budget(len(tokens), self._model.info.context, params.max_tokens)
+        mask = self._model.answer_mask(prompt, params)  # (before placing: nothing to undo if it fails)
         stream, keep = self._place(tokens)
         rest = tokens[keep:-1]  # the last prompt token is fed with the next step, for its logits
         for start in range(0, len(rest), chunk):
@@ -100,7 +103,7 @@ class LlamaCppBatch:
         handle = next(self._handles)
         self._live[handle] = _Sequence(stream=stream, sampler=Sampler(params.temperature, params.top_p, params.seed),
                                        budget=budget, prompt_tokens=len(tokens), prefilled=len(tokens) - keep,
-                                       started=started, pending=tokens[-1], position=len(tokens) - 1)
+                                       started=started, pending=tokens[-1], position=len(tokens) - 1, mask=mask)
         return handle
 
     def _place(self, tokens: list[int]) -> tuple[int, int]:
@@ -175,8 +178,10 @@ class LlamaCppBatch:
             batch.logits[i] = 1
         batch.n_tokens = len(order)
         self._decode(batch, "decode")
+        broken: dict[int, str] = {}  # handle -> why its grammar failed (ponder's bug): that sequence alone ends
         try:  # every row sampled before anything changes (a broken model's NaN scores fail them all)
-            tokens = [sequence.sampler.sample(model.logits(i)) for i, (_, sequence) in enumerate(order)]
+            tokens = [self._draw(handle, sequence, model.logits(i), broken)
+                      for i, (handle, sequence) in enumerate(order)]
         except BackendError:
             self._forget_all()
             raise
@@ -185,11 +190,19 @@ class LlamaCppBatch:
         for (handle, sequence), token in zip(order, tokens):
             self._streams.tokens[sequence.stream].append(sequence.pending)
             sequence.stepped(now)
+            if handle in broken:
+                events.extend(self._end(handle, "interrupted", broken[handle]))
+                continue
             if model.is_end(token):
                 events.extend(self._end(handle, "stop"))
                 continue
             sequence.generated += 1
-            events.append((handle, TextDelta(sequence.decoder.decode(model.piece(token)), ids=(token,))))
+            text = sequence.decoder.decode(model.piece(token))
+            events.append((handle, TextDelta(text, ids=(token,))))
+            if sequence.mask is not None and self._complete(handle, sequence, token, text, broken):
+                # Complete: it ends as at an end of generation ("interrupted" where its grammar broke instead).
+                events.extend(self._end(handle, "interrupted" if handle in broken else "stop", broken.get(handle)))
+                continue
             if sequence.generated == sequence.budget:
                 events.extend(self._end(handle, "length"))
                 continue
@@ -197,16 +210,36 @@ class LlamaCppBatch:
         self._compact()  # (again at the next step: a drop meanwhile may leave a gap)
         return events
 
+    @staticmethod
+    def _draw(handle: int, sequence: _Sequence, logits, broken: dict[int, str]) -> int:
+        """The sequence's next token, from its row masked by its grammar (where its answer is constrained)."""
+        if sequence.mask is not None:
+            try:
+                sequence.mask.limit(logits)
+            except BackendError as exc:
+                broken[handle] = _why(exc)
+                return -1
+        return sequence.sampler.sample(logits)
+
+    @staticmethod
+    def _complete(handle: int, sequence: _Sequence, token: int, text: str, broken: dict[int, str]) -> bool:
+        """Whether the drawn token completed the sequence's constrained answer (or broke its grammar)."""
+        try:
+            return sequence.mask.took(token, text)
+        except BackendError as exc:
+            broken[handle] = _why(exc)
+            return True
+
     def drop(self, handle: int, reason: FinishReason) -> Finished:
         return self._end(handle, reason)[-1][1]
 
-    def _end(self, handle: int, reason: FinishReason) -> list[tuple[int, BackendEvent]]:
+    def _end(self, handle: int, reason: FinishReason, error: str | None = None) -> list[tuple[int, BackendEvent]]:
         sequence = self._live.pop(handle)
         events: list[tuple[int, BackendEvent]] = []
         tail = sequence.decoder.decode(b"", final=True)
         if tail:
             events.append((handle, TextDelta(tail, tokens=0)))
-        events.append((handle, Finished(reason, sequence.stats())))
+        events.append((handle, Finished(reason, sequence.stats(), error)))
         return events
 
     def close(self) -> None:
@@ -215,3 +248,7 @@ class LlamaCppBatch:
             lib.llama_batch_free(self._step_batch)
             lib.llama_batch_free(self._prompt_batch)
             self._step_batch = self._prompt_batch = None
+
+
+def _why(exc: BackendError) -> str:
+    return exc.message + (f" ({exc.hint})" if exc.hint else "")

@@ -17,7 +17,7 @@ import typer
 from ponder.batch_results import reportable
 from ponder.batch_tasks import read_tasks
 from ponder.cli.commands.batch_run import Output, Progress, TaskLines, run_tasks
-from ponder.cli.commands.options import MAX_PARALLEL, ModelChoice, Sampling, Thinking, option_groups
+from ponder.cli.commands.options import MAX_PARALLEL, AnswerShape, ModelChoice, Sampling, Thinking, option_groups
 from ponder.cli.views.budget_curve import check_plot, label, plot as draw, report, summarize
 from ponder.errors import PonderError, UsageError
 from ponder.settings import check
@@ -50,6 +50,7 @@ def batch(
     plot: Optional[str] = typer.Option(None, "--plot", show_default=False,
                                        help="With several --think-budget values: draw the curve into FILE.png or .svg."),
     thinking: Thinking,  # (its --think-budget is the list above)
+    shape: AnswerShape,
 ) -> None:
     """Run tasks from JSON lines, one result line each (flushed and synced as it finishes).
 
@@ -59,6 +60,11 @@ def batch(
     (its prompt over the context, a server refusing its request, a stream broken off) gets a line
     {"id": ..., "error": ...} and the batch goes on; a rerun with the same -o runs it again.
 
+    --schema or --choice constrains every task's answer (not its reasoning); a task may carry its own
+    "schema" (a JSON Schema) or "choices" (a list of strings) instead. Each sample of a constrained task
+    then holds "parsed", the answer's value, unless it ended before its answer was complete (its
+    finish_reason says why, e.g. "length").
+
     Exit codes: 0 done, 1 a task or the model failed, 2 bad input, 130 interrupted (finished lines
     kept), 141 stdout closed early.
     """
@@ -67,6 +73,7 @@ def batch(
     parallel = parallel or concurrency
     budgets = _budgets(think_budget)
     run = Run.start(invocation, sampling, replace(thinking, think_budget=budgets[0]))
+    run.params = replace(run.params, constraint=shape.constraint())  # (a bad one: exit 2 before the model loads)
     if plot and len(budgets) < 2:
         raise UsageError("--plot draws several budgets: give --think-budget a list, e.g. 256,1024,none")
     if thinking.no_think and len(budgets) > 1:
@@ -169,7 +176,7 @@ def _run_all(run, tasks: list[dict], out: Output, model_now, samples: int, paral
             results.append(result)
             progress.advance()
 
-        lines = TaskLines(todo, samples, write, progress.say)
+        lines = TaskLines(todo, samples, write, progress.say, run.params.constraint)
         run_tasks(run, loaded, lines.tasks, samples, parallel, lines)
     return results, lines.failures
 

@@ -3,7 +3,8 @@ samples are drawn (one after another, decoded together on a local model, request
 server); a task that fails alone gets an error line and the batch goes on.
 
 Which failures are a task's own: its prompt over the context, a server's 400/413/422/500 to its request,
-a stream broken off in one of its samples. Everything else stops the batch (the model failing, a
+a stream broken off in one of its samples, a constrained answer that fails its check after generation
+(ConstraintBroken: ponder's bug, but that task's alone). Everything else stops the batch (the model failing, a
 server that cannot be reached, a full disk, Ctrl-C), and so do ten tasks in a row failing with the
 very same message (a server refusing every request alike is not ten bad tasks).
 """
@@ -12,11 +13,12 @@ from __future__ import annotations
 
 import errno
 from collections.abc import Callable
+from dataclasses import replace
 
 import typer
 
 from ponder.batch_results import ResultsSink, Resumed, resume
-from ponder.batch_tasks import shown_id, task_text
+from ponder.batch_tasks import shown_id, task_constraint, task_text
 from ponder.cli.views.show_reply import EXIT_BROKEN_PIPE
 from ponder.errors import ContextOverflow, PonderError
 
@@ -29,11 +31,12 @@ SAME_FAILURES = 10  # tasks in a row failing with one same message: the cause is
 def task_failure(exc: BaseException) -> str | None:
     """Why a task failed, if the failure is the task's own (the batch goes on); None if it stops the batch."""
     from ponder.backends.server_http import ServerRefused
+    from ponder.constraint import ConstraintBroken
     from ponder.samples import BrokenSample
 
     if isinstance(exc, ServerRefused) and exc.status not in TASK_STATUSES:
         return None
-    if isinstance(exc, (ContextOverflow, BrokenSample, ServerRefused)):
+    if isinstance(exc, (ContextOverflow, BrokenSample, ServerRefused, ConstraintBroken)):
         return exc.message + (f" ({exc.hint})" if exc.hint else "")
     return None
 
@@ -80,10 +83,13 @@ class Output:
 
 class TaskLines:
     """Each task's samples as they end, turned into its one line: the result once its samples are all in,
-    or an error line at its first failure (its other samples are then dropped)."""
+    or an error line at its first failure (its other samples are then dropped). `constraint`: batch's
+    --schema or --choice, for the tasks without a "schema" or "choices" of their own."""
 
-    def __init__(self, tasks: list[dict], samples: int, write: Callable[[dict], None], say: Callable[[str], None]):
+    def __init__(self, tasks: list[dict], samples: int, write: Callable[[dict], None], say: Callable[[str], None],
+                 constraint=None):
         self.tasks, self.samples, self.write, self.say = tasks, samples, write, say
+        self.constraint = constraint
         self.drawn: dict[int, dict[int, object]] = {}
         self.gone: set[int] = set()  # tasks already failed
         self.failures = 0
@@ -99,9 +105,20 @@ class TaskLines:
             del self.drawn[number]
             self.done(number, [drawn[i] for i in range(self.samples)])
 
+    def params(self, number: int, params):
+        """The settings of task `number`'s samples: `params` with the task's constraint."""
+        own = task_constraint(self.tasks[number], self.constraint)
+        return params if own is params.constraint else replace(params, constraint=own)
+
     def done(self, number: int, replies: list) -> None:
         self._same = ("", 0)
-        self.write(result_line(self.tasks[number], replies))
+        task = self.tasks[number]
+        result = result_line(task, replies, task_constraint(task, self.constraint))
+        cut = [s["finish_reason"] for s in result["samples"] if "constraint" in result and "parsed" not in s]
+        if cut:  # a result all the same (a rerun at this seed ends alike), but a pipeline should hear of it
+            self.say(f"ponder: task {shown_id(task['id'])[:60]}: {len(cut)} of {len(replies)} samples ended before"
+                     f" their answer was complete (finish_reason {', '.join(sorted(set(cut)))}): no \"parsed\"")
+        self.write(result)
 
     def failure(self, key: tuple[int, int | None], exc: BaseException) -> bool:
         """Record `exc` as task `key`'s failure if it is the task's own (True); False: it stops the batch."""
@@ -115,10 +132,11 @@ class TaskLines:
         self.gone.add(number)
         self.failures += 1
         task = self.tasks[number]
-        # A broken stream is one sample's; a prompt too long or refused is the same for all of the task's samples.
+        # A broken stream or answer is one sample's; a prompt too long or refused is the same for all the task's.
+        from ponder.constraint import ConstraintBroken
         from ponder.samples import BrokenSample
 
-        alone = index is not None and self.samples > 1 and isinstance(exc, BrokenSample)
+        alone = index is not None and self.samples > 1 and isinstance(exc, (BrokenSample, ConstraintBroken))
         shown = f"sample {index + 1} of {self.samples}: {why}" if alone else why
         self.write({"id": task["id"], "error": shown})
         self.say(f"ponder: task {shown_id(task['id'])[:60]} failed: {shown}")
@@ -134,36 +152,45 @@ def run_tasks(run, loaded, tasks: list[dict], samples: int, parallel: int | None
     """Each task's line as soon as its samples are all done: in order, one sample at a time; or in the
     order they end, with several samples at once (decoded together on a local model, requests in
     flight to a server)."""
+    from ponder.events import Message
+    from ponder.samples import decode_jobs, draw, in_flight, sample_params
+
     server = hasattr(loaded, "lane")
     at_once = (parallel or 1) if server else loaded.info.sequences
+
+    def turn(task: dict) -> list[Message]:
+        return [Message("user", task_text(task))]
+
     if at_once == 1:
         for number, task in enumerate(tasks):
             try:
-                replies = run.samples(loaded, task_text(task), samples, concurrency=1)
+                replies = draw(loaded, turn(task), lines.params(number, run.params), samples, concurrency=1)
             except Exception as exc:
                 if not lines.failure((number, None), exc):
                     raise
                 continue
             lines.done(number, replies)
         return
-    from ponder.events import Message
+    # Each sample with its task's settings (its constraint) and its own seed; made as they are taken.
+    drawn = (((number, index), task, sample_params(lines.params(number, run.params), index))
+             for number, task in enumerate(tasks) for index in range(samples))
+    if server:
+        in_flight(loaded, [(key, turn(task), params) for key, task, params in drawn], at_once, lines.sample,
+                  failed=lines.failure)
+        return
     from ponder.exchange import model_prompt
     from ponder.parallel import Job
-    from ponder.samples import decode_jobs, in_flight, sample_params
 
-    if server:
-        jobs = [((number, index), [Message("user", task_text(task))], sample_params(run.params, index))
-                for number, task in enumerate(tasks) for index in range(samples)]
-        in_flight(loaded, jobs, at_once, lines.sample, failed=lines.failure)
-        return
-    decode_jobs(loaded, (Job((number, index), model_prompt(loaded, [Message("user", task_text(task))]),
-                             sample_params(run.params, index), group=number, group_size=samples)
-                         for number, task in enumerate(tasks) for index in range(samples)),
+    decode_jobs(loaded, (Job(key, model_prompt(loaded, turn(task)), params, group=key[0], group_size=samples)
+                         for key, task, params in drawn),
                 lines.sample, failed=lines.failure)
 
 
-def result_line(task: dict, replies: list) -> dict:
-    """A task's result: "id" first and "samples" second (the results file's reader relies on it)."""
+def result_line(task: dict, replies: list, constraint=None) -> dict:
+    """A task's result: "id" first and "samples" second (the results file's reader relies on it). A task
+    whose answers are constrained says how ("constraint": "schema" or "choices"), and each of its samples
+    holds "parsed", the answer's checked value, unless it ended before its answer was complete (its
+    finish_reason says why: "length", "cancelled", "loop")."""
     from ponder.cli.views.json_output import stats_json
     from ponder.reasoning import extract_boxed
     from ponder.solve import equivalent
@@ -175,10 +202,14 @@ def result_line(task: dict, replies: list) -> dict:
         entry = {"reasoning": reply.reasoning, "answer": reply.answer.lstrip(), "boxed": boxed,
                  "finish_reason": reply.finish_reason, "reasoning_end": reply.stats.reasoning_end,
                  "stats": stats_json(reply.stats)}
+        if reply.parsed is not None:
+            entry["parsed"] = reply.parsed.value
         if reference is not None:
             entry["correct"] = boxed is not None and equivalent(boxed, str(reference))
         drawn.append(entry)
     result = {"id": task["id"], "samples": drawn}
+    if constraint is not None:
+        result["constraint"] = "schema" if constraint.schema is not None else "choices"
     if reference is not None:
         result["reference"] = reference
         result["pass@1"] = sum(s["correct"] for s in drawn) / len(drawn)
