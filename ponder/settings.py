@@ -26,6 +26,8 @@ ModelKind = Literal["auto", "reasoning", "plain"]  # whether the model thinks in
 MODEL_KINDS = get_args(ModelKind)
 OnLoop = Literal["answer", "stop", "continue"]  # what a reasoning that repeats itself gets (--on-loop)
 ON_LOOP = get_args(OnLoop)
+OnFull = Literal["drop", "compact", "refuse"]  # a chat past its context: drop the oldest turns, summarise, or refuse
+ON_FULL = get_args(OnFull)
 
 # name -> (type, check, what a valid value is). Floats must be finite as well: `inf >= 0` holds,
 # and no sampler can use inf or nan.
@@ -45,6 +47,8 @@ RULES = {
     "think_budget": (int, lambda v: v >= 0, "a whole number, 0 or more (0: no thinking)"),
     "budget_message": (str, lambda v: "</think>" in v, "text that ends the reasoning with </think>"),
     "on_loop": (str, lambda v: v in ON_LOOP, "one of " + ", ".join(ON_LOOP)),
+    "on_full": (str, lambda v: v in ON_FULL, "one of " + ", ".join(ON_FULL)),
+    "prompt_cache_gib": (float, lambda v: v >= 0, "a number of GiB, 0 or more (0: no prompt cache)"),
 }
 def _is_server_url(value: str) -> bool:
     from urllib.parse import urlsplit
@@ -59,7 +63,7 @@ def _is_server_url(value: str) -> bool:
 
 # What the file may set.
 KEYS = ("model", "backend", "temperature", "top_p", "max_tokens", "reasoning", "server", "timeout", "model_kind",
-        "think_budget", "on_loop")
+        "think_budget", "on_loop", "on_full", "prompt_cache_gib")
 FILE_HEADER = "# ponder settings: defaults for ask, chat, solve and batch (flags and PONDER_* variables win)\n"
 
 
