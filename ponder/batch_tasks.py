@@ -87,11 +87,13 @@ def constraint_problem(task: dict) -> str | None:
         return f'has "choices" that are {_kind(choices)}: they are a list of strings'
     if choices and any(not c.strip() or c != c.strip() for c in choices):
         return 'has a choice that is empty or starts or ends with a space (the answer is compared stripped)'
-    if "schema" in task:
-        return _shape_problem("schema", json.dumps(task["schema"], sort_keys=True))
-    if "choices" in task:
-        return _shape_problem("choices", json.dumps(task["choices"]))
-    return None
+    field = "schema" if "schema" in task else "choices" if "choices" in task else None
+    if field is None:
+        return None
+    try:
+        return _shape_problem(field, json.dumps(task[field], sort_keys=True))
+    except RecursionError:  # (jsonschema's checks recurse: a schema nested some hundreds deep)
+        return f'has a "{field}" nested too deeply'
 
 
 @functools.lru_cache(maxsize=64)  # (tasks often share one schema: its grammar is compiled once)
