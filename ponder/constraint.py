@@ -58,7 +58,7 @@ class Constraint:
                 raise ConstraintBroken(f"the answer {text[:80]!r} is none of the choices")
             return Parsed(text)
         try:
-            value = json.loads(text)
+            value = json.loads(text, parse_constant=_no_constant)
         except ValueError as exc:
             raise ConstraintBroken(f"the answer is not JSON ({exc})") from None
         import jsonschema
@@ -74,6 +74,10 @@ class ConstraintBroken(BackendError):
 
     def __init__(self, message: str):
         super().__init__(message, hint="this is a bug in ponder: please report it with the schema and the model")
+
+
+def _no_constant(name: str):
+    raise ValueError(f"{name} is not JSON")  # json.loads takes NaN and Infinity; JSON and ponder's output do not
 
 
 def _validator(schema: dict):
@@ -181,6 +185,8 @@ def checked(constraint: Constraint) -> Constraint:
 
         try:
             jsonschema.validators.validator_for(constraint.schema).check_schema(constraint.schema)
+        except RecursionError:
+            raise UsageError(f"{constraint.source}: the schema is nested too deeply") from None
         except jsonschema.exceptions.SchemaError as exc:
             where = "/".join(str(p) for p in exc.path)
             raise UsageError(f"{constraint.source}: not a valid JSON Schema: {exc.message}"

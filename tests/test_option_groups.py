@@ -10,14 +10,14 @@ import typer
 from typer.testing import CliRunner
 
 from ponder.cli.app import app
-from ponder.cli.commands.options import (Display, ModelChoice, Output, Sampling, Thinking, option,
+from ponder.cli.commands.options import (AnswerShape, Display, ModelChoice, Output, Sampling, Thinking, option,
                                          option_groups)
 
 DECLARED = {  # what each command takes; chat prints no stats or JSON, batch shows no reasoning
-    "ask": {ModelChoice, Sampling, Thinking, Display, Output},
+    "ask": {ModelChoice, Sampling, Thinking, Display, Output, AnswerShape},
     "chat": {ModelChoice, Sampling, Thinking, Display},
     "solve": {ModelChoice, Sampling, Thinking, Display, Output},
-    "batch": {ModelChoice, Sampling, Thinking},
+    "batch": {ModelChoice, Sampling, Thinking, AnswerShape},
 }
 
 
@@ -37,7 +37,7 @@ def test_each_command_takes_its_groups_whole(command):
     for group in DECLARED[command]:
         for field in fields(group):
             assert field.name in params, f"{command} lacks --{field.name} of {group.__name__}"
-    for group in {ModelChoice, Sampling, Thinking, Display, Output} - DECLARED[command]:
+    for group in {ModelChoice, Sampling, Thinking, Display, Output, AnswerShape} - DECLARED[command]:
         assert not any(f.name in params for f in fields(group))
 
 

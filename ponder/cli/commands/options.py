@@ -275,7 +275,7 @@ class AnswerShape:
     schema: Optional[str] = option(
         None, "--schema", show_default=False, metavar="SCHEMA",
         help="Constrain the answer (not the reasoning) to JSON that validates against this JSON Schema: inline"
-             " JSON, a .json file, or fields like 'name, age int, tags list'. stdout gets the document alone.",
+             " JSON, a .json file, or fields like 'name, age int, tags list'.",
     )
     choice: Optional[list[str]] = option(
         None, "--choice", show_default=False, metavar="A,B,…",
