@@ -21,6 +21,7 @@ from collections.abc import Iterator
 
 from ponder.backends.base import ModelInfo
 from ponder.backends.server_adapt import Adaptations
+from ponder.backends.server_constraint import AnswerGrammars, Answers, Constrained, constrained, post_json
 from ponder.backends.server_facts import ServerFacts, chat_format, describe, pick_model, survey
 from ponder.backends.server_errors import ServerRefused, StreamBroken
 from ponder.backends.server_http import ServerClient
@@ -74,6 +75,7 @@ class ServerModel:
         self.info, self.client, self.facts = info, client, facts
         self.adaptations = Adaptations()  # learnt from the server's refusals, for every lane
         self.takes_n = True  # several choices in one request, until the server refuses them
+        self.grammars = AnswerGrammars(lambda path, body: post_json(client, path, body))  # (llama-server's)
         self._lock = threading.Lock()
         self._lanes: list[ServerModel] = []  # shared by every lane: each has a thread for good
 
@@ -114,7 +116,8 @@ class ServerModel:
         its Finished. A server that ignores `n` (Ollama and others) gives only choice 0; one that
         refuses it gives none: the caller draws the rest as separate requests. A broken stream
         keeps every choice that had finished; only the others end "interrupted"."""
-        path, body = self.request(prompt, params)
+        path, body, shape = self.constrained_request(prompt, params)
+        answers = Answers(shape, self.facts.kind)  # (unchanged where nothing is constrained)
         if n > 1:
             if not self.takes_n:
                 return
@@ -123,20 +126,20 @@ class ServerModel:
         decoded = ChoiceStream(n, ROUTES[path])
         try:
             for event in self._events(path, body, cancel):
-                yield from decoded.feed(event)
+                yield from answers.feed(decoded.feed(event))
                 if cancel.is_set():
                     break
             if not cancel.is_set() and not decoded.choices:
                 raise self._not_openai()
         except StreamBroken as exc:
-            yield from decoded.ends(error=exc.message + (f" ({exc.hint})" if exc.hint else ""))
+            yield from answers.feed(decoded.ends(error=exc.message + (f" ({exc.hint})" if exc.hint else "")))
             return
         except ServerRefused as refused:
             if n > 1 and re.search(r"\bn\b", refused.said):
                 self.takes_n = False  # this server takes one choice per request
                 return
             raise
-        yield from decoded.ends(cancelled=cancel.is_set())
+        yield from answers.feed(decoded.ends(cancelled=cancel.is_set()))
 
     def _not_openai(self) -> BackendError:
         url = self.facts.url.rstrip("/")
@@ -147,12 +150,19 @@ class ServerModel:
 
     def request(self, prompt: str | list[Message], params: GenerationParams) -> tuple[str, dict]:
         """The endpoint and body for one generation."""
+        path, body, _ = self.constrained_request(prompt, params)
+        return path, body
+
+    def constrained_request(self, prompt, params: GenerationParams) -> tuple[str, dict, Constrained | None]:
+        """The endpoint and body for one generation, and how its answer is constrained (None: it is not).
+        A constraint this server cannot apply to the answer alone is a UsageError, before any request."""
         body: dict = {"model": self.info.name, "stream": True, "stream_options": {"include_usage": True},
                       "temperature": params.temperature, "top_p": params.top_p, "max_tokens": params.max_tokens}
         if params.seed is not None:
             body["seed"] = params.seed
         if params.think_budget is not None and self.info.reasoning_end == "server" and not isinstance(prompt, Continuation):
             body["thinking_token_budget"] = params.think_budget
+        given = prompt
         if isinstance(prompt, Continuation):  # raw text goes on as text: the server tokenizes it again
             prompt = prompt.prompt + prompt.text + prompt.forced
         if isinstance(prompt, str):
@@ -163,7 +173,21 @@ class ServerModel:
         else:
             path = "/chat/completions"
             body["messages"] = [{"role": m.role, "content": m.content} for m in prompt]
-        return path, self.adaptations.apply(body)
+        shape = None
+        if params.constraint is not None:
+            shape = self._constrained(given, body.get("prompt", ""), params)
+            body.update(shape.fields)
+        return path, self.adaptations.apply(body), shape
+
+    def _constrained(self, given, prompt: str, params: GenerationParams) -> Constrained:
+        """`params.constraint` as this server takes it (see server_constraint); `given`: the prompt as asked
+        (a Continuation whose closing text ended the reasoning constrains from its first token)."""
+        from ponder.grammar import closes_reasoning
+
+        reasoning = self.info.chat.reasoning
+        closed = closes_reasoning(given, reasoning) if not isinstance(given, list) else not reasoning
+        return constrained(self.facts.kind, not isinstance(given, list), reasoning, closed, params.constraint,
+                           self.grammars, prompt)
 
     def _events(self, path: str, body: dict, cancel: threading.Event) -> Iterator[dict]:
         """The stream, with the body adapted to a server that refuses one of its optional fields
