@@ -72,8 +72,8 @@ class Constraint:
 class ConstraintBroken(BackendError):
     """A constrained answer that does not satisfy its constraint: a bug in ponder or its grammar engine."""
 
-    def __init__(self, message: str):
-        super().__init__(message, hint="this is a bug in ponder: please report it with the schema and the model")
+    def __init__(self, message: str, hint: str = "this is a bug in ponder: please report it with the schema and the model"):
+        super().__init__(message, hint=hint)
 
 
 def _no_constant(name: str):

@@ -12,6 +12,7 @@ from contextlib import closing
 from dataclasses import replace
 
 from ponder.backends.base import Model, backend_stats
+from ponder.constraint import ConstraintBroken
 from ponder.errors import BackendError, ContextOverflow
 from ponder.events import (
     AnswerDelta,
@@ -53,15 +54,21 @@ def generate_reply(model: Model, messages: Sequence[Message], params: Generation
     with closing(events):  # closed with this generator, not whenever it is collected: the model stops here
         for event in events:
             for out in splitter.feed(event):
-                yield checked(out, params) if isinstance(out, Reply) else out
+                yield checked(out, params, model) if isinstance(out, Reply) else out
 
 
-def checked(reply: Reply, params: GenerationParams) -> Reply:
+def checked(reply: Reply, params: GenerationParams, model: Model | None = None) -> Reply:
     """A constrained reply with its answer's value (`parsed`), checked against the constraint; a reply
-    cut off before its answer was complete stays without one."""
+    cut off before its answer was complete stays without one. A mismatch from a server may be the server's
+    (its grammar may skip a keyword ponder's keeps): the error says so."""
     if params.constraint is None or reply.finish_reason != "stop" or reply.error:
         return reply
-    return replace(reply, parsed=params.constraint.check(reply.answer))
+    try:
+        return replace(reply, parsed=params.constraint.check(reply.answer))
+    except ConstraintBroken as exc:
+        if getattr(model, "route", None) is None:  # a local model: ponder's own grammar let it through
+            raise
+        raise ConstraintBroken(exc.message, hint="the server may not enforce every keyword of the schema") from None
 
 
 def _run(model: Model, guarded: GuardedReply) -> Iterator:

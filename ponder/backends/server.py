@@ -21,7 +21,7 @@ from collections.abc import Iterator
 
 from ponder.backends.base import ModelInfo
 from ponder.backends.server_adapt import Adaptations
-from ponder.backends.server_constraint import AnswerGrammars, Answers, Constrained, constrained, post_json
+from ponder.backends.server_constraint import AnswerGrammars, Answers, Constrained, constrained
 from ponder.backends.server_facts import ServerFacts, chat_format, describe, pick_model, survey
 from ponder.backends.server_errors import ServerRefused, StreamBroken
 from ponder.backends.server_http import ServerClient
@@ -75,7 +75,7 @@ class ServerModel:
         self.info, self.client, self.facts = info, client, facts
         self.adaptations = Adaptations()  # learnt from the server's refusals, for every lane
         self.takes_n = True  # several choices in one request, until the server refuses them
-        self.grammars = AnswerGrammars(lambda path, body: post_json(client, path, body))  # (llama-server's)
+        self.grammars = AnswerGrammars(lambda path, body: client.post_json(path, body, from_root=True))  # (llama-server's)
         self._lock = threading.Lock()
         self._lanes: list[ServerModel] = []  # shared by every lane: each has a thread for good
 

@@ -28,7 +28,6 @@ from ponder.constraint import Constraint
 from ponder.errors import BackendError, UsageError
 from ponder.events import Finished, TextDelta
 from ponder.reasoning import CLOSE_TAG
-from ponder.threads import Cancel
 
 AFTER_REASONING = ("vLLM", "SGLang")  # with a reasoning parser, they constrain only what follows </think>
 TAKE_FORMAT = ("llama-server", "vLLM", "SGLang", "Ollama")  # response_format json_schema
@@ -250,31 +249,3 @@ class _Choice:
         hint = PARSER_HINT.get(kind)
         return Finished("interrupted", finished.stats, error="the server ended the reply before its answer began"
                         + (f" (does it run a reasoning parser? {hint})" if hint else ""))
-
-
-def post_json(client, path: str, body: dict):
-    """POST `body` to `path` under the server's root and read its JSON answer (llama-server's native
-    endpoints). Stopped with the client's other requests."""
-    import httpx2
-
-    from ponder.backends.server_auth import shown_url
-    from ponder.backends.server_http import LONGEST_JSON, _read, _release
-
-    url = client.root + path
-    with client.in_flight.track(Cancel()) as cancel:
-        held: list = []
-        response = client._send("POST", url, body, cancel, held)
-        if response is None:
-            raise BackendError(f"the request to {client.shown} was stopped")
-        try:
-            return json.loads(_read(response, LONGEST_JSON))
-        except (ValueError, RecursionError):
-            raise BackendError(f"{shown_url(url)} did not answer with JSON") from None
-        except httpx2.TimeoutException:
-            raise BackendError(f"{shown_url(url)} sent nothing for {client.read_timeout:g} s",
-                               hint="--timeout SECONDS waits longer") from None
-        except httpx2.RequestError as exc:
-            raise BackendError(f"{shown_url(url)} broke off its answer ({type(exc).__name__})") from None
-        finally:
-            response.close()
-            _release(held)

@@ -104,12 +104,19 @@ class ServerClient:
 
     def get_json(self, path: str, from_root: bool = False, timeout: float | None = None):
         """GET a JSON document; BackendError (one line) when the server cannot give it."""
+        return self._json("GET", path, None, from_root, timeout)
+
+    def post_json(self, path: str, body: dict, from_root: bool = False, timeout: float | None = None):
+        """POST `body` and read the JSON document that answers it (llama-server's native endpoints)."""
+        return self._json("POST", path, body, from_root, timeout)
+
+    def _json(self, method: str, path: str, body: dict | None, from_root: bool, timeout: float | None):
         import httpx2
 
         url = (self.root if from_root else self.url) + path
         with self.in_flight.track(Cancel()) as cancel:
             held: list = []
-            response = self._send("GET", url, None, cancel, held, timeout=timeout)
+            response = self._send(method, url, body, cancel, held, timeout=timeout)
             if response is None:
                 raise BackendError(f"the request to {self.shown} was stopped")
             try:
