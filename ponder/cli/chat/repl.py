@@ -7,7 +7,7 @@ import typer
 
 
 class ChatRepl:
-    def __init__(self, run, log: bool):
+    def __init__(self, run, log: bool, on_full: str = "drop"):
         from rich.console import Console
 
         from ponder.conversation import Chat
@@ -15,12 +15,13 @@ class ChatRepl:
         self.run = run
         self.console = Console(file=run.term.stdout, force_terminal=run.term.stdout_is_tty,
                                no_color=not run.term.color, highlight=False)
-        self.chat = Chat(_open_history(run.term) if log else None, "chat")
+        self.chat = Chat(_open_history(run.term) if log else None, "chat", on_full)
         self.pending = ""  # a message to offer again at the next prompt (its turn failed)
         self.history_warned = False
         self.running = True
         self.last_reply = None  # the last finished reply: piped chat's exit status tells if it answered
         self.failed: int | None = None  # the exit code of the first turn that failed (piped chat exits with it)
+        self.recorder = None  # the text of the reply being shown
 
     # --- the loop -----------------------------------------------------------------------
 
@@ -68,31 +69,28 @@ class ChatRepl:
         self.generate()
 
     def generate(self) -> None:
-        """Reply to the conversation as it stands; Ctrl-C stops and keeps the partial reply."""
-        from ponder.cli.views.answer_now import AnswerNowKey, until_answering
-        from ponder.cli.views.render import make_renderer
-        from ponder.cli.views.show_reply import show_reply
+        """Reply to the conversation as it stands, room made first (on_full); Ctrl-C stops and keeps the
+        partial reply."""
         from ponder.errors import ContextOverflow
         from ponder.threads import Terminated
 
-        with AnswerNowKey(enabled=self.run.answer_key_wanted(self.chat.model) and self.input.interactive) as key:
-            # The key's terminal mode is entered before the live view's and left after it.
-            recorder = RecordingRenderer(make_renderer(self.run.term, self.run.mode, self.chat.model.info,
-                                                       answer_key=key.active))
+        if not self.make_room():
+            return
+        while True:
             try:
-                events = self.chat.reply(self.run.params, key.pressed if key.active else None)
-                reply = show_reply(until_answering(events, key), recorder, self.run.term)
+                reply = self.show(lambda key: self.chat.reply(self.run.params, key))
             except KeyboardInterrupt as exc:  # what arrived is kept, in the history too
-                self.chat.interrupted(recorder.answer_text, recorder.reasoning_text)
+                self.chat.interrupted(self.recorder.answer_text, self.recorder.reasoning_text)
                 if isinstance(exc, Terminated):  # SIGTERM, SIGHUP: the chat ends, as the process must
                     raise
                 self.note("[interrupted]")
                 return
             except ContextOverflow as exc:
-                self.failed = self.failed or exc.exit_code
-                self.pending = self.chat.take_back()
-                self.note(f"{exc.message}. Your message is back in the input line; /clear starts a new conversation.",
-                          "red")
+                left = self.chat.overflowed()  # ponder could only estimate the prompt (a server): make room
+                if left:
+                    self.note(left_out_note(left), "yellow")
+                    continue
+                self.refused(exc)
                 return
             except typer.Exit:  # stdout closed (141): the session ends, as ask's would
                 raise
@@ -101,8 +99,29 @@ class ChatRepl:
                 self.pending = self.chat.take_back()
                 self.note(f"error: {describe_error(exc, self.run.term)}. Your message is back in the input line.", "red")
                 return
+            break
         self.chat.replied(reply)
         self.last_reply = reply
+        self.after(reply)
+
+    def show(self, start, answer_key: bool = True):
+        """Show the reply events `start(answer_now)` gives, live; the Reply. On a terminal, Enter while the
+        model thinks ends its reasoning; `recorder` keeps the text that arrived."""
+        from ponder.cli.views.answer_now import AnswerNowKey, until_answering
+        from ponder.cli.views.render import make_renderer
+        from ponder.cli.views.show_reply import show_reply
+
+        wanted = answer_key and self.run.answer_key_wanted(self.chat.model) and self.input.interactive
+        self.recorder = RecordingRenderer(None)  # (nothing arrived yet)
+        with AnswerNowKey(enabled=wanted) as key:
+            # The key's terminal mode is entered before the live view's and left after it.
+            self.recorder = RecordingRenderer(make_renderer(self.run.term, self.run.mode, self.chat.model.info,
+                                                            answer_key=key.active))
+            events = start(key.pressed if key.active else None)
+            return show_reply(until_answering(events, key), self.recorder, self.run.term)
+
+    def after(self, reply) -> None:
+        """The notes a finished reply may call for."""
         if reply.error:
             self.failed = self.failed or 1
             self.note(f"error: {reply.error}. What arrived is kept; /retry asks again.", "red")
@@ -110,14 +129,86 @@ class ChatRepl:
             self.note("[stopped: the reply repeated itself]", "yellow")
         elif reply.stats.reasoning_end == "loop":
             self.note("[the reasoning repeated itself; ponder ended it and the model answered]", "yellow")
-        if reply.finish_reason == "length" and 0 < self.chat.model.info.context <= self.chat.context_used():
-            self.note("[stopped: the context is full; /clear starts a new conversation]")
+        full = 0 < self.chat.model.info.context <= self.chat.context_used()
+        if reply.finish_reason == "length" and full:
+            self.note(f"[stopped: the context is full; {FULL_HINTS[self.chat.on_full]}]")
         elif reply.finish_reason == "length":
             self.note("[stopped at the token limit: /set max_tokens N raises it]")
-        if self.chat.nearly_full():
+        if self.chat.on_full == "refuse" and self.chat.nearly_full():  # else room is made as needed
             total, used = self.chat.model.info.context, self.chat.context_used()
             self.note(f"warning: the context is {used / total:.0%} full ({used} of {total} tokens); "
                       "/clear starts a new conversation", "yellow")
+
+    # --- a conversation longer than the context ---------------------------------------------
+
+    def make_room(self) -> bool:
+        """Room for the reply to the new message, as on_full says: the earlier turns summarised (compact),
+        the oldest left out (drop; compact where the summary failed), or nothing (refuse: the backend's
+        refusal stands). False where the turn ends here, its message back in the input line."""
+        from ponder.errors import ContextOverflow
+
+        chat, params = self.chat, self.run.params
+        try:
+            if chat.on_full == "compact" and chat.compactable() and chat.needs_room(params):
+                if self.compact(auto=True) == "stopped":
+                    self.pending = chat.take_back()
+                    return False
+            left = chat.make_room(params)
+        except ContextOverflow as exc:  # the new message alone leaves no room for its reply
+            self.refused(exc)
+            return False
+        if left:
+            self.note(left_out_note(left), "yellow")
+        return True
+
+    def compact(self, auto: bool = False) -> str:
+        """The model's summary in place of the turns it sees (before the new message): "done", "stopped"
+        (Ctrl-C) or "failed". Shown as it is written, except while a piped chat makes room (stdout is for
+        answers there)."""
+        from ponder.threads import Terminated
+
+        chat = self.chat
+        replaced = chat.compactable()
+        before = chat.prompt_tokens(chat.seen())
+        self.note(f"summarising the {_turns(replaced, 'earlier turn')}" + (" to make room" if auto else "") + "…")
+        try:
+            if auto and not self.input.interactive:
+                from contextlib import closing
+
+                from ponder.exchange import collect_reply
+
+                with closing(chat.summarise(self.run.params)) as events:
+                    summary = collect_reply(events)
+            else:
+                summary = self.show(lambda _key: chat.summarise(self.run.params), answer_key=False)
+        except KeyboardInterrupt as exc:
+            if isinstance(exc, Terminated):
+                raise
+            self.note("[interrupted: nothing was summarised" + ("; your message is back in the input line]" if auto
+                                                                 else "]"))
+            return "stopped"
+        except typer.Exit:
+            raise
+        except Exception as exc:
+            summary, why = None, describe_error(exc, self.run.term)
+        else:
+            why = summary.error if summary is not None and summary.error else "the model wrote none"
+        if summary is None or summary.error or not summary.answer.strip():
+            instead = "the oldest turns are left out instead" if auto else "nothing changed"
+            self.note(f"error: no summary ({why}); {instead}", "red")
+            return "failed"
+        chat.compacted(summary)
+        after = chat.prompt_tokens(chat.seen())
+        self.note(f"the summary stands for {_turns(replaced, 'turn')} in what the model sees (the prompt: {before} → "
+                  f"{after} tokens); the history keeps them all", "yellow")
+        return "done"
+
+    def refused(self, exc) -> None:
+        """The new message has no room in the context: it goes back to the input line."""
+        self.failed = self.failed or exc.exit_code
+        self.pending = self.chat.take_back()
+        clear = "; /clear starts a new conversation" if self.chat.on_full == "refuse" else ""
+        self.note(f"{exc.message}. Your message is back in the input line{clear}.", "red")
 
     def warn_once_if_history_failed(self) -> None:
         if self.chat.history_error and not self.history_warned:
@@ -130,6 +221,20 @@ class ChatRepl:
         from ponder.cli.views.safe_text import visible
 
         self.console.print(visible(text), style=style, markup=False, highlight=False)
+
+
+FULL_HINTS = {"refuse": "/clear starts a new conversation", "drop": "the next message leaves out the oldest turns",
+              "compact": "the next message summarises the earlier turns"}
+
+
+def left_out_note(turns: int) -> str:
+    if turns == 1:
+        return "note: the oldest turn no longer fits and is left out"
+    return f"note: the {turns} oldest turns no longer fit and are left out"
+
+
+def _turns(n: int, word: str) -> str:
+    return f"{n} {word}" if n == 1 else f"{n} {word}s"
 
 
 class RecordingRenderer:

@@ -14,8 +14,10 @@ HELP = """\
 /help                      this list
 /clear                     start a new conversation
 /retry                     regenerate the last reply
+/compact                   replace the earlier turns with the model's summary (in what it sees)
 /think show|collapse|hide  how reasoning is shown
-/set NAME VALUE            temperature, top_p, max_tokens or seed (seed none: random)
+/set NAME VALUE            temperature, top_p, max_tokens, seed (none: random), think_budget,
+                           on_loop or on_full (drop|compact|refuse: a chat past the context)
 /stats                     the last reply's tokens, speed and thinking time; context used
 /save [FILE]               the conversation as Markdown (reasoning in <details>)
 /copy [N]                  the last answer's first (or N-th) code block to the clipboard (OSC 52)
@@ -70,7 +72,7 @@ def _think(repl, args: str) -> None:
     repl.note(f"reasoning: {args}")
 
 
-SETTABLE = ("temperature", "top_p", "max_tokens", "seed", "think_budget", "on_loop")
+SETTABLE = ("temperature", "top_p", "max_tokens", "seed", "think_budget", "on_loop", "on_full")
 
 
 def _set(repl, args: str) -> None:
@@ -80,15 +82,30 @@ def _set(repl, args: str) -> None:
     name, _, value = args.partition(" ")
     name, value = name.replace("-", "_"), value.strip()
     if name not in SETTABLE or not value:
-        current = ", ".join(f"{key} {getattr(repl.run.params, key)}" for key in SETTABLE)
+        current = ", ".join(f"{key} {_setting(repl, key)}" for key in SETTABLE)
         raise CommandError(f"usage: /set NAME VALUE, NAME one of {', '.join(SETTABLE)} (now: {current})")
     try:
         none = name in ("seed", "think_budget") and value.lower() == "none"
         parsed = None if none else parse(name, value)
     except UsageError as exc:  # the rules flags and the config file follow too
         raise CommandError(exc.message) from None
-    repl.run.params = replace(repl.run.params, **{name: parsed})
+    if name == "on_full":  # the chat's, not a generation setting
+        repl.chat.on_full = parsed
+    else:
+        repl.run.params = replace(repl.run.params, **{name: parsed})
     repl.note(f"{name} = {parsed}")
+
+
+def _setting(repl, name: str):
+    return repl.chat.on_full if name == "on_full" else getattr(repl.run.params, name)
+
+
+def _compact(repl, args: str) -> None:
+    if args:
+        raise CommandError("/compact takes nothing after it")
+    if not repl.chat.compactable():
+        raise CommandError("nothing to compact: the model sees no earlier turn")
+    repl.compact()
 
 
 def _stats(repl, _args: str) -> None:
@@ -100,6 +117,8 @@ def _stats(repl, _args: str) -> None:
     total = repl.chat.model.info.context
     used = repl.chat.context_used()
     context = f"context {used} of {total} tokens ({used / total:.0%})" if total else f"context {used} tokens"
+    left = repl.chat.left_out()
+    context += f" ({left} oldest turn{'' if left == 1 else 's'} left out)" if left else ""
     budget = repl.run.params.think_budget
     repl.note(f"{format_stats(stats)} · thinking {stats.thinking_s:.1f} s · {context} · think_budget "
               f"{'none' if budget is None else budget}", "")
@@ -199,7 +218,7 @@ def _model(repl, _args: str) -> None:
 
 
 COMMANDS = {
-    "/help": _help, "/clear": _clear, "/retry": _retry, "/think": _think, "/set": _set, "/stats": _stats,
-    "/save": _save, "/copy": _copy, "/save-code": _save_code, "/history": _history, "/model": _model,
+    "/help": _help, "/clear": _clear, "/retry": _retry, "/compact": _compact, "/think": _think, "/set": _set,
+    "/stats": _stats, "/save": _save, "/copy": _copy, "/save-code": _save_code, "/history": _history, "/model": _model,
     "/exit": _exit, "/quit": _exit,
 }

@@ -7,6 +7,7 @@ from typing import Optional
 import typer
 
 from ponder.cli.commands.options import DEBUG, Display, ModelChoice, Sampling, Thinking, option_groups
+from ponder.settings import OnFull
 
 
 @option_groups
@@ -21,6 +22,12 @@ def chat(
     resume: Optional[int] = typer.Option(None, "--resume", help="Resume conversation ID (see `ponder history`).",
                                          show_default=False),
     no_log: bool = typer.Option(False, "--no-log", help="Keep this conversation out of the history database."),
+    on_full: OnFull = typer.Option(
+        "drop", "--on-full",
+        help="When the next message and room for its reply no longer fit the context: drop the oldest turns from"
+             " what the model sees, compact them into a summary the model writes, or refuse (/clear starts anew)."
+             " The history keeps every turn.",
+    ),
     debug: bool = DEBUG,
 ) -> None:
     """Chat with the model in an interactive session (type /help inside)."""
@@ -29,7 +36,7 @@ def chat(
 
     run = Run.start(invocation, sampling, thinking, display, debug=debug)
     run.needs_stdout()
-    repl = ChatRepl(run, log=not no_log)
+    repl = ChatRepl(run, log=not no_log, on_full=on_full)
     repl.chat.resume(resume, resume_last)  # before loading: a bad ID fails fast
     repl.chat.use(run.load(model))
     repl.loop()
