@@ -118,6 +118,8 @@ def data_dir() -> Path:
 
 @dataclass
 class Turn:
+    # finish_reason is the reply's, or "summary" for a /compact summary; stats may hold "seen_from", the first
+    # turn the model saw for that reply (ponder.context_fit), so a resumed chat sees the same.
     role: str
     content: str
     reasoning: str = ""

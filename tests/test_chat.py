@@ -205,7 +205,7 @@ def _contains(haystack: list[int], needle: list[int]) -> bool:
 
 
 def test_context_nearly_full_warns_and_a_message_that_does_not_fit_is_kept(chat, tiny_r1_mlx, data_dir):
-    session = chat("--model", tiny_r1_mlx, "--ctx", "90")  # MLX: the context is exactly --ctx (llama.cpp pads it)
+    session = chat("--model", tiny_r1_mlx, "--ctx", "90", "--on-full", "refuse")  # MLX: the context is exactly --ctx (llama.cpp pads it)
     session.line("What is 12*7?")
     session.wait_for(r"answer is 84\.\nwarning: the context is 84% full \(76 of 90 tokens\); /clear starts a new "
                      r"conversation\n>$")
