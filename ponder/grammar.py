@@ -50,6 +50,20 @@ def llama_vocabulary(vocab, end_tokens: list[int]):
                                      slices=None)
 
 
+def mlx_vocabulary(tokenizer, n_vocab: int):
+    """llguidance's view of an mlx-lm tokenizer: the Hugging Face fast tokenizer it wraps, with mlx-lm's end
+    tokens, its ids as many as the model's logits (an embedding padded past the tokenizer: those ids are
+    never allowed)."""
+    from llguidance.hf import from_tokenizer
+
+    wrapped = getattr(tokenizer, "_tokenizer", tokenizer)
+    try:
+        return from_tokenizer(wrapped, n_vocab=max(n_vocab, len(wrapped)), eos_token=sorted(tokenizer.eos_token_ids))
+    except ValueError as exc:  # a slow (sentencepiece) tokenizer, or a tokenizer.json llguidance cannot read
+        raise BackendError(f"cannot constrain this model's answer: {exc}",
+                           hint="llguidance needs the model's fast tokenizer (tokenizer.json)") from exc
+
+
 class AnswerMask:
     """One reply's grammar state. `limit(logits)` before a draw masks, in place, what the grammar forbids
     (nothing while the reasoning runs); `took(token, text)` after it says whether the answer is complete."""
@@ -69,13 +83,20 @@ class AnswerMask:
         self._tail = ""  # the last characters of the reasoning, to see `</think>` across tokens
 
     def limit(self, logits: np.ndarray) -> None:
+        allowed = self.allowed()
+        if allowed is not None:
+            np.copyto(logits, -np.inf, where=~allowed)
+
+    def allowed(self) -> np.ndarray | None:
+        """The tokens the grammar allows next (a bool for each of the `n_vocab` logits), or None while the
+        reasoning runs: for a backend that masks its logits itself (MLX: without copying them)."""
         if not self.active:
-            return
+            return None
         self._fill(self._matcher, self._bits)
         allowed = np.unpackbits(self._bits.view(np.uint8), count=self._n_vocab, bitorder="little").view(bool)
         if not allowed.any():
             raise BackendError("the answer's grammar allows no next token", hint="this is a bug in ponder")
-        np.copyto(logits, -np.inf, where=~allowed)
+        return allowed
 
     def took(self, token: int, text: str) -> bool:
         """Follow the drawn token (its text, decoded); True when the grammar is complete: the answer ends."""

@@ -3,7 +3,8 @@
 Decoding is mlx-lm's own `stream_generate` (its asynchronous step pipeline and Metal wired
 memory limit), driven with ponder's prompt text, a sampler that applies temperature before
 top-p as the llama.cpp backend does, and a prompt cache kept between calls so a longer
-prompt that extends the last one only processes its new tokens.
+prompt that extends the last one only processes its new tokens. A constrained answer
+(--schema, --choice) masks the logits with a logits processor (`_AnswerLogits`).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from pathlib import Path
 
 import mlx.core as mx
 import mlx_lm
+import numpy as np
 from mlx_lm.generate import stream_generate
 from mlx_lm.models.cache import can_trim_prompt_cache, make_prompt_cache, trim_prompt_cache
 from mlx_lm.sample_utils import apply_top_p
@@ -24,7 +26,7 @@ from mlx_lm.utils import load as mlx_load
 
 from ponder.backends.base import (BackendProbe, LoadOptions, ModelInfo, backend_stats, generation_budget, prompt_tokens,
                                  shared_prefix)
-from ponder.backends.mlx_batch import MlxBatch, PromptCache, batchable, one_line
+from ponder.backends.mlx_batch import MlxBatch, PromptCache, batchable, masked, one_line
 from ponder.defaults import DEFAULT_CONTEXT
 from ponder.errors import BackendError, ModelError
 from ponder.events import BackendEvent, Continuation, Finished, GenerationParams, TextDelta
@@ -114,6 +116,26 @@ class _Cancelled(Exception):
     pass
 
 
+class _AnswerLogits:
+    """mlx-lm's logits processor for a constrained reply. mlx-lm prepares step n+1 before it yields token n,
+    so the grammar follows the drawn tokens here (the last of `tokens`), not in `stream`'s loop. Once the
+    answer is complete only an end token is allowed: the stream then ends as a free one does, mlx-lm's
+    detokenizer giving up the text it held back, and no token of text is wasted."""
+
+    def __init__(self, mask, piece, ends: np.ndarray):
+        self.mask, self._piece, self._ends = mask, piece, ends
+        self.complete = False
+        self._drawn = False  # the first call is on the prompt's last token: nothing drawn yet
+
+    def __call__(self, tokens: mx.array, logits: mx.array) -> mx.array:
+        if self._drawn and not self.complete:
+            token = tokens[-1].item()
+            self.complete = self.mask.took(token, "" if self.mask.active else self._piece(token))
+        self._drawn = True
+        allowed = self._ends if self.complete else self.mask.allowed()
+        return logits if allowed is None else masked(logits, allowed)
+
+
 class MlxModel:
     def __init__(self, path: str, options: LoadOptions):
         local = Path(path)
@@ -149,6 +171,7 @@ class MlxModel:
         self.prompt_cache = PromptCache(self.new_cache())  # `stream`'s, and a batch's slot 0
         self.end_ids = frozenset(tok.eos_token_ids)  # tokens that end a reply
         self._vocabulary = getattr(getattr(self._model, "args", None), "vocab_size", None) or len(tok.vocab)
+        self._grammar_vocabulary = None  # llguidance's view of it, built for the first constrained answer
         # Several sequences only where mlx-lm can batch this model's cache; else one after another.
         sequences = max(1, options.sequences) if batchable(self.prompt_cache.cache) else 1
         self.info = ModelInfo(
@@ -186,6 +209,30 @@ class MlxModel:
         """A streaming detokenizer for one sequence."""
         return self._tokenizer.detokenizer
 
+    def piece(self, token: int) -> str:
+        """One token's text alone (for the grammar, to see `</think>` at once: a streaming detokenizer may
+        hold text back)."""
+        return self._tokenizer.decode([token])
+
+    def answer_mask(self, prompt: str | Continuation, params: GenerationParams):
+        """The grammar state of a reply that `params.constraint` constrains (ponder.grammar), or None."""
+        if params.constraint is None:
+            return None
+        from ponder.grammar import AnswerMask, closes_reasoning, mlx_vocabulary
+
+        if self._grammar_vocabulary is None:  # (about a second on a 152k vocabulary: once a model)
+            self._grammar_vocabulary = mlx_vocabulary(self._tokenizer, self._vocabulary)
+        started = closes_reasoning(prompt, self.info.chat.reasoning)
+        return AnswerMask(self._grammar_vocabulary, params.constraint, started, self._vocabulary)
+
+    def _answer_logits(self, prompt: str | Continuation, params: GenerationParams) -> list:
+        mask = self.answer_mask(prompt, params)
+        if mask is None:
+            return []
+        ends = np.zeros(self._vocabulary, dtype=bool)
+        ends[[token for token in self.end_ids if token < self._vocabulary]] = True
+        return [_AnswerLogits(mask, self.piece, ends)]
+
     def stream(
         self, prompt: str, params: GenerationParams, cancel: threading.Event | None = None
     ) -> Iterator[BackendEvent]:
@@ -193,6 +240,7 @@ class MlxModel:
         tokens = self.prompt_ids(prompt)
         budget = generation_budget(len(tokens), self.info.context, params.max_tokens)
         cancel = cancel or threading.Event()
+        constrained = self._answer_logits(prompt, params)
         mx.reset_peak_memory()
 
         def check_cancel(done: int, total: int) -> None:
@@ -209,7 +257,7 @@ class MlxModel:
             responses = stream_generate(
                 self._model, self._tokenizer, mx.array(new), max_tokens=budget,
                 sampler=_sampler(params.temperature, params.top_p, params.seed), prompt_cache=self.prompt_cache.cache,
-                prefill_step_size=PROMPT_CHUNK, prompt_progress_callback=check_cancel,
+                prefill_step_size=PROMPT_CHUNK, prompt_progress_callback=check_cancel, logits_processors=constrained,
             )
             for response in responses:
                 last = time.perf_counter()
@@ -226,11 +274,15 @@ class MlxModel:
                     reason = "cancelled"
                     break
             responses.close()
+            if constrained and constrained[0].complete and reason == "length":
+                reason = "stop"  # (complete with the budget's last token)
         except _Cancelled:
             reason = "cancelled"
         except Exception as exc:  # MLX raises plain ValueError, RuntimeError…: the user gets one line
             # A failed step may leave the layers' caches uneven: the next call starts afresh.
             self.prompt_cache = PromptCache(self.new_cache())
+            if isinstance(exc, BackendError):  # (the answer's grammar broke: ponder's own message)
+                raise
             raise BackendError(f"MLX failed to generate: {one_line(exc)}") from exc
         finally:
             self._settle_cache(tokens + generated)

@@ -2,7 +2,9 @@
 
 The live sequences share one batched cache (mlx-lm's BatchKVCache, left-padded): each step is one
 model call on one token per sequence, and each sequence samples its own row of log-probabilities
-with its own sampler (ponder's, with its own seed). A sequence's prompt is processed alone into a
+with its own sampler (ponder's, with its own seed); a constrained one (--schema, --choice) keeps its own
+grammar state (an AnswerMask, ponder.grammar): its row is masked before its draw, and it ends ("stop")
+once its answer is complete. A sequence's prompt is processed alone into a
 cache of its own (the slot's), which then joins the batch; when the sequence ends its row leaves the
 batch and becomes the slot's cache again. A new prompt starts from the longest prefix of it that any
 slot holds (cut from that cache, not computed again), so N samples of one prompt process it once and
@@ -26,6 +28,7 @@ import time
 from dataclasses import dataclass, field
 
 import mlx.core as mx
+import numpy as np
 from mlx_lm.generate import generation_stream
 from mlx_lm.models.cache import KVCache
 from mlx_lm.utils import maybe_set_recommended_wired_limit
@@ -33,6 +36,12 @@ from mlx_lm.utils import maybe_set_recommended_wired_limit
 from ponder.backends.base import BatchedSequence, generation_budget, placement, shared_prefix
 from ponder.errors import BackendError
 from ponder.events import BackendEvent, Continuation, Finished, FinishReason, GenerationParams, TextDelta
+
+
+def masked(logits: mx.array, allowed: np.ndarray) -> mx.array:
+    """`logits` (a row, or a row per sequence) with what a grammar forbids (`allowed` False) set to -inf: a
+    select in MLX, so the logits stay where they are (no copy to numpy and back)."""
+    return mx.where(mx.array(allowed), logits, -mx.inf)
 
 
 def batchable(cache: list) -> bool:
@@ -95,6 +104,7 @@ class MlxBatch:
         started = time.perf_counter()
         tokens = model.prompt_ids(prompt)
         budget = generation_budget(len(tokens), model.info.context, params.max_tokens)
+        mask = model.answer_mask(prompt, params)  # (before placing: nothing to undo if it fails)
         slot = self._place(tokens)
         held = self._held(slot)
         keep = len(held.tokens)
@@ -124,7 +134,7 @@ class MlxBatch:
         self._live[slot] = _Sequence(sampler=self._make_sampler(params.temperature, params.top_p, params.seed),
                                      budget=budget, prompt_tokens=len(tokens), prefilled=len(tokens) - keep,
                                      started=started, pending=tokens[-1], fed=list(fed),
-                                     detokenizer=model.detokenizer())
+                                     detokenizer=model.detokenizer(), mask=mask)
         return slot
 
     def _place(self, tokens: list[int]) -> int:
@@ -155,10 +165,12 @@ class MlxBatch:
         if not self._live:
             return []
         sequences = [self._live[slot] for slot in self._rows]
+        broken: dict[int, str] = {}  # slot -> why its grammar failed (ponder's bug): that sequence alone ends
         try:
             with mx.stream(generation_stream):
                 inputs = mx.array([[sequence.pending] for sequence in sequences])
                 logits = self._model.forward(inputs, self._batch)[:, -1, :]
+                logits = self._limit(logits, sequences, broken)
                 logprobs = logits - mx.logsumexp(logits, axis=-1, keepdims=True)
                 sampled = mx.concatenate([sequence.sampler(logprobs[i:i + 1]) for i, sequence in enumerate(sequences)])
                 tokens = sampled.tolist()
@@ -171,29 +183,62 @@ class MlxBatch:
         for slot, sequence, token in zip(list(self._rows), sequences, tokens):
             sequence.fed.append(sequence.pending)
             sequence.stepped(now)
+            if slot in broken:
+                ended.append((slot, "interrupted"))
+                continue
             if token in self._model.end_ids:  # the end-of-sequence token: not text, not counted
                 ended.append((slot, "stop"))
                 continue
             sequence.generated += 1
             sequence.detokenizer.add_token(token)
-            if sequence.generated == sequence.budget:
+            complete = sequence.mask is not None and self._complete(slot, sequence, token, broken)
+            if complete or sequence.generated == sequence.budget:
                 sequence.detokenizer.finalize()  # as `stream` gives the last token: with what was held back
                 events.append((slot, TextDelta(sequence.detokenizer.last_segment, ids=(token,))))
-                ended.append((slot, "length"))
+                # A complete answer ends as at an end of generation ("interrupted" where its grammar broke).
+                ended.append((slot, ("interrupted" if slot in broken else "stop") if complete else "length"))
                 continue
             events.append((slot, TextDelta(sequence.detokenizer.last_segment, ids=(token,))))
             sequence.pending = token
         for slot, reason in ended:
-            events.extend(self._end(slot, reason))
+            events.extend(self._end(slot, reason, broken.get(slot)))
         self._steps += 1
         if not self._steps % 256:
             mx.clear_cache()
         return events
 
+    def _limit(self, logits: mx.array, sequences: list[_Sequence], broken: dict[int, str]) -> mx.array:
+        """The rows masked by their sequences' grammars (a row without one, or still reasoning, left as it is)."""
+        rows = [self._allowed(slot, sequence, broken) for slot, sequence in zip(self._rows, sequences)]
+        if all(row is None for row in rows):
+            return logits
+        free = np.ones(logits.shape[-1], dtype=bool)
+        return masked(logits, np.stack([free if row is None else row for row in rows]))
+
+    @staticmethod
+    def _allowed(slot: int, sequence: _Sequence, broken: dict[int, str]) -> np.ndarray | None:
+        if sequence.mask is None:
+            return None
+        try:
+            return sequence.mask.allowed()
+        except BackendError as exc:
+            broken[slot] = _why(exc)
+            return None
+
+    def _complete(self, slot: int, sequence: _Sequence, token: int, broken: dict[int, str]) -> bool:
+        """Whether the drawn token completed the sequence's constrained answer (or broke its grammar). The
+        grammar sees the token's own text: the detokenizer may hold back the `</think>` it waits for."""
+        mask = sequence.mask
+        try:
+            return mask.took(token, "" if mask.active else self._model.piece(token))
+        except BackendError as exc:
+            broken[slot] = _why(exc)
+            return True
+
     def drop(self, slot: int, reason: FinishReason) -> Finished:
         return self._end(slot, reason)[-1][1]
 
-    def _end(self, slot: int, reason: FinishReason) -> list[tuple[int, BackendEvent]]:
+    def _end(self, slot: int, reason: FinishReason, error: str | None = None) -> list[tuple[int, BackendEvent]]:
         sequence = self._live.pop(slot)
         row = self._rows.index(slot)
         # The row leaves the batch and becomes the slot's own cache again.
@@ -212,7 +257,7 @@ class MlxBatch:
         tail = sequence.detokenizer.last_segment
         if tail:
             events.append((slot, TextDelta(tail, tokens=0)))
-        events.append((slot, Finished(reason, sequence.stats(mx.get_peak_memory()))))
+        events.append((slot, Finished(reason, sequence.stats(mx.get_peak_memory()), error)))
         return events
 
     def _forget_all(self) -> None:
@@ -254,6 +299,10 @@ def _kv_prefix(layer: KVCache, keep: int) -> KVCache:
         cut.keys, cut.values = layer.keys[..., :keep, :], layer.values[..., :keep, :]
         cut.offset = keep
     return cut
+
+
+def _why(exc: BackendError) -> str:
+    return exc.message + (f" ({exc.hint})" if exc.hint else "")
 
 
 def one_line(exc: BaseException) -> str:
