@@ -61,8 +61,8 @@ def checked(reply: Reply, params: GenerationParams, model: Model | None = None) 
     """A constrained reply with its answer's value (`parsed`), checked against the constraint; a reply
     cut off before its answer was complete stays without one. A mismatch from a server may be the server's
     (its grammar may skip a keyword ponder's keeps): the error says so."""
-    if params.constraint is None or reply.finish_reason != "stop" or reply.error:
-        return reply
+    if params.constraint is None or reply.finish_reason != "stop" or reply.error or not reply.answer.strip():
+        return reply  # (no answer at all, the model ending while it reasoned: the front end's "no answer")
     try:
         return replace(reply, parsed=params.constraint.check(reply.answer))
     except ConstraintBroken as exc:

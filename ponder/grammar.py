@@ -64,6 +64,13 @@ def mlx_vocabulary(tokenizer, n_vocab: int):
                            hint="llguidance needs the model's fast tokenizer (tokenizer.json)") from exc
 
 
+_BIT_INDEX = np.arange(32)
+
+
+def _nothing_allowed() -> BackendError:
+    return BackendError("the answer's grammar allows no next token", hint="this is a bug in ponder")
+
+
 class AnswerMask:
     """One reply's grammar state. `limit(logits)` before a draw masks, in place, what the grammar forbids
     (nothing while the reasoning runs); `took(token, text)` after it says whether the answer is complete."""
@@ -83,9 +90,22 @@ class AnswerMask:
         self._tail = ""  # the last characters of the reasoning, to see `</think>` across tokens
 
     def limit(self, logits: np.ndarray) -> None:
-        allowed = self.allowed()
-        if allowed is not None:
-            np.copyto(logits, -np.inf, where=~allowed)
+        if not self.active:
+            return
+        self._fill(self._matcher, self._bits)
+        words = self._bits[0]
+        some = np.flatnonzero(words)  # 32 tokens a word
+        if some.size * 4 < words.size:  # few allowed (JSON's punctuation, a key): gather them, fill the rest
+            bits = np.unpackbits(words[some].view(np.uint8).reshape(-1, 4), axis=1, bitorder="little").view(bool)
+            allowed = (some[:, None] * 32 + _BIT_INDEX)[bits]
+            allowed = allowed[allowed < self._n_vocab]
+            if not allowed.size:
+                raise _nothing_allowed()
+            kept = logits[allowed]
+            logits.fill(-np.inf)
+            logits[allowed] = kept
+        else:
+            np.copyto(logits, -np.inf, where=~self._unpacked())
 
     def allowed(self) -> np.ndarray | None:
         """The tokens the grammar allows next (a bool for each of the `n_vocab` logits), or None while the
@@ -93,9 +113,12 @@ class AnswerMask:
         if not self.active:
             return None
         self._fill(self._matcher, self._bits)
+        return self._unpacked()
+
+    def _unpacked(self) -> np.ndarray:
         allowed = np.unpackbits(self._bits.view(np.uint8), count=self._n_vocab, bitorder="little").view(bool)
         if not allowed.any():
-            raise BackendError("the answer's grammar allows no next token", hint="this is a bug in ponder")
+            raise _nothing_allowed()
         return allowed
 
     def took(self, token: int, text: str) -> bool:

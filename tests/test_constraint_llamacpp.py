@@ -207,3 +207,21 @@ def test_bad_constraints_are_one_line_usage_errors_before_the_model_loads(args, 
     err = out.stderr.decode()
     assert out.returncode == 2 and message in err, err
     assert "Traceback" not in err and "model not found" not in err and len(err.strip().splitlines()) <= 2
+
+
+@pytest.mark.parametrize("share", [0.001, 0.05, 0.2, 0.5, 0.99])
+def test_the_mask_keeps_exactly_the_allowed_logits_sparse_or_dense(r1, share):
+    import numpy as np
+
+    mask = r1.answer_mask("no reasoning here", GenerationParams(constraint=from_options(None, ["a", "b"])))
+    mask.active = True
+    rng = np.random.default_rng(int(share * 1000))
+    words = np.where(rng.random(mask._bits.shape[1]) < share, rng.integers(-2**31, 2**31, mask._bits.shape[1]), 0)
+    words[0] = 1  # at least one token allowed
+    mask._fill = lambda matcher, bits: np.copyto(bits[0], words.astype(np.int32))
+    logits = rng.standard_normal(r1._n_vocab).astype(np.float32)
+    expected = logits.copy()
+    allowed = np.unpackbits(words.astype(np.int32).view(np.uint8), count=r1._n_vocab, bitorder="little").astype(bool)
+    expected[~allowed] = -np.inf
+    mask.limit(logits)
+    assert np.array_equal(logits, expected)
