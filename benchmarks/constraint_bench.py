@@ -4,7 +4,8 @@
 
 1. The answer mask on DeepSeek-R1's 152k-token vocabulary (the tiny R1 test model), in microseconds a
    constrained token, median and p90, for four constraints: llguidance's fill (the token bitmask),
-   ponder's apply (the bits unpacked, the forbidden logits set to -inf) and `took` (the drawn token fed
+   ponder's draw (among the allowed tokens near the best; every logit masked first only where the best is
+   forbidden) and `took` (the drawn token fed
    to the matcher), timed inside the real `LlamaCppModel.stream` loop (the prompt ends with --no-think's
    closing text: the mask is on from the first token). Also the one-time costs: llguidance's view of
    the vocabulary (once a model) and a matcher (once a reply). Goal (issue 21): 100 µs a token or less
@@ -76,8 +77,9 @@ def us(values: list[float], q: float = 0.5) -> float:
 
 
 class Timed:
-    """Every AnswerMask the model makes, its steps timed: a [fill, limit, took] in seconds a draw.
-    (AnswerMask's llguidance call is its `_fill` attribute: wrapped here to split limit in two.)"""
+    """Every AnswerMask the model makes, its steps timed: a [fill, draw, took, masked whole] a draw, in seconds
+    (draw: llguidance's fill, then the sampler's draw among the allowed tokens, with every logit masked
+    first only where the best token is not allowed: the last column counts those)."""
 
     def __init__(self, model):
         self.steps: list[list[float]] = []
@@ -89,18 +91,23 @@ class Timed:
         start = time.perf_counter()
         mask = self._answer_mask(prompt, params)
         self.matchers.append(time.perf_counter() - start)
-        fill, limit, took = mask._fill, mask.limit, mask.took
+        fill, draw, took, apply = mask._fill, mask.draw, mask.took, mask._apply
 
         def timed_fill(matcher, bits):
             start = time.perf_counter()
             fill(matcher, bits)
             self.steps[-1][0] = time.perf_counter() - start
 
-        def timed_limit(logits):
-            self.steps.append([0.0, 0.0, 0.0])
+        def timed_draw(sampler, logits):
+            self.steps.append([0.0, 0.0, 0.0, 0.0])
             start = time.perf_counter()
-            limit(logits)
+            token = draw(sampler, logits)
             self.steps[-1][1] = time.perf_counter() - start
+            return token
+
+        def counted_apply(logits):
+            self.steps[-1][3] = 1.0
+            apply(logits)
 
         def timed_took(token, text):
             start = time.perf_counter()
@@ -108,7 +115,7 @@ class Timed:
             self.steps[-1][2] = time.perf_counter() - start
             return done
 
-        mask._fill, mask.limit, mask.took = timed_fill, timed_limit, timed_took
+        mask._fill, mask.draw, mask.took, mask._apply = timed_fill, timed_draw, timed_took, counted_apply
         return mask
 
 
@@ -125,7 +132,8 @@ def mask_costs(args, model, constraints: dict) -> dict[str, list[tuple[int, ...]
     timed, drawn = Timed(model), {}
     print(f"1. answer mask, {model._n_vocab:,}-token R1 vocabulary ({Path(model.info.path).name}), in the stream loop, "
           f"{args.tokens} constrained tokens each; µs a token, median / p90")
-    print(f"  {'constraint':14s} {'fill':>13s} {'apply':>13s} {'took':>13s} {'total':>13s}  matcher  replies")
+    print(f"  {'constraint':14s} {'fill':>13s} {'draw':>13s} {'took':>13s} {'total':>13s}  matcher  replies"
+          "  masked whole")
     for name, constraint in constraints.items():
         timed.steps.clear(), timed.matchers.clear()
         drawn[name] = []
@@ -136,7 +144,10 @@ def mask_costs(args, model, constraints: dict) -> dict[str, list[tuple[int, ...]
         steps = timed.steps[: args.tokens]
         columns = [[s[0] for s in steps], [s[1] - s[0] for s in steps], [s[2] for s in steps], [s[1] + s[2] for s in steps]]
         cells = " ".join(f"{us(c):6.1f} /{us(c, 0.9):6.1f}" for c in columns)
-        print(f"  {name:14s} {cells} {statistics.median(timed.matchers) * 1e3:5.2f} ms {len(drawn[name]):6d}")
+        whole = sum(s[3] for s in steps) / len(steps)
+        print(f"  {name:14s} {cells} {statistics.median(timed.matchers) * 1e3:5.2f} ms {len(drawn[name]):6d}"
+              f"  {whole:6.0%}")
+    print("  (draw: the sampler's own work included, which an unconstrained token pays too)")
     matcher = statistics.median(timed.matchers)
     print(f"  llguidance's vocabulary, once a model: {(first - matcher) * 1e3:.0f} ms (the first mask's time less a matcher's)")
     del model.answer_mask  # the model's own again
@@ -239,7 +250,7 @@ def decode_ratio(args) -> None:
             stats = run(constrained)
             rates[constrained].append(stats.decode_tokens_per_s)
             counts[constrained].add(stats.generated_tokens)
-    print(f"3. SmolLM2 decode ({Path(model.info.path).name}), {args.threads} threads, {args.tokens} max tokens, "
+    print(f"3. SmolLM2 decode ({Path(model.info.path).name}), {args.threads} thread{'s' if args.threads > 1 else ''}, {args.tokens} max tokens, "
           f"median of {args.rounds} interleaved rounds")
     for constrained, label in ((True, "with the schema"), (False, "without")):
         runs = ", ".join(f"{r:.1f}" for r in rates[constrained])
@@ -253,14 +264,17 @@ def decode_ratio(args) -> None:
 
         def watched(prompt, params):
             mask = answer_mask(prompt, params)
-            limit = mask.limit
+            draw = mask.draw
 
-            def limit_watched(logits):
+            def draw_watched(own_sampler, logits):
                 token = sampler.sample(logits)
-                limit(logits)
-                allowed.append(logits[token] != -np.inf)
+                drawn = draw(own_sampler, logits)
+                if mask.active:
+                    mask.limit(logits := logits.copy())  # (the matcher has not moved yet: the same mask)
+                    allowed.append(logits[token] != -np.inf)
+                return drawn
 
-            mask.limit = limit_watched
+            mask.draw = draw_watched
             return mask
 
         model.answer_mask = watched

@@ -89,10 +89,25 @@ class AnswerMask:
         self.active = started
         self._tail = ""  # the last characters of the reasoning, to see `</think>` across tokens
 
+    def draw(self, sampler, logits: np.ndarray) -> int:
+        """`sampler`'s draw from the logits as the grammar masks them. Mostly the best token is allowed, and
+        the draw needs only the tokens near it (Sampler.sample_allowed); else every logit is masked first."""
+        if not self.active:
+            return sampler.sample(logits)
+        self._fill(self._matcher, self._bits)
+        token = sampler.sample_allowed(logits, self._bits[0])
+        if token is None:
+            self._apply(logits)
+            token = sampler.sample(logits)
+        return token
+
     def limit(self, logits: np.ndarray) -> None:
         if not self.active:
             return
         self._fill(self._matcher, self._bits)
+        self._apply(logits)
+
+    def _apply(self, logits: np.ndarray) -> None:
         words = self._bits[0]
         some = np.flatnonzero(words)  # 32 tokens a word
         if some.size * 4 < words.size:  # few allowed (JSON's punctuation, a key): gather them, fill the rest

@@ -32,14 +32,26 @@ class Sampler:
 
     def sample(self, logits: np.ndarray) -> int:
         if self.temperature <= 0:
-            token = int(np.argmax(logits))  # (the first NaN, where there is one)
-            if math.isnan(logits[token]):
-                raise _not_numbers()
-            return token
-        top = float(logits.max())
-        if math.isnan(top):
-            raise _not_numbers()
+            return _best(logits)
+        top = _top(logits)
+        return self._draw(logits, np.flatnonzero(logits >= top + self.temperature * _NEGLIGIBLE), top)
+
+    def sample_allowed(self, logits: np.ndarray, words: np.ndarray) -> int | None:
+        """A draw among the tokens a grammar allows (`words`: a bit a token, 32 a word), the same as masking
+        the others first would give, or None where the best token is not allowed: mask them, then `sample`.
+        Where it is allowed, the tokens that can matter are the allowed ones among those near the best: no
+        need to touch the rest of a large vocabulary."""
+        if self.temperature <= 0:
+            token = _best(logits)
+            return token if _allowed(words, np.array([token]))[0] else None
+        top = _top(logits)
         candidates = np.flatnonzero(logits >= top + self.temperature * _NEGLIGIBLE)
+        candidates = candidates[_allowed(words, candidates)]
+        if not candidates.size or logits[candidates].max() < top:
+            return None  # the allowed best is lower: tokens the threshold above left out may count
+        return self._draw(logits, candidates, top)
+
+    def _draw(self, logits: np.ndarray, candidates: np.ndarray, top: float) -> int:
         weights = np.exp((logits[candidates] - np.float32(top)) * np.float32(1.0 / self.temperature))  # the best weighs 1
         if self.top_p >= 1.0:
             cumulative = np.cumsum(weights, dtype=np.float64)
@@ -58,6 +70,25 @@ class Sampler:
         size = min(int(np.searchsorted(cumulative, needed)) + 1, cumulative.size)
         pick = int(np.searchsorted(cumulative[:size], self.rng.random() * cumulative[size - 1], side="right"))
         return int(candidates[inside[order[min(pick, size - 1)]]])
+
+
+def _best(logits: np.ndarray) -> int:
+    token = int(np.argmax(logits))  # (the first NaN, where there is one)
+    if math.isnan(logits[token]):
+        raise _not_numbers()
+    return token
+
+
+def _top(logits: np.ndarray) -> float:
+    top = float(logits.max())
+    if math.isnan(top):
+        raise _not_numbers()
+    return top
+
+
+def _allowed(words: np.ndarray, tokens: np.ndarray) -> np.ndarray:
+    """Whether each token's bit is set in `words` (llguidance's bitmask: int32 words, low bit first)."""
+    return ((words[tokens >> 5] >> (tokens & 31)) & 1).astype(bool)
 
 
 def _not_numbers() -> BackendError:

@@ -302,9 +302,7 @@ class LlamaCppModel:
                 reason = "cancelled"
                 break
             logits = self.logits(-1)
-            if mask is not None:
-                mask.limit(logits)
-            token = sampler.sample(logits)
+            token = sampler.sample(logits) if mask is None else mask.draw(sampler, logits)
             last = time.perf_counter()
             if generated == 0:
                 first = last
