@@ -213,13 +213,13 @@ class LlamaCppBatch:
     @staticmethod
     def _draw(handle: int, sequence: _Sequence, logits, broken: dict[int, str]) -> int:
         """The sequence's next token, from its row masked by its grammar (where its answer is constrained)."""
-        if sequence.mask is not None:
-            try:
-                sequence.mask.limit(logits)
-            except BackendError as exc:
-                broken[handle] = _why(exc)
-                return -1
-        return sequence.sampler.sample(logits)
+        if sequence.mask is None:
+            return sequence.sampler.sample(logits)
+        try:
+            return sequence.mask.draw(sequence.sampler, logits)
+        except BackendError as exc:
+            broken[handle] = _why(exc)
+            return -1
 
     @staticmethod
     def _complete(handle: int, sequence: _Sequence, token: int, text: str, broken: dict[int, str]) -> bool:
