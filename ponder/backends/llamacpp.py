@@ -11,10 +11,8 @@ in place (ponder.sampling), and llama.cpp's log goes to a buffer that error mess
 from __future__ import annotations
 
 import codecs
-import collections
 import ctypes
 import os
-import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -26,69 +24,15 @@ import numpy as np
 from ponder.backends.base import (BackendProbe, LoadOptions, ModelInfo, backend_stats, generation_budget, prompt_tokens,
                                  shared_prefix)
 from ponder.backends.llamacpp_batch import KvStreams, LlamaCppBatch
+from ponder.backends.llamacpp_setup import MAX_THREADS, log_lines, check_gguf, last_error, physical_cores
 from ponder.defaults import DEFAULT_CONTEXT
-from ponder.errors import BackendError, ModelError, UsageError, debugging
+from ponder.errors import BackendError, ModelError, UsageError
 from ponder.events import BackendEvent, Continuation, Finished, GenerationParams, TextDelta
 from ponder.prompt import ChatFormat, is_reasoning_model
 from ponder.reasoning import OPEN_TAG
 from ponder.sampling import Sampler
 
 PROMPT_CHUNK = 512  # prompt tokens per decode call; cancellation is checked between chunks
-MAX_THREADS = 512  # GGML_MAX_N_THREADS: more crashes llama.cpp (a segfault, not an error)
-# llama.cpp logs through one process-wide callback. Keep recent lines for error messages;
-# echo them only when debugging. The callback object must stay referenced for C's sake.
-_log_lines: collections.deque[str] = collections.deque(maxlen=200)
-_log_echo = debugging()
-
-
-@lib.llama_log_callback
-def _on_log(level: int, text: bytes, user_data: ctypes.c_void_p) -> None:
-    line = text.decode("utf-8", "replace")
-    _log_lines.append(line)
-    if _log_echo:
-        sys.stderr.write(line)
-
-
-lib.llama_log_set(_on_log, ctypes.c_void_p(0))
-lib.llama_backend_init()
-
-
-def _last_error(first: bool = False) -> str:
-    """The most telling recent llama.cpp log line, for an error message: the last that says something
-    failed, or the first (`first`: the cause, where the log was cleared before the failing call)."""
-    lines = [line.strip() for line in _log_lines if line.strip()]
-    words = ("error", "failed", "invalid", "corrupt")
-    telling = [line for line in lines if any(word in line.lower() for word in words)]
-    if telling:
-        return telling[0] if first else telling[-1]
-    return lines[-1] if lines else ""
-
-
-def physical_cores() -> int:
-    """llama.cpp decodes fastest on one thread per physical core (as llama-bench defaults)."""
-    try:
-        siblings = {
-            p.read_text().strip()
-            for p in Path("/sys/devices/system/cpu").glob("cpu[0-9]*/topology/thread_siblings_list")
-        }
-        if siblings:
-            return len(siblings)
-    except OSError:
-        pass
-    return max(1, (os.cpu_count() or 2) // 2)
-
-
-def check_gguf(path: str) -> None:
-    """Fail early, with a plain message, on paths llama.cpp would reject with a log dump."""
-    from ponder.gguf_header import is_gguf
-
-    p = Path(path)
-    if not p.exists():
-        raise ModelError(f"model not found: {path}")
-    if p.is_dir():
-        raise ModelError(f"{path} is a directory, not a GGUF file")
-    if not is_gguf(p):
-        raise ModelError(f"{path} is not a GGUF file")
 
 
 class LlamaCppBackend:
@@ -122,10 +66,10 @@ class LlamaCppModel:
             params.n_gpu_layers = options.gpu_layers
         else:
             params.n_gpu_layers = 999 if gpu_offload_supported() else 0
-        _log_lines.clear()
+        log_lines.clear()
         self._model = lib.llama_model_load_from_file(os.fsencode(path), params)
         if not self._model:
-            detail = _last_error(first=True)
+            detail = last_error(first=True)
             raise ModelError(
                 f"llama.cpp could not load {path}" + (f": {detail}" if detail else ""),
                 hint="the file may be truncated or corrupt; download it again",
@@ -156,7 +100,7 @@ class LlamaCppModel:
         self._ctx = lib.llama_init_from_model(self._model, cparams)
         if not self._ctx:
             self.close()
-            detail = _last_error()
+            detail = last_error()
             raise BackendError(
                 f"llama.cpp could not create a {context}-token context"
                 + (f" for each of {sequences} sequences" if sequences > 1 else "") + (f": {detail}" if detail else ""),
@@ -247,7 +191,7 @@ class LlamaCppModel:
     def decode(self, batch, doing: str) -> None:
         """One llama_decode; BackendError, with llama.cpp's own word on it, where it fails."""
         if lib.llama_decode(self._ctx, batch) != 0:
-            detail = _last_error()
+            detail = last_error()
             raise BackendError(f"llama.cpp failed to {doing}" + (f": {detail}" if detail else ""))
 
     def logits(self, row: int) -> np.ndarray:
