@@ -88,6 +88,8 @@ class Timed:
         model.answer_mask = self.answer_mask
 
     def answer_mask(self, prompt, params):
+        from ponder.sampling import Sampler
+
         start = time.perf_counter()
         mask = self._answer_mask(prompt, params)
         self.matchers.append(time.perf_counter() - start)
@@ -99,7 +101,11 @@ class Timed:
             self.steps[-1][0] = time.perf_counter() - start
 
         def timed_draw(sampler, logits):
-            self.steps.append([0.0, 0.0, 0.0, 0.0])
+            self.steps.append([0.0, 0.0, 0.0, 0.0, 0.0])
+            twin, row = Sampler(sampler.temperature, sampler.top_p, 0), logits.copy()
+            start = time.perf_counter()
+            twin.sample(row)  # what the draw costs unconstrained, on the same logits
+            self.steps[-1][4] = time.perf_counter() - start
             start = time.perf_counter()
             token = draw(sampler, logits)
             self.steps[-1][1] = time.perf_counter() - start
@@ -132,8 +138,8 @@ def mask_costs(args, model, constraints: dict) -> dict[str, list[tuple[int, ...]
     timed, drawn = Timed(model), {}
     print(f"1. answer mask, {model._n_vocab:,}-token R1 vocabulary ({Path(model.info.path).name}), in the stream loop, "
           f"{args.tokens} constrained tokens each; µs a token, median / p90")
-    print(f"  {'constraint':14s} {'fill':>13s} {'draw':>13s} {'took':>13s} {'total':>13s}  matcher  replies"
-          "  masked whole")
+    print(f"  {'constraint':14s} {'fill':>13s} {'draw':>13s} {'free draw':>13s} {'took':>13s} {'mask costs':>13s}"
+          "  matcher  replies  masked whole")
     for name, constraint in constraints.items():
         timed.steps.clear(), timed.matchers.clear()
         drawn[name] = []
@@ -142,12 +148,14 @@ def mask_costs(args, model, constraints: dict) -> dict[str, list[tuple[int, ...]
                                       constraint=constraint)
             drawn[name].append(tuple(i for e in model.stream(prompt, params) if isinstance(e, TextDelta) for i in e.ids))
         steps = timed.steps[: args.tokens]
-        columns = [[s[0] for s in steps], [s[1] - s[0] for s in steps], [s[2] for s in steps], [s[1] + s[2] for s in steps]]
+        columns = [[s[0] for s in steps], [s[1] - s[0] for s in steps], [s[4] for s in steps], [s[2] for s in steps],
+                   [s[1] - s[4] + s[2] for s in steps]]
         cells = " ".join(f"{us(c):6.1f} /{us(c, 0.9):6.1f}" for c in columns)
         whole = sum(s[3] for s in steps) / len(steps)
         print(f"  {name:14s} {cells} {statistics.median(timed.matchers) * 1e3:5.2f} ms {len(drawn[name]):6d}"
               f"  {whole:6.0%}")
-    print("  (draw: the sampler's own work included, which an unconstrained token pays too)")
+    print("  (draw: the sampler's work on the masked logits; free draw: the same logits unconstrained; mask costs:"
+          " fill + draw + took - free draw, what a constrained token costs more)")
     matcher = statistics.median(timed.matchers)
     print(f"  llguidance's vocabulary, once a model: {(first - matcher) * 1e3:.0f} ms (the first mask's time less a matcher's)")
     del model.answer_mask  # the model's own again
