@@ -3,14 +3,14 @@ _ponder() {
     local cur="${COMP_WORDS[COMP_CWORD]}" prev="${COMP_WORDS[COMP_CWORD-1]}" cmd="" i
     for ((i = 1; i < COMP_CWORD; i++)); do
         case "${COMP_WORDS[i]}" in
-            ask|backends|batch|chat|config|doctor|history|models|plan|pull|solve) cmd="${COMP_WORDS[i]}"; break ;;
+            ask|backends|batch|cache|chat|config|doctor|history|models|plan|pull|solve) cmd="${COMP_WORDS[i]}"; break ;;
         esac
     done
     case "$cmd" in
         "")
             case "$prev" in
             esac
-            COMPREPLY=($(compgen -W "--debug --version --help -h ask backends batch chat config doctor history models plan pull solve" -- "$cur")) ;;
+            COMPREPLY=($(compgen -W "--debug --version --help -h ask backends batch cache chat config doctor history models plan pull solve" -- "$cur")) ;;
         "ask")
             case "$prev" in
                 --model|-m) compopt -o filenames; COMPREPLY=($(compgen -f -- "$cur")); return ;;
@@ -28,9 +28,11 @@ _ponder() {
                 --budget-message) COMPREPLY=(); return ;;
                 --on-loop) COMPREPLY=($(compgen -W "answer stop continue" -- "$cur")); return ;;
                 --reasoning) COMPREPLY=($(compgen -W "show collapse hide" -- "$cur")); return ;;
+                --schema) COMPREPLY=(); return ;;
+                --choice) COMPREPLY=(); return ;;
                 --lang) COMPREPLY=(); return ;;
             esac
-            COMPREPLY=($(compgen -W "--model -m --backend --ctx --threads -t --server --timeout --model-kind --temperature --top-p --max-tokens --seed --think-budget --no-think --budget-message --on-loop --reasoning --show-reasoning --hide-reasoning --stats --json --jsonl --extract -x --extract-last --lang --no-log --debug --help -h" -- "$cur")) ;;
+            COMPREPLY=($(compgen -W "--model -m --backend --ctx --threads -t --server --timeout --model-kind --no-prompt-cache --temperature --top-p --max-tokens --seed --think-budget --no-think --budget-message --on-loop --reasoning --show-reasoning --hide-reasoning --stats --json --jsonl --schema --choice --extract -x --extract-last --lang --no-log --debug --help -h" -- "$cur")) ;;
         "backends")
             case "$prev" in
                 --server) COMPREPLY=(); return ;;
@@ -56,8 +58,14 @@ _ponder() {
                 --plot) COMPREPLY=(); return ;;
                 --budget-message) COMPREPLY=(); return ;;
                 --on-loop) COMPREPLY=($(compgen -W "answer stop continue" -- "$cur")); return ;;
+                --schema) COMPREPLY=(); return ;;
+                --choice) COMPREPLY=(); return ;;
             esac
-            COMPREPLY=($(compgen -W "--output -o --samples -n --parallel -P --model -m --backend --ctx --threads -t --server --timeout --model-kind --temperature --top-p --max-tokens --seed --think-budget --plot --no-think --budget-message --on-loop --help -h" -- "$cur") $(compgen -f -- "$cur")) ;;
+            COMPREPLY=($(compgen -W "--output -o --samples -n --parallel -P --model -m --backend --ctx --threads -t --server --timeout --model-kind --no-prompt-cache --temperature --top-p --max-tokens --seed --think-budget --plot --no-think --budget-message --on-loop --schema --choice --help -h" -- "$cur") $(compgen -f -- "$cur")) ;;
+        "cache")
+            case "$prev" in
+            esac
+            COMPREPLY=($(compgen -W "--help -h" -- "$cur")) ;;
         "chat")
             case "$prev" in
                 --model|-m) compopt -o filenames; COMPREPLY=($(compgen -f -- "$cur")); return ;;
@@ -76,8 +84,9 @@ _ponder() {
                 --on-loop) COMPREPLY=($(compgen -W "answer stop continue" -- "$cur")); return ;;
                 --reasoning) COMPREPLY=($(compgen -W "show collapse hide" -- "$cur")); return ;;
                 --resume) COMPREPLY=(); return ;;
+                --on-full) COMPREPLY=($(compgen -W "drop compact refuse" -- "$cur")); return ;;
             esac
-            COMPREPLY=($(compgen -W "--model -m --backend --ctx --threads -t --server --timeout --model-kind --temperature --top-p --max-tokens --seed --think-budget --no-think --budget-message --on-loop --reasoning --show-reasoning --hide-reasoning --continue -c --resume --no-log --debug --help -h" -- "$cur")) ;;
+            COMPREPLY=($(compgen -W "--model -m --backend --ctx --threads -t --server --timeout --model-kind --no-prompt-cache --temperature --top-p --max-tokens --seed --think-budget --no-think --budget-message --on-loop --reasoning --show-reasoning --hide-reasoning --continue -c --resume --no-log --on-full --debug --help -h" -- "$cur")) ;;
         "config")
             case "$prev" in
             esac
@@ -132,7 +141,7 @@ _ponder() {
                 --on-loop) COMPREPLY=($(compgen -W "answer stop continue" -- "$cur")); return ;;
                 --reasoning) COMPREPLY=($(compgen -W "show collapse hide" -- "$cur")); return ;;
             esac
-            COMPREPLY=($(compgen -W "--answer-only --samples -n --parallel -P --early-stop --confidence --model -m --backend --ctx --threads -t --server --timeout --model-kind --temperature --top-p --max-tokens --seed --think-budget --no-think --budget-message --on-loop --reasoning --show-reasoning --hide-reasoning --stats --json --jsonl --debug --help -h" -- "$cur")) ;;
+            COMPREPLY=($(compgen -W "--answer-only --samples -n --parallel -P --early-stop --confidence --model -m --backend --ctx --threads -t --server --timeout --model-kind --no-prompt-cache --temperature --top-p --max-tokens --seed --think-budget --no-think --budget-message --on-loop --reasoning --show-reasoning --hide-reasoning --stats --json --jsonl --debug --help -h" -- "$cur")) ;;
     esac
 }
 complete -F _ponder ponder

@@ -2,11 +2,13 @@
 begins with the same tokens loads it instead of processing them again.
 
 An entry can never give a wrong reply: it is filed under the model's identity (the file's path, size,
-modification time and a checksum of its first MiB; the backend and its version; every setting that
-changes the state), and it holds the exact token ids it was made from and a checksum of the state, all
-checked on load. A truncated, corrupt or mismatched entry is removed and the run goes on without it.
-Entries are written whole or not at all (a temporary file renamed), so two processes saving the same
-prompt leave one valid entry; the least recently used go first once the cache is over its size cap.
+modification time and a checksum of its first MiB and of samples spread through the rest, so a file
+copied over another of the same size and time is still told apart; the backend and its version; every
+setting that changes the state), and it holds the exact token ids it was made from and a checksum of the
+state, all checked on load. A truncated, corrupt or mismatched entry is removed and the run goes on
+without it. Entries are written whole or not at all (a temporary file renamed; one that a killed process
+left is removed after an hour), so two processes saving the same prompt leave one valid entry; the least
+recently used go first once the cache is over its size cap.
 An entry that is a prefix of a newer one is removed: the newer serves every prompt the older did (a
 backend keeps only the shared part of what it loads).
 """
@@ -19,6 +21,7 @@ import os
 import struct
 import tempfile
 import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,11 +32,18 @@ FORMAT = 1
 MAGIC = b"PONDERKV"
 SUFFIX = ".kv"
 DEFAULT_LIMIT_GIB = 4.0
-# Prompts shorter than this are processed again rather than stored: at a few hundred tokens a second the
-# saving is under a second, and a file per short prompt would push longer, costlier ones out.
-MIN_TOKENS = 256
+# Prompts shorter than this are neither stored nor looked up. Loading beats processing at every length
+# measured, by 100x and more (benchmarks/prompt_cache_bench.py, SmolLM2, the fastest model here: 64 tokens
+# load in 2 ms, processing them takes a tenth of a second or more), so this is not where loading starts to
+# pay: it is past what unrelated prompts share anyway (the chat template and its system prompt, up to ~40
+# tokens), and a chat is saved again once this many of its tokens are new, so a resumed chat processes at
+# most this many again.
+MIN_TOKENS = 64
 _HEADER = struct.Struct("<8sI")  # magic, length of the JSON that follows
-_SAMPLED_BYTES = 1 << 20  # of a model file, checksummed into its identity
+# Of a model file, checksummed into its identity: the first MiB (a GGUF's header, much of its metadata) and
+# 64 KiB at 16 places through the rest, the last at its end (the weights: a fine-tune differs there).
+_HEAD_BYTES, _SAMPLES, _SAMPLE_BYTES = 1 << 20, 16, 1 << 16
+_STALE_WRITE_S = 3600  # a temporary file this old was left by a process that died while writing
 
 
 def cache_dir() -> Path:
@@ -53,11 +63,19 @@ def model_identity(path: str, backend: str, settings: dict) -> str:
     described = []
     for file in files:
         stat = file.stat()
-        with open(file, "rb") as handle:
-            sampled = hashlib.sha256(handle.read(_SAMPLED_BYTES)).hexdigest()
-        described.append([str(file.resolve()), stat.st_size, stat.st_mtime_ns, sampled])
+        described.append([str(file.resolve()), stat.st_size, stat.st_mtime_ns, _fingerprint(file, stat.st_size)])
     facts = {"format": FORMAT, "backend": backend, "settings": settings, "files": described}
     return hashlib.sha256(json.dumps(facts, sort_keys=True).encode()).hexdigest()[:40]
+
+
+def _fingerprint(file: Path, size: int) -> str:
+    digest = hashlib.sha256()
+    with open(file, "rb") as handle:
+        digest.update(handle.read(_HEAD_BYTES))
+        for i in range(1, _SAMPLES + 1):
+            handle.seek(max(0, (size - _SAMPLE_BYTES) * i // _SAMPLES))
+            digest.update(handle.read(_SAMPLE_BYTES))
+    return digest.hexdigest()
 
 
 @dataclass(frozen=True)
@@ -70,26 +88,29 @@ class Hit:
 
 
 class PromptCache:
-    """The entries of one model identity, in `root`, within `limit_bytes` for the whole cache."""
+    """The entries of one model identity, in `root`, within `limit_bytes` for the whole cache; prompts
+    shorter than `min_tokens` are neither stored nor looked up."""
 
-    def __init__(self, identity: str, root: Path | None = None, limit_bytes: int | None = None):
+    def __init__(self, identity: str, root: Path | None = None, limit_bytes: int | None = None,
+                 min_tokens: int = MIN_TOKENS):
         self.root = root or cache_dir()
         self.identity = identity
         self.folder = self.root / identity
         self.limit_bytes = limit_bytes if limit_bytes is not None else int(DEFAULT_LIMIT_GIB * (1 << 30))
-        self._writing: list[threading.Thread] = []
+        self.min_tokens = min_tokens
+        self._writing: threading.Thread | None = None
 
     # --- reading --------------------------------------------------------------------------
 
     def longest(self, tokens: list[int]) -> Hit | None:
-        """The entry that shares the most leading tokens with `tokens` (at least MIN_TOKENS), or None."""
+        """The entry that shares the most leading tokens with `tokens` (at least min_tokens), or None."""
         best = None
         for path in self._entries():
             stored = self._tokens(path)
             if stored is None:
                 continue
             shared = shared_length(stored, tokens)
-            if shared >= MIN_TOKENS and (best is None or shared > best.shared):
+            if shared >= self.min_tokens and (best is None or shared > best.shared):
                 best = Hit(path, shared, stored)
         return best
 
@@ -97,9 +118,9 @@ class PromptCache:
         """The state of `hit`, checked whole; None (and the entry removed) if anything is wrong with it."""
         try:
             with open(hit.path, "rb") as file:
-                header = _read_header(file)
-                if header is None or header["identity"] != self.identity or header["tokens"] != len(hit.tokens):
-                    raise ValueError("not this model's entry")
+                header = self._header(file)
+                if header["tokens"] != len(hit.tokens):
+                    raise ValueError("replaced since it was found")
                 file.seek(4 * header["tokens"], os.SEEK_CUR)
                 payload = bytearray(header["bytes"])  # (writable: an engine reads it in place)
                 complete = file.readinto(payload) == len(payload) and not file.read(1)
@@ -107,7 +128,7 @@ class PromptCache:
                 raise ValueError("truncated or corrupt")
         except FileNotFoundError:
             return None  # evicted by another process meanwhile
-        except (OSError, ValueError, KeyError, TypeError):
+        except (OSError, ValueError):
             self.discard(hit.path)
             return None
         _touch(hit.path)
@@ -116,34 +137,43 @@ class PromptCache:
     def _tokens(self, path: Path) -> tuple[int, ...] | None:
         try:
             with open(path, "rb") as file:
-                header = _read_header(file)
-                if header is None or header.get("identity") != self.identity:
-                    raise ValueError
-                count = header["tokens"]
+                count = self._header(file)["tokens"]
                 ids = array("i")
                 ids.frombytes(file.read(4 * count))
                 if len(ids) != count:
-                    raise ValueError
+                    raise ValueError("truncated")
                 return tuple(ids)
         except FileNotFoundError:
             return None
-        except (OSError, ValueError, KeyError, TypeError):
+        except (OSError, ValueError):
             self.discard(path)
             return None
+
+    def _header(self, file) -> dict:
+        """An entry's header, checked: this model's, and the file exactly as long as it says (ValueError)."""
+        header = _read_header(file)
+        if header is None or header["identity"] != self.identity:
+            raise ValueError("not an entry of this model")
+        if os.fstat(file.fileno()).st_size != file.tell() + 4 * header["tokens"] + header["bytes"]:
+            raise ValueError("truncated")  # (caught before a payload that long is allocated)
+        return header
 
     # --- writing --------------------------------------------------------------------------
 
     def save(self, tokens: list[int], payload) -> Path | None:
         """Store the state after `tokens`; entries it makes redundant are removed, then the oldest over the
         cap. A failure to write (a full disk, a read-only cache) only skips the saving."""
-        if len(tokens) < MIN_TOKENS:
+        if len(tokens) < self.min_tokens:
             return None
         ids = array("i", tokens).tobytes()
         header = json.dumps({"format": FORMAT, "identity": self.identity, "tokens": len(tokens),
                              "bytes": len(payload), "sha256": hashlib.sha256(payload).hexdigest()}).encode()
         target = self.folder / (hashlib.sha256(ids).hexdigest()[:40] + SUFFIX)
         try:
-            self.folder.mkdir(parents=True, exist_ok=True)
+            # Private, as the history is: a state holds the prompt (its text can be read back out of it).
+            self.root.mkdir(mode=0o700, parents=True, exist_ok=True)
+            self.folder.mkdir(mode=0o700, exist_ok=True)
+            _remove_stale_writes(self.folder)
             fd, temporary = tempfile.mkstemp(dir=self.folder, prefix=".writing-")
             try:
                 with os.fdopen(fd, "wb") as file:
@@ -164,18 +194,21 @@ class PromptCache:
         return target
 
     def save_later(self, tokens: list[int], payload) -> None:
-        """`save` on a thread of its own, so that the reply goes on; `wait` (or the process's exit: the
-        thread is not a daemon) lets it finish."""
-        thread = threading.Thread(target=self.save, args=(list(tokens), payload), name="ponder-prompt-cache")
-        thread.start()
-        self._writing.append(thread)
+        """`save` on a thread of its own, so that the reply goes on; `wait`, or the process's end, lets it
+        finish (it is no daemon, though the model's thread that starts it is). One write at a time: a state
+        can be large."""
+        self.wait()
+        self._writing = threading.Thread(target=self.save, args=(list(tokens), payload), name="ponder-prompt-cache",
+                                         daemon=False)
+        self._writing.start()
 
     def wait(self) -> None:
-        while self._writing:
-            self._writing.pop().join()
+        if self._writing is not None:
+            self._writing.join()
+            self._writing = None
 
     def discard(self, path: Path) -> None:
-        _remove(path)
+        _remove(path)  # (where it cannot go, a read-only cache, it is checked again and skipped next time)
 
     def evict(self) -> None:
         """Remove the least recently used entries (of every model) until the cache is within its cap."""
@@ -190,8 +223,8 @@ class PromptCache:
         for _, size, path in sorted(entries):
             if total <= self.limit_bytes:
                 break
-            _remove(path)
-            total -= size
+            if _remove(path):  # (one that cannot go still counts: a newer one goes in its place)
+                total -= size
 
     def _entries(self) -> list[Path]:
         try:
@@ -212,32 +245,41 @@ def usage(root: Path | None = None) -> tuple[int, int]:
     return len(sizes), sum(sizes)
 
 
-def clear(root: Path | None = None) -> int:
-    """Remove every entry (and what a crashed write left); how many entries went."""
+def clear(root: Path | None = None) -> tuple[int, int]:
+    """Remove every entry (and what a crashed write left): how many entries went, and how many could not."""
     root = root or cache_dir()
-    removed = 0
+    removed = left = 0
     for path in list(root.glob(f"*/*{SUFFIX}")) + list(root.glob("*/.writing-*")):
-        removed += path.suffix == SUFFIX
-        _remove(path)
+        gone = _remove(path)
+        if path.suffix == SUFFIX:
+            removed += gone
+            left += not gone
     for folder in root.glob("*"):
         try:
             folder.rmdir()
         except OSError:
             pass
-    return removed
+    return removed, left
 
 
 def _read_header(file) -> dict | None:
+    """The JSON header of an entry, its fields of the right types; None where it is not one."""
     head = file.read(_HEADER.size)
     if len(head) != _HEADER.size:
         return None
     magic, length = _HEADER.unpack(head)
     if magic != MAGIC or length > 1 << 16:
         return None
-    header = json.loads(file.read(length))
+    try:
+        header = json.loads(file.read(length))  # (a ValueError where it is not JSON, or not UTF-8)
+    except RecursionError:
+        return None
     if not isinstance(header, dict) or header.get("format") != FORMAT:
         return None
-    return header
+    kinds = {"identity": str, "tokens": int, "bytes": int, "sha256": str}
+    if any(type(header.get(key)) is not kind for key, kind in kinds.items()):
+        return None
+    return header if header["tokens"] >= 0 and header["bytes"] >= 0 else None
 
 
 def shared_length(stored, tokens) -> int:
@@ -255,8 +297,24 @@ def _touch(path: Path) -> None:
         pass
 
 
-def _remove(path: Path) -> None:
+def _remove(path: Path) -> bool:
+    """Whether `path` is gone: removed now, or already (another process evicted it). Not where the cache is
+    read-only or the file is not ours to remove: the caller counts it as still there."""
     try:
         path.unlink()
-    except OSError:  # gone already (another process evicted it), or not ours to remove
-        pass
+    except FileNotFoundError:
+        return True
+    except OSError:
+        return False
+    return True
+
+
+def _remove_stale_writes(folder: Path) -> None:
+    """The temporary files of writes that a killed process never finished (a live write is never an hour old)."""
+    now = time.time()
+    for path in folder.glob(".writing-*"):
+        try:
+            if now - path.stat().st_mtime > _STALE_WRITE_S:
+                _remove(path)
+        except OSError:
+            pass

@@ -2,7 +2,8 @@
 
 Before a prompt is processed, the entry sharing the most leading tokens with it is loaded into KV
 stream 0 (where the model's own cache holds less) and cut to the shared part; after, the state is
-saved (copied at once, written on a thread) when the prompt reaches MIN_TOKENS past what is stored.
+saved (copied at once, written on a thread) when the prompt reaches the cache's min_tokens past what
+is stored.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ import ctypes
 
 import llama_cpp as lib
 
-from ponder.prompt_cache import MIN_TOKENS, PromptCache, model_identity, shared_length
+from ponder.prompt_cache import PromptCache, model_identity, shared_length
 
 
 def cache_for(path: str, settings: dict, limit_bytes: int | None) -> PromptCache | None:
@@ -33,7 +34,7 @@ class StateOnDisk:
     def restore(self, tokens: list[int], keep: int) -> int:
         """Load the longest stored prefix of `tokens` where it beats the `keep` tokens stream 0 shares;
         how many tokens stream 0 now holds of `tokens` (leaving at least one to process)."""
-        if len(tokens) - keep < MIN_TOKENS:
+        if len(tokens) - keep < self.cache.min_tokens:
             return keep
         hit = self.cache.longest(tokens)
         if hit is None or min(hit.shared, len(tokens) - 1) <= keep:
@@ -53,8 +54,9 @@ class StateOnDisk:
 
     def remember(self, tokens: list[int]) -> None:
         """Save stream 0's state (it holds exactly `tokens`) if that much is not stored yet."""
-        if len(tokens) - shared_length(self._stored, tokens) < MIN_TOKENS:  # (stored, or a short prompt)
+        if len(tokens) - shared_length(self._stored, tokens) < self.cache.min_tokens:  # (stored, or short)
             return
+        self.cache.wait()  # the last write first: one copy of a state at a time
         size = lib.llama_state_seq_get_size(self._ctx, 0)
         payload = bytearray(size)
         written = lib.llama_state_seq_get_data(self._ctx, (ctypes.c_uint8 * size).from_buffer(payload), size, 0)

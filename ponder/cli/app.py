@@ -48,12 +48,12 @@ def _main(
 
 
 def _register_commands() -> None:
-    from ponder.cli.commands import (ask_command, backends_command, batch_command, chat_command, config_command,
-                                     doctor_command, history_command, models_command, plan_command, pull_command,
-                                     solve_command)
+    from ponder.cli.commands import (ask_command, backends_command, batch_command, cache_command, chat_command,
+                                     config_command, doctor_command, history_command, models_command, plan_command,
+                                     pull_command, solve_command)
 
     for command in (ask_command, chat_command, solve_command, batch_command, history_command, pull_command,
-                    models_command, plan_command, backends_command, doctor_command, config_command):
+                    models_command, plan_command, backends_command, doctor_command, config_command, cache_command):
         command.register(app)
 
 

@@ -27,6 +27,7 @@ def ponder_env(**extra: str) -> dict[str, str]:
     env["PONDER_CONFIG"] = os.path.join(TEST_DATA_DIR, "config.toml")
     env["HF_HUB_CACHE"] = os.path.join(TEST_DATA_DIR, "hub")
     env["OLLAMA_MODELS"] = os.path.join(TEST_DATA_DIR, "ollama")
+    env["PONDER_CACHE_DIR"] = os.path.join(TEST_DATA_DIR, "prompt-cache")  # nor the user's prompt cache
     env.update(extra)
     return env
 

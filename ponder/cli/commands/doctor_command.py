@@ -66,6 +66,10 @@ def doctor(server: Optional[str] = ServerOptions.server) -> None:
         print(f"ponder: warning: {line}", file=sys.stderr)
     print(f"config file: {config_path()}" + ("" if config_path().exists() else " (none yet)"))
     print(f"data (history): {data_dir()}")
+    from ponder.cli.commands.cache_command import holding
+    from ponder.prompt_cache import cache_dir
+
+    print(f"prompt cache: {cache_dir()} · {holding()}")
     try:
         from huggingface_hub.constants import HF_HUB_CACHE
 

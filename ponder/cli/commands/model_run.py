@@ -67,7 +67,8 @@ class Run:
         unless `sequences_given`)."""
         from ponder.cli.commands.model_loading import connect_server, load_model, set_model_kind
 
-        options = LoadOptions(context=choice.ctx, threads=choice.threads)
+        options = LoadOptions(context=choice.ctx, threads=choice.threads,
+                              prompt_cache_bytes=choice.prompt_cache_bytes())
         if choice.server:
             return connect_server(self.term, choice.server, choice.model, choice.backend, options, choice.timeout,
                                   choice.model_kind, self.typed)

@@ -122,6 +122,21 @@ class ModelChoice:
         help="Whether the model reasons in <think> tags: auto (from its chat template, or a server model's name),"
              " reasoning or plain.",
     )
+    # (These two have defaults in code too: a ModelChoice made without them has the prompt cache as configured.)
+    no_prompt_cache: bool = field(default=False, metadata={"option": typer.Option(
+        False, "--no-prompt-cache",
+        help="Neither load nor save prompt states in the prompt cache on disk (`ponder cache` shows and clears it).",
+    )})
+    # The config file's prompt_cache_gib, a default as every setting's: a hidden option; `ponder config` sets it.
+    prompt_cache_gib: Optional[float] = field(default=None, metadata={"option": typer.Option(
+        None, "--prompt-cache-gib", hidden=True, show_default=False, callback=_checked("prompt_cache_gib"))})
+
+    def prompt_cache_bytes(self) -> int | None:
+        """The prompt cache's size cap (LoadOptions.prompt_cache_bytes); None: no prompt cache."""
+        from ponder.prompt_cache import DEFAULT_LIMIT_GIB
+
+        gib = DEFAULT_LIMIT_GIB if self.prompt_cache_gib is None else self.prompt_cache_gib
+        return None if self.no_prompt_cache or gib == 0 else int(gib * 2**30)
 
 
 def configured_server(given: str | None) -> str | None:
