@@ -133,6 +133,7 @@ class Stats:
     peak_memory_bytes: int | None = None
     route: str | None = None  # BackendStats.route
     reasoning_end: ReasoningEnd | None = None  # None: the reply had no reasoning
+    prefilled_tokens: int | None = None  # prompt tokens processed; the rest came from a cache (local backends)
 
 
 @dataclass(frozen=True)

@@ -193,6 +193,7 @@ class _Taken:
         prompt_tokens = _prompt_length(model, prompt) or max(after.prompt_tokens - before, 0)  # (a server: about)
         return replace(after, prompt_tokens=prompt_tokens, generated_tokens=generated,
                        time_to_first_token_s=first_token_s, reasoning_tokens=None, decode_tokens_per_s=rate,
+                       prefilled_tokens=None,  # (the continuation's are the closing text's: not the prompt's)
                        total_s=now - self.started)
 
 
@@ -303,6 +304,7 @@ def _stats(backend: BackendStats, counted: dict, thinking_s: float | None, reaso
         peak_memory_bytes=backend.peak_memory_bytes,
         route=backend.route,
         reasoning_end=reasoning_end,
+        prefilled_tokens=backend.prefilled_tokens,
     )
 
 

@@ -3,6 +3,13 @@ from __future__ import annotations
 import pytest
 
 
+@pytest.fixture(autouse=True)
+def _own_prompt_cache(tmp_path_factory, monkeypatch):
+    """Commands run in-process keep their prompt cache apart from the user's (ponder_env does the same for
+    subprocesses), one folder a test: no test loads what another stored."""
+    monkeypatch.setenv("PONDER_CACHE_DIR", str(tmp_path_factory.mktemp("prompt-cache")))
+
+
 @pytest.fixture(scope="session")
 def smollm2() -> str:
     from tests.support.packages import smollm2_gguf

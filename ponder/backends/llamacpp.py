@@ -227,7 +227,10 @@ class LlamaCppModel:
         tokens = self.prompt_ids(prompt)
         budget = generation_budget(len(tokens), self.info.context, params.max_tokens)
         cancel = cancel or threading.Event()
-        prefilled = self._prefill(tokens, cancel)
+        # What is worth keeping on disk: a plain model's next prompt holds its reply as written (saved after
+        # it); a reasoning model's drops the reasoning, so only its prompt (never a continuation's).
+        reasoning = self.info.chat.reasoning
+        prefilled = self._prefill(tokens, cancel, save=reasoning and not isinstance(prompt, Continuation))
         if prefilled is None:
             now = time.perf_counter()
             yield Finished("cancelled", backend_stats(len(tokens), 0, started, now, now, now))
@@ -267,10 +270,12 @@ class LlamaCppModel:
         tail = decoder.decode(b"", final=True)
         if tail:
             yield TextDelta(tail, tokens=0)
+        if self._disk is not None and not reasoning and not isinstance(prompt, Continuation):
+            self._disk.remember(self._cached)
         yield Finished(reason, backend_stats(len(tokens), generated, started, first, last, time.perf_counter(),
                                              prefilled=prefilled))
 
-    def _prefill(self, tokens: list[int], cancel: threading.Event) -> int | None:
+    def _prefill(self, tokens: list[int], cancel: threading.Event, save: bool = True) -> int | None:
         """Bring the cache to `tokens`, reusing the longest cached prefix (in memory, else on disk); how many
         tokens were processed, None if cancelled."""
         keep = self.streams.trim(0, shared_prefix(self._cached, tokens))
@@ -290,7 +295,7 @@ class LlamaCppModel:
                 self.streams.trim(0, len(self._cached))  # what the failed chunk may have left
                 raise
             self._cached.extend(chunk)
-        if self._disk is not None:
+        if self._disk is not None and save:
             self._disk.remember(tokens)
         return len(tokens) - keep
 

@@ -15,6 +15,7 @@ from ponder.reasoning import AnswerAsShown, extract_boxed
 def stats_json(stats: Stats) -> dict[str, Any]:
     return {
         "prompt_tokens": stats.prompt_tokens,
+        "prefilled_tokens": stats.prefilled_tokens,  # processed; the rest came from a cache (null: not known)
         "reasoning_tokens": stats.reasoning_tokens,
         "answer_tokens": stats.answer_tokens,
         "time_to_first_token_s": round(stats.time_to_first_token_s, 4),

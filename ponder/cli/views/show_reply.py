@@ -95,9 +95,16 @@ def no_answer_reason(reply: Reply) -> str:
     return "the model wrote nothing"
 
 
+def _cached(stats: Stats) -> str:
+    """How many prompt tokens came from a cache (the model's memory or the prompt cache on disk)."""
+    if stats.prefilled_tokens is None or stats.prefilled_tokens >= stats.prompt_tokens:
+        return ""
+    return f" ({stats.prompt_tokens - stats.prefilled_tokens} cached)"
+
+
 def format_stats(stats: Stats) -> str:
     line = (
-        f"prompt {stats.prompt_tokens} tokens · reasoning {stats.reasoning_tokens} tokens · "
+        f"prompt {stats.prompt_tokens} tokens{_cached(stats)} · reasoning {stats.reasoning_tokens} tokens · "
         f"answer {stats.answer_tokens} tokens · first token {stats.time_to_first_token_s:.2f} s · "
         f"decode {stats.decode_tokens_per_s:.1f} tokens/s"
     )
