@@ -103,7 +103,7 @@ def from_options(schema: str | None, choices: list[str] | None) -> Constraint | 
 
 
 def _split_choices(given: str) -> list[str]:
-    parts = [part.strip() for part in given.split(",")] if "," in given else [given]
+    parts = [part.strip() for part in given.split(",")]  # (the answer is compared stripped: so are the choices)
     if any(not part for part in parts):
         raise UsageError(f"--choice {given!r} has an empty choice", hint="give choices as A,B,C or --choice A --choice B")
     return parts
@@ -126,6 +126,8 @@ def _read_file(path: Path) -> str:
     from ponder.files import FileError, read_bytes
 
     try:
+        if path.stat().st_size > MAX_SCHEMA_BYTES:
+            raise UsageError(f"{path} is over {MAX_SCHEMA_BYTES >> 20} MiB: not a schema")
         data = read_bytes(path)
     except FileNotFoundError:
         raise UsageError(f"schema file not found: {path}") from None
@@ -191,12 +193,31 @@ def checked(constraint: Constraint) -> Constraint:
             where = "/".join(str(p) for p in exc.path)
             raise UsageError(f"{constraint.source}: not a valid JSON Schema: {exc.message}"
                              + (f" (at {where})" if where else "")) from None
+        fractional = _fractional_multiple(constraint.schema)
+        if fractional is not None:  # a grammar of decimal digits and jsonschema's float division disagree
+            raise UsageError(f"{constraint.source}: ponder cannot constrain an answer to a multipleOf of {fractional}",
+                             hint="use a whole multipleOf (scale the unit), or leave it out")
     import llguidance
 
     is_error, messages = llguidance.LLMatcher.validate_grammar_with_warnings(constraint.grammar())
     if is_error:
         raise UsageError(f"{constraint.source}: ponder cannot constrain an answer to this: {_first_line(messages)}")
     return constraint
+
+
+def _fractional_multiple(schema) -> float | None:
+    """A multipleOf in the schema that is not a whole number, if any."""
+    if isinstance(schema, dict):
+        value = schema.get("multipleOf")
+        if isinstance(value, float) and not value.is_integer():
+            return value
+        schema = list(schema.values())
+    if isinstance(schema, list):
+        for item in schema:
+            found = _fractional_multiple(item)
+            if found is not None:
+                return found
+    return None
 
 
 def _first_line(messages: list[str]) -> str:

@@ -21,16 +21,16 @@ import os
 import struct
 import tempfile
 import threading
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
 from array import array
 
+from ponder.prompt_cache_files import (MAGIC, SUFFIX, all_entries, open_entry, remove, remove_stale_writes, touch,
+                                       trusted)
+
 CACHE_DIR_ENV = "PONDER_CACHE_DIR"  # default: the platform's user cache dir
 FORMAT = 1
-MAGIC = b"PONDERKV"
-SUFFIX = ".kv"
 DEFAULT_LIMIT_GIB = 4.0
 # Prompts shorter than this are neither stored nor looked up. Loading beats processing at every length
 # measured, by 100x and more (benchmarks/prompt_cache_bench.py, SmolLM2, the fastest model here: 64 tokens
@@ -43,7 +43,6 @@ _HEADER = struct.Struct("<8sI")  # magic, length of the JSON that follows
 # Of a model file, checksummed into its identity: the first MiB (a GGUF's header, much of its metadata) and
 # 64 KiB at 16 places through the rest, the last at its end (the weights: a fine-tune differs there).
 _HEAD_BYTES, _SAMPLES, _SAMPLE_BYTES = 1 << 20, 16, 1 << 16
-_STALE_WRITE_S = 3600  # a temporary file this old was left by a process that died while writing
 
 
 def cache_dir() -> Path:
@@ -105,6 +104,8 @@ class PromptCache:
     def longest(self, tokens: list[int]) -> Hit | None:
         """The entry that shares the most leading tokens with `tokens` (at least min_tokens), or None."""
         best = None
+        if not (trusted(self.root) and trusted(self.folder)):
+            return None
         for path in self._entries():
             stored = self._tokens(path)
             if stored is None:
@@ -117,7 +118,7 @@ class PromptCache:
     def load(self, hit: Hit) -> bytearray | None:
         """The state of `hit`, checked whole; None (and the entry removed) if anything is wrong with it."""
         try:
-            with open(hit.path, "rb") as file:
+            with open_entry(hit.path) as file:
                 header = self._header(file)
                 if header["tokens"] != len(hit.tokens):
                     raise ValueError("replaced since it was found")
@@ -131,12 +132,12 @@ class PromptCache:
         except (OSError, ValueError):
             self.discard(hit.path)
             return None
-        _touch(hit.path)
+        touch(hit.path)
         return payload
 
     def _tokens(self, path: Path) -> tuple[int, ...] | None:
         try:
-            with open(path, "rb") as file:
+            with open_entry(path) as file:
                 count = self._header(file)["tokens"]
                 ids = array("i")
                 ids.frombytes(file.read(4 * count))
@@ -163,7 +164,7 @@ class PromptCache:
     def save(self, tokens: list[int], payload) -> Path | None:
         """Store the state after `tokens`; entries it makes redundant are removed, then the oldest over the
         cap. A failure to write (a full disk, a read-only cache) only skips the saving."""
-        if len(tokens) < self.min_tokens:
+        if len(tokens) < self.min_tokens or len(payload) > self.limit_bytes:  # (one over the cap would go at once)
             return None
         ids = array("i", tokens).tobytes()
         header = json.dumps({"format": FORMAT, "identity": self.identity, "tokens": len(tokens),
@@ -173,7 +174,9 @@ class PromptCache:
             # Private, as the history is: a state holds the prompt (its text can be read back out of it).
             self.root.mkdir(mode=0o700, parents=True, exist_ok=True)
             self.folder.mkdir(mode=0o700, exist_ok=True)
-            _remove_stale_writes(self.folder)
+            if not (trusted(self.root) and trusted(self.folder)):
+                return None  # another user's, or open to others: neither read nor written
+            remove_stale_writes(self.folder)
             fd, temporary = tempfile.mkstemp(dir=self.folder, prefix=".writing-")
             try:
                 with os.fdopen(fd, "wb") as file:
@@ -182,7 +185,7 @@ class PromptCache:
                     file.write(payload)
                 os.replace(temporary, target)
             except BaseException:
-                _remove(Path(temporary))
+                remove(Path(temporary))
                 raise
         except OSError:
             return None
@@ -202,18 +205,22 @@ class PromptCache:
                                          daemon=False)
         self._writing.start()
 
+    def busy(self) -> bool:
+        """Whether a write is still going on (a new state then waits for a later turn)."""
+        return self._writing is not None and self._writing.is_alive()
+
     def wait(self) -> None:
         if self._writing is not None:
             self._writing.join()
             self._writing = None
 
     def discard(self, path: Path) -> None:
-        _remove(path)  # (where it cannot go, a read-only cache, it is checked again and skipped next time)
+        remove(path)  # (where it cannot go, a read-only cache, it is checked again and skipped next time)
 
     def evict(self) -> None:
         """Remove the least recently used entries (of every model) until the cache is within its cap."""
         entries = []
-        for path in self.root.glob(f"*/*{SUFFIX}"):
+        for path in all_entries(self.root):
             try:
                 stat = path.stat()
             except OSError:
@@ -223,7 +230,7 @@ class PromptCache:
         for _, size, path in sorted(entries):
             if total <= self.limit_bytes:
                 break
-            if _remove(path):  # (one that cannot go still counts: a newer one goes in its place)
+            if remove(path):  # (one that cannot go still counts: a newer one goes in its place)
                 total -= size
 
     def _entries(self) -> list[Path]:
@@ -231,35 +238,6 @@ class PromptCache:
             return sorted(self.folder.glob(f"*{SUFFIX}"))
         except OSError:
             return []
-
-
-def usage(root: Path | None = None) -> tuple[int, int]:
-    """Entries and bytes the whole cache holds."""
-    root = root or cache_dir()
-    sizes = []
-    for path in root.glob(f"*/*{SUFFIX}"):
-        try:
-            sizes.append(path.stat().st_size)
-        except OSError:
-            pass
-    return len(sizes), sum(sizes)
-
-
-def clear(root: Path | None = None) -> tuple[int, int]:
-    """Remove every entry (and what a crashed write left): how many entries went, and how many could not."""
-    root = root or cache_dir()
-    removed = left = 0
-    for path in list(root.glob(f"*/*{SUFFIX}")) + list(root.glob("*/.writing-*")):
-        gone = _remove(path)
-        if path.suffix == SUFFIX:
-            removed += gone
-            left += not gone
-    for folder in root.glob("*"):
-        try:
-            folder.rmdir()
-        except OSError:
-            pass
-    return removed, left
 
 
 def _read_header(file) -> dict | None:
@@ -290,31 +268,15 @@ def shared_length(stored, tokens) -> int:
     return n
 
 
-def _touch(path: Path) -> None:
-    try:
-        os.utime(path)
-    except OSError:
-        pass
+def usage(root: Path | None = None) -> tuple[int, int]:
+    """Entries and bytes the whole cache holds."""
+    from ponder import prompt_cache_files
+
+    return prompt_cache_files.usage(root or cache_dir())
 
 
-def _remove(path: Path) -> bool:
-    """Whether `path` is gone: removed now, or already (another process evicted it). Not where the cache is
-    read-only or the file is not ours to remove: the caller counts it as still there."""
-    try:
-        path.unlink()
-    except FileNotFoundError:
-        return True
-    except OSError:
-        return False
-    return True
+def clear(root: Path | None = None) -> tuple[int, int]:
+    """Remove every entry (and what a crashed write left): how many entries went, and how many could not."""
+    from ponder import prompt_cache_files
 
-
-def _remove_stale_writes(folder: Path) -> None:
-    """The temporary files of writes that a killed process never finished (a live write is never an hour old)."""
-    now = time.time()
-    for path in folder.glob(".writing-*"):
-        try:
-            if now - path.stat().st_mtime > _STALE_WRITE_S:
-                _remove(path)
-        except OSError:
-            pass
+    return prompt_cache_files.clear(root or cache_dir())

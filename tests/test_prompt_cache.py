@@ -4,6 +4,7 @@ that made it, a damaged entry is removed, writes are whole, the cap holds. Real 
 
 from __future__ import annotations
 
+import hashlib
 import json
 import multiprocessing
 import os
@@ -32,8 +33,13 @@ def entries(root: Path) -> list[Path]:
 # --- the store alone ----------------------------------------------------------------------------
 
 
+def named(identity: str) -> str:
+    """An identity as model_identity makes them (40 hex digits: the only folders ponder reads or removes)."""
+    return hashlib.sha256(identity.encode()).hexdigest()[:40]
+
+
 def store(root: Path, identity: str = "model-a", **kwargs) -> PromptCache:
-    return PromptCache(identity, root=root, **kwargs)
+    return PromptCache(named(identity), root=root, **kwargs)
 
 
 def ids(n: int, start: int = 1000) -> list[int]:
@@ -89,7 +95,7 @@ def _save_at_once(root: str, barrier, seed: int) -> None:
     """One of several processes saving the same tokens, each its own (big) state."""
     payload = bytes([seed]) * (48 << 20)
     barrier.wait()
-    PromptCache("model-a", root=Path(root)).save(ids(MIN_TOKENS * 4), payload)
+    PromptCache(named("model-a"), root=Path(root)).save(ids(MIN_TOKENS * 4), payload)
 
 
 def test_two_processes_saving_the_same_entry_at_once_leave_one_valid_entry(tmp_path):
@@ -116,7 +122,7 @@ def test_the_process_ends_only_once_its_write_is_whole(tmp_path):
 import sys, threading
 from pathlib import Path
 from ponder.prompt_cache import PromptCache
-cache = PromptCache("model-a", root=Path(sys.argv[1]))
+cache = PromptCache("{named('model-a')}", root=Path(sys.argv[1]))
 model_thread = threading.Thread(target=lambda: cache.save_later(list(range({MIN_TOKENS})), bytes(200 << 20)),
                                 daemon=True)
 model_thread.start()

@@ -56,7 +56,8 @@ class StateOnDisk:
         """Save stream 0's state (it holds exactly `tokens`) if that much is not stored yet."""
         if len(tokens) - shared_length(self._stored, tokens) < self.cache.min_tokens:  # (stored, or short)
             return
-        self.cache.wait()  # the last write first: one copy of a state at a time
+        if self.cache.busy():  # one copy of a state at a time: this one waits for a later turn
+            return
         size = lib.llama_state_seq_get_size(self._ctx, 0)
         payload = bytearray(size)
         written = lib.llama_state_seq_get_data(self._ctx, (ctypes.c_uint8 * size).from_buffer(payload), size, 0)
