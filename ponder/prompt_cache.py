@@ -1,7 +1,7 @@
 """The prompt cache on disk: a model's state after a prompt, kept so that a later run (any process) that
 begins with the same tokens loads it instead of processing them again.
 
-An entry can never give a wrong reply: it is filed under the model's identity (the file's path, size,
+An entry is never another model's or another prompt's state: it is filed under the model's identity (the file's path, size,
 modification time and a checksum of its first MiB and of samples spread through the rest, so a file
 copied over another of the same size and time is still told apart; the backend and its version; every
 setting that changes the state), and it holds the exact token ids it was made from and a checksum of the
