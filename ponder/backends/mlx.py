@@ -2,8 +2,8 @@
 
 Decoding is mlx-lm's own `stream_generate` (its asynchronous step pipeline and Metal wired
 memory limit), driven with ponder's prompt text, a sampler that applies temperature before
-top-p as the llama.cpp backend does, and a prompt cache kept between calls so a longer
-prompt that extends the last one only processes its new tokens. A constrained answer
+top-p as the llama.cpp backend does, and a prompt cache kept between calls (and on disk:
+mlx_state) so a prompt that extends an earlier one only processes its new tokens. A constrained answer
 (--schema, --choice) masks the logits with a logits processor (`_AnswerLogits`).
 """
 
@@ -27,6 +27,7 @@ from mlx_lm.utils import load as mlx_load
 from ponder.backends.base import (BackendProbe, LoadOptions, ModelInfo, backend_stats, generation_budget, prompt_tokens,
                                  shared_prefix)
 from ponder.backends.mlx_batch import MlxBatch, PromptCache, batchable, masked, one_line
+from ponder.backends.mlx_state import state_on_disk
 from ponder.defaults import DEFAULT_CONTEXT
 from ponder.errors import BackendError, ModelError
 from ponder.events import BackendEvent, Continuation, Finished, GenerationParams, TextDelta
@@ -184,6 +185,7 @@ class MlxModel:
             ignored=_ignored(options) + (("sequences",) if sequences < options.sequences else ()),
             sequences=sequences,
         )
+        self._disk = state_on_disk(self, path, options.prompt_cache_bytes)
 
     def tokenize(self, text: str) -> list[int]:
         # As in the llama.cpp backend: the template writes BOS's text; add BOS only where it did not.
@@ -286,18 +288,25 @@ class MlxModel:
             raise BackendError(f"MLX failed to generate: {one_line(exc)}") from exc
         finally:
             self._settle_cache(tokens + generated)
+        if self._disk is not None and not isinstance(prompt, Continuation):  # (a continuation's: never again)
+            self._disk.remember(self.prompt_cache, len(tokens), self.info.chat.reasoning)
         now = time.perf_counter()
         stats = backend_stats(len(tokens), len(generated), started, first, last, now, mx.get_peak_memory(),
                               prefilled)
         yield Finished(reason, stats)
 
     def _reuse_cache(self, tokens: list[int]) -> list[int]:
-        """Trim the cache to the longest prefix it shares with `tokens`; the tokens left to feed."""
+        """Trim the cache to the longest prefix it shares with `tokens`, or load a longer one from disk; the
+        tokens left to feed."""
         held = self.prompt_cache
         keep = shared_prefix(held.tokens, tokens)
         if keep and not can_trim_prompt_cache(held.cache):
             keep = 0
-        if keep == 0:
+        loaded = self._disk.restore(tokens, keep) if self._disk is not None else None
+        if loaded is not None:
+            cache, keep = loaded
+            self.prompt_cache = PromptCache(cache, tokens[:keep])
+        elif keep == 0:
             self.prompt_cache = PromptCache(self.new_cache())
         else:
             trim_prompt_cache(held.cache, _offset(held.cache) - keep)
@@ -319,7 +328,9 @@ class MlxModel:
         return MlxBatch(self, _sampler, PROMPT_CHUNK)
 
     def close(self) -> None:
-        self._model = self._tokenizer = self.prompt_cache = None
+        if self._disk is not None:
+            self._disk.close()  # its writes finish
+        self._model = self._tokenizer = self.prompt_cache = self._disk = None
         mx.clear_cache()
 
 
