@@ -84,7 +84,9 @@ def constraint_problem(task: dict) -> str | None:
         return f'has a "schema" that is {_kind(task["schema"])}: a JSON Schema is an object'
     choices = task.get("choices")
     if "choices" in task and not (isinstance(choices, list) and choices and all(isinstance(c, str) for c in choices)):
-        return f'has "choices" that are {_kind(choices)}: they are a list of strings'
+        what = ("an empty list" if choices == [] else "a list with something other than strings"
+                if isinstance(choices, list) else _kind(choices))
+        return f'has "choices" that are {what}: they are a non-empty list of strings'
     if choices and any(not c.strip() or c != c.strip() for c in choices):
         return 'has a choice that is empty or starts or ends with a space (the answer is compared stripped)'
     field = "schema" if "schema" in task else "choices" if "choices" in task else None
