@@ -1,8 +1,7 @@
 """HTTP to an OpenAI-compatible server: requests, retries of a busy server, server-sent events, stops.
 
-httpx2 (ponder's dependency through huggingface_hub) does the HTTP, proxies from the environment,
-timeouts and SSE parsing; imported only when a server is used (`ponder --help` stays fast). The API
-key goes in a header where server_auth allows it; failures become one-line errors in server_errors.
+httpx2 (ponder's dependency through huggingface_hub) does the HTTP, proxies and SSE parsing; imported only
+when a server is used. The API key goes where server_auth allows; failures are one line (server_errors).
 """
 
 from __future__ import annotations
@@ -104,19 +103,16 @@ class ServerClient:
 
     def get_json(self, path: str, from_root: bool = False, timeout: float | None = None):
         """GET a JSON document; BackendError (one line) when the server cannot give it."""
-        return self._json("GET", path, None, from_root, timeout)
+        return self.post_json(path, None, from_root, timeout)
 
-    def post_json(self, path: str, body: dict, from_root: bool = False, timeout: float | None = None):
-        """POST `body` and read the JSON document that answers it (llama-server's native endpoints)."""
-        return self._json("POST", path, body, from_root, timeout)
-
-    def _json(self, method: str, path: str, body: dict | None, from_root: bool, timeout: float | None):
+    def post_json(self, path: str, body: dict | None, from_root: bool = False, timeout: float | None = None):
+        """POST `body` (GET where None: get_json) and read the JSON document that answers it."""
         import httpx2
 
         url = (self.root if from_root else self.url) + path
         with self.in_flight.track(Cancel()) as cancel:
             held: list = []
-            response = self._send(method, url, body, cancel, held, timeout=timeout)
+            response = self._send("GET" if body is None else "POST", url, body, cancel, held, timeout=timeout)
             if response is None:
                 raise BackendError(f"the request to {self.shown} was stopped")
             try:
