@@ -166,7 +166,7 @@ def unpack(bits, n):
     return np.unpackbits(bits.view(np.uint8), count=n, bitorder="little").view(bool)
 
 
-def apply_now(bits, logits, n):  # ponder.grammar.AnswerMask.limit's apply, as it is
+def apply_plain(bits, logits, n):  # every logit through the unpacked mask (AnswerMask's before c06adb6)
     allowed = unpack(bits, n)
     if allowed.any():
         np.copyto(logits, -np.inf, where=~allowed)
@@ -184,8 +184,9 @@ def apply_putmask(bits, logits, n):
         np.putmask(logits, forbidden, -np.inf)
 
 
-APPLY = {"apply as now (unpack, ~, copyto)": apply_now, "unpack inverted bytes, copyto": apply_inverted,
+APPLY = {"unpack, ~, copyto": apply_plain, "unpack inverted bytes, copyto": apply_inverted,
          "unpack inverted bytes, putmask": apply_putmask}
+NOW = "AnswerMask._apply, as it is"
 
 
 def replay(model, constraints: dict, drawn: dict, prompt: str) -> None:
@@ -194,7 +195,7 @@ def replay(model, constraints: dict, drawn: dict, prompt: str) -> None:
 
     rng = np.random.default_rng(0)
     logits = rng.standard_normal(model._n_vocab).astype(np.float32)
-    names = ["fill", *APPLY, "logit bias (Rust bytes), copyto", "validate the drawn token"]
+    names = ["fill", NOW, *APPLY, "logit bias (Rust bytes), copyto", "validate the drawn token"]
     print("2. the same tokens replayed, each part alone; µs a token, median / p90")
     print(f"  {'':34s}" + "".join(f"{name:>17s}" for name in constraints))
     rows: dict[str, dict[str, list[float]]] = {name: {c: [] for c in constraints} for name in names}
@@ -203,13 +204,14 @@ def replay(model, constraints: dict, drawn: dict, prompt: str) -> None:
         for tokens in drawn[cname]:
             mask = model.answer_mask(prompt, GenerationParams(constraint=constraint))
             matcher, bits, n = mask._matcher, mask._bits, model._n_vocab
+            applies = {NOW: lambda bits, logits, n: mask._apply(logits), **APPLY}
             for token in tokens:
                 start = time.perf_counter()
                 mask._fill(matcher, bits)
                 rows["fill"][cname].append(time.perf_counter() - start)
                 expected = logits.copy()
-                apply_now(bits, expected, n)
-                for name, apply in APPLY.items():
+                apply_plain(bits, expected, n)
+                for name, apply in applies.items():
                     row = logits.copy()
                     start = time.perf_counter()
                     apply(bits, row, n)
