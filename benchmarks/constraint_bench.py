@@ -280,7 +280,8 @@ def decode_ratio(args) -> None:
                 token = sampler.sample(logits)
                 drawn = draw(own_sampler, logits)
                 if mask.active:
-                    mask.limit(logits := logits.copy())  # (the matcher has not moved yet: the same mask)
+                    mask._fill(mask._matcher, mask._bits)  # (the matcher has not moved yet: the same mask)
+                    mask._apply(logits := logits.copy())
                     allowed.append(logits[token] != -np.inf)
                 return drawn
 

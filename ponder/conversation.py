@@ -15,8 +15,8 @@ from dataclasses import replace
 from ponder.backends.base import Model
 from ponder.context_fit import estimated_tokens, fitting_start, reply_room, summary_room, turn_starts
 from ponder.errors import BackendError, ContextOverflow, UsageError
-from ponder.events import GenerationParams, Message, Reply, ReplyEvent
-from ponder.history import Conversation, History, HistoryError, Turn
+from ponder.events import GenerationParams, Reply, ReplyEvent
+from ponder.history import Conversation, History, HistoryError, Turn, messages
 from ponder.exchange import generate_reply, model_prompt
 
 CONTEXT_WARNING = 0.8  # a conversation this full of the context is worth a warning (on_full refuse)
@@ -102,7 +102,7 @@ class Chat:
 
     def reply(self, params: GenerationParams, answer_now: threading.Event | None = None) -> Iterator[ReplyEvent]:
         """Stream the model's reply to the conversation as it sees it (`answer_now`: see generate_reply)."""
-        return generate_reply(self.model, _messages(self.seen()), params, answer_now)
+        return generate_reply(self.model, messages(self.seen()), params, answer_now)
 
     def replied(self, reply: Reply) -> bool:
         self.last_stats = reply.stats
@@ -114,7 +114,7 @@ class Chat:
         more for what the next message may hold; bounded, should a server count only what it processed)."""
         counted = reply.stats.prompt_tokens
         if self.estimated and counted:
-            guess = estimated_tokens(model_prompt(self.model, _messages(self.seen())))
+            guess = estimated_tokens(model_prompt(self.model, messages(self.seen())))
             self.scale = min(max(1.1 * counted / max(guess, 1), 0.2), 4.0)
 
     def interrupted(self, answer: str, reasoning: str) -> bool:
@@ -155,7 +155,7 @@ class Chat:
     def prompt_tokens(self, turns: list[Turn]) -> int:
         """The tokens of the prompt `turns` make, by the model's own tokenizer, or estimated generously
         where it has none (a server)."""
-        prompt = model_prompt(self.model, _messages(turns))
+        prompt = model_prompt(self.model, messages(turns))
         if isinstance(prompt, str) and not self.estimated:
             try:
                 return len(self.model.tokenize(prompt))
@@ -233,7 +233,7 @@ class Chat:
                                       " summary and room for it")
             asked = asked[:head] + asked[start:]
         summary_params = replace(params, think_budget=think, max_tokens=room, constraint=None)
-        return generate_reply(self.model, _messages(asked), summary_params)
+        return generate_reply(self.model, messages(asked), summary_params)
 
     def compacted(self, summary: Reply) -> int:
         """Put `summary` in place of the turns the model sees before the new message: the request and the
@@ -249,10 +249,6 @@ class Chat:
         if pending is not None:
             self.add(Turn("user", pending))
         return replaced
-
-
-def _messages(turns: list[Turn]) -> list[Message]:
-    return [Message(turn.role, turn.content) for turn in turns]  # reasoning is never sent back
 
 
 def _whole_turns(turns: list[Turn]) -> int:

@@ -17,6 +17,10 @@ class PonderError(Exception):
         self.message = message
         self.hint = hint
 
+    def one_line(self) -> str:
+        """The message with its hint, on one line (an error kept in a result, a sample, a chat note)."""
+        return self.message + (f" ({self.hint})" if self.hint else "")
+
 
 class UsageError(PonderError):
     """The command line or its input is wrong (exit 2)."""

@@ -72,8 +72,8 @@ def _nothing_allowed() -> BackendError:
 
 
 class AnswerMask:
-    """One reply's grammar state. `limit(logits)` before a draw masks, in place, what the grammar forbids
-    (nothing while the reasoning runs); `took(token, text)` after it says whether the answer is complete."""
+    """One reply's grammar state. `draw(sampler, logits)` draws as the grammar allows (freely while the
+    reasoning runs); `took(token, text)` after it says whether the answer is complete."""
 
     def __init__(self, vocabulary, constraint: Constraint, started: bool, n_vocab: int):
         import llguidance
@@ -100,12 +100,6 @@ class AnswerMask:
             self._apply(logits)
             token = sampler.sample(logits)
         return token
-
-    def limit(self, logits: np.ndarray) -> None:
-        if not self.active:
-            return
-        self._fill(self._matcher, self._bits)
-        self._apply(logits)
 
     def _apply(self, logits: np.ndarray) -> None:
         words = self._bits[0]
@@ -147,6 +141,3 @@ class AnswerMask:
         if not self._matcher.consume_token(token):
             raise BackendError(f"the answer left its grammar: {self._matcher.get_error()}", hint="this is a bug in ponder")
         return self._matcher.is_stopped()
-
-    def accepting(self) -> bool:
-        return self.active and self._matcher.is_accepting()

@@ -143,7 +143,12 @@ class Conversation:
     model: str = ""
 
     def messages(self) -> list[Message]:
-        return [Message(t.role, t.content) for t in self.turns]  # reasoning is never sent back
+        return messages(self.turns)
+
+
+def messages(turns: list[Turn]) -> list[Message]:
+    """What of some turns goes to the model: reasoning is never sent back."""
+    return [Message(t.role, t.content) for t in turns]
 
 
 @dataclass(frozen=True)

@@ -218,7 +218,7 @@ class LlamaCppBatch:
         try:
             return sequence.mask.draw(sequence.sampler, logits)
         except BackendError as exc:
-            broken[handle] = _why(exc)
+            broken[handle] = exc.one_line()
             return -1
 
     @staticmethod
@@ -227,7 +227,7 @@ class LlamaCppBatch:
         try:
             return sequence.mask.took(token, text)
         except BackendError as exc:
-            broken[handle] = _why(exc)
+            broken[handle] = exc.one_line()
             return True
 
     def drop(self, handle: int, reason: FinishReason) -> Finished:
@@ -248,7 +248,3 @@ class LlamaCppBatch:
             lib.llama_batch_free(self._step_batch)
             lib.llama_batch_free(self._prompt_batch)
             self._step_batch = self._prompt_batch = None
-
-
-def _why(exc: BackendError) -> str:
-    return exc.message + (f" ({exc.hint})" if exc.hint else "")

@@ -222,7 +222,7 @@ class MlxBatch:
         try:
             return sequence.mask.allowed()
         except BackendError as exc:
-            broken[slot] = _why(exc)
+            broken[slot] = exc.one_line()
             return None
 
     def _complete(self, slot: int, sequence: _Sequence, token: int, broken: dict[int, str]) -> bool:
@@ -232,7 +232,7 @@ class MlxBatch:
         try:
             return mask.took(token, "" if mask.active else self._model.piece(token))
         except BackendError as exc:
-            broken[slot] = _why(exc)
+            broken[slot] = exc.one_line()
             return True
 
     def drop(self, slot: int, reason: FinishReason) -> Finished:
@@ -301,8 +301,6 @@ def _kv_prefix(layer: KVCache, keep: int) -> KVCache:
     return cut
 
 
-def _why(exc: BackendError) -> str:
-    return exc.message + (f" ({exc.hint})" if exc.hint else "")
 
 
 def one_line(exc: BaseException) -> str:

@@ -132,7 +132,7 @@ class ServerModel:
             if not cancel.is_set() and not decoded.choices:
                 raise self._not_openai()
         except StreamBroken as exc:
-            yield from answers.feed(decoded.ends(error=exc.message + (f" ({exc.hint})" if exc.hint else "")))
+            yield from answers.feed(decoded.ends(error=exc.one_line()))
             return
         except ServerRefused as refused:
             if n > 1 and re.search(r"\bn\b", refused.said):

@@ -192,8 +192,9 @@ class ChatRepl:
         except Exception as exc:
             summary, why = None, describe_error(exc, self.run.term)
         else:
-            why = summary.error if summary is not None and summary.error else "the model wrote none"
-        if summary is None or summary.error or not summary.answer.strip():
+            why = (summary.error or ("it was cut off at its token limit" if summary.finish_reason == "length"
+                                     else "the model wrote none"))
+        if summary is None or summary.error or summary.finish_reason == "length" or not summary.answer.strip():
             instead = "the oldest turns are left out instead" if auto else "nothing changed"
             self.note(f"error: no summary ({why}); {instead}", "red")
             return "failed"
@@ -264,7 +265,7 @@ def describe_error(exc: Exception, term) -> str:
     from ponder.errors import PonderError, debugging
 
     if isinstance(exc, PonderError):
-        return exc.message + (f" ({exc.hint})" if exc.hint else "")
+        return exc.one_line()
     if debugging():
         import traceback
 

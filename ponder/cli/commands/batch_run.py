@@ -37,7 +37,7 @@ def task_failure(exc: BaseException) -> str | None:
     if isinstance(exc, ServerRefused) and exc.status not in TASK_STATUSES:
         return None
     if isinstance(exc, (ContextOverflow, BrokenSample, ServerRefused, ConstraintBroken)):
-        return exc.message + (f" ({exc.hint})" if exc.hint else "")
+        return exc.one_line()
     return None
 
 
