@@ -15,6 +15,7 @@ FinishReason = Literal["stop", "length", "cancelled", "interrupted", "loop"]
 # How the reasoning ended: the model closed it; ponder closed it at --think-budget (budget), at the
 # user's "answer now" (user) or to rescue a loop (loop); the token budget ran out (length); the user
 # stopped the reply (cancelled) or the backend broke it off (also "cancelled": nothing chose to end it).
+Speculate = Literal["auto", "ngram", "draft", "off"]
 ReasoningEnd = Literal["model", "budget", "user", "loop", "length", "cancelled"]
 
 
@@ -36,6 +37,9 @@ class GenerationParams:
     budget_message: str | None = None  # the text that closes it (None: Qwen's documented message)
     on_loop: Literal["answer", "stop", "continue"] = "answer"  # a reasoning that repeats itself
     constraint: Constraint | None = None  # --schema / --choice: what the answer must be (ponder.constraint)
+    # Speculative decoding (ponder.speculate): guesses of the next tokens checked by the model in one call.
+    # "auto": n-gram guesses while they pay; "ngram": always; "draft": the draft model's (LoadOptions.draft).
+    speculate: Speculate = "off"
 
 
 # --- what a backend yields -------------------------------------------------
@@ -68,6 +72,16 @@ class Continuation:
 
 
 @dataclass(frozen=True)
+class SpeculationStats:
+    """What speculative decoding did in a reply: tokens guessed, guesses the model kept, and model calls
+    that produced the reply's tokens (each gives one token more than it accepted)."""
+
+    drafted: int
+    accepted: int
+    calls: int
+
+
+@dataclass(frozen=True)
 class BackendStats:
     prompt_tokens: int
     generated_tokens: int
@@ -78,6 +92,7 @@ class BackendStats:
     reasoning_tokens: int | None = None  # where the backend knows better than counting (a server's usage)
     prefilled_tokens: int | None = None  # prompt tokens processed, the rest came from the cache (local backends)
     route: str | None = None  # how a server was asked, e.g. "/v1/completions, prompt rendered by ponder"
+    speculation: SpeculationStats | None = None  # where speculative decoding was on (local backends)
 
 
 def decode_timing(generated: int, started: float, first: float, last: float) -> tuple[float, float]:
@@ -134,6 +149,7 @@ class Stats:
     route: str | None = None  # BackendStats.route
     reasoning_end: ReasoningEnd | None = None  # None: the reply had no reasoning
     prefilled_tokens: int | None = None  # prompt tokens processed; the rest came from a cache (local backends)
+    speculation: SpeculationStats | None = None  # BackendStats.speculation
 
 
 @dataclass(frozen=True)

@@ -305,6 +305,7 @@ def _stats(backend: BackendStats, counted: dict, thinking_s: float | None, reaso
         route=backend.route,
         reasoning_end=reasoning_end,
         prefilled_tokens=backend.prefilled_tokens,
+        speculation=backend.speculation,
     )
 
 

@@ -24,6 +24,8 @@ class LoadOptions:
     sequences: int = 1
     # Keep prompt states on disk (ponder.prompt_cache) within this many bytes in all; None: no prompt cache.
     prompt_cache_bytes: int | None = None
+    # A smaller model with the same vocabulary whose guesses speculative decoding checks (--draft): its path.
+    draft: str | None = None
 
 
 @dataclass(frozen=True)

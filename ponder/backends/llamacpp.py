@@ -10,12 +10,12 @@ in place (ponder.sampling), and llama.cpp's log goes to a buffer that error mess
 
 from __future__ import annotations
 
-import codecs
 import ctypes
 import os
 import threading
 import time
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import llama_cpp as lib
@@ -24,6 +24,7 @@ import numpy as np
 from ponder.backends.base import (BackendProbe, LoadOptions, ModelInfo, backend_stats, generation_budget, prompt_tokens,
                                  shared_prefix)
 from ponder.backends.llamacpp_batch import KvStreams, LlamaCppBatch
+from ponder.backends.llamacpp_decode import DecodeResult, decode_reply
 from ponder.backends.llamacpp_setup import MAX_THREADS, log_lines, check_gguf, last_error, physical_cores
 from ponder.defaults import DEFAULT_CONTEXT
 from ponder.errors import BackendError, ModelError, UsageError
@@ -31,6 +32,7 @@ from ponder.events import BackendEvent, Continuation, Finished, GenerationParams
 from ponder.prompt import ChatFormat, is_reasoning_model
 from ponder.reasoning import OPEN_TAG
 from ponder.sampling import Sampler
+from ponder.speculate import Speculation, speculation_for
 
 PROMPT_CHUNK = 512  # prompt tokens per decode call; cancellation is checked between chunks
 
@@ -116,6 +118,7 @@ class LlamaCppModel:
         self._piece = ctypes.create_string_buffer(256)
         self._vocabulary = None  # llguidance's view of the vocabulary, built for the first constrained answer
         self._disk = self._state_on_disk(path, options, params.n_gpu_layers)
+        self._drafter = None  # the draft model's guesser (LoadOptions.draft)
 
         template = lib.llama_model_chat_template(self._model, None)
         template_text = template.decode("utf-8") if template else None
@@ -238,42 +241,20 @@ class LlamaCppModel:
 
         sampler = Sampler(params.temperature, params.top_p, params.seed)
         mask = self.answer_mask(prompt, params)
-        decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
-        token_slot = (lib.llama_token * 1)()
-        batch = lib.llama_batch_get_one(token_slot, 1)
-        generated = 0
-        reason = "length"
-        first = last = started
-        while generated < budget:
-            if cancel.is_set():
-                reason = "cancelled"
-                break
-            logits = self.logits(-1)
-            token = sampler.sample(logits) if mask is None else mask.draw(sampler, logits)
-            last = time.perf_counter()
-            if generated == 0:
-                first = last
-            if self.is_end(token):
-                reason = "stop"
-                break
-            generated += 1
-            text = decoder.decode(self.piece(token))
-            yield TextDelta(text, ids=(token,))
-            if mask is not None and mask.took(token, text):  # the answer is complete
-                reason = "stop"
-                break
-            if generated == budget:
-                break
-            token_slot[0] = token
-            self.decode(batch, "decode")
-            self._cached.append(token)
-        tail = decoder.decode(b"", final=True)
-        if tail:
-            yield TextDelta(tail, tokens=0)
+        speculation = self._speculation(params)
+        result = DecodeResult(started)
+        yield from decode_reply(self, sampler, mask, speculation, budget, cancel, list(tokens), result)
         if self._disk is not None and not reasoning and not isinstance(prompt, Continuation):
             self._disk.remember(self._cached)
-        yield Finished(reason, backend_stats(len(tokens), generated, started, first, last, time.perf_counter(),
-                                             prefilled=prefilled))
+        stats = backend_stats(len(tokens), result.generated, started, result.first, result.last,
+                              time.perf_counter(), prefilled=prefilled)
+        yield Finished(result.reason, replace(stats, speculation=speculation and speculation.stats()))
+
+    def _speculation(self, params: GenerationParams) -> Speculation | None:
+        """The reply's speculative decoding; none where the cache cannot be cut back (a recurrent model's)."""
+        if lib.llama_model_is_recurrent(self._model) or lib.llama_model_is_hybrid(self._model):
+            return None
+        return speculation_for(params.speculate, self._drafter)
 
     def _prefill(self, tokens: list[int], cancel: threading.Event, save: bool = True) -> int | None:
         """Bring the cache to `tokens`, reusing the longest cached prefix (in memory, else on disk); how many
