@@ -20,10 +20,12 @@ _ponder() {
                 --server) COMPREPLY=(); return ;;
                 --timeout) COMPREPLY=(); return ;;
                 --model-kind) COMPREPLY=($(compgen -W "auto reasoning plain" -- "$cur")); return ;;
+                --draft) compopt -o filenames; COMPREPLY=($(compgen -f -- "$cur")); return ;;
                 --temperature) COMPREPLY=(); return ;;
                 --top-p) COMPREPLY=(); return ;;
                 --max-tokens) COMPREPLY=(); return ;;
                 --seed) COMPREPLY=(); return ;;
+                --speculate) COMPREPLY=($(compgen -W "auto ngram draft off" -- "$cur")); return ;;
                 --think-budget) COMPREPLY=(); return ;;
                 --budget-message) COMPREPLY=(); return ;;
                 --on-loop) COMPREPLY=($(compgen -W "answer stop continue" -- "$cur")); return ;;
@@ -32,7 +34,7 @@ _ponder() {
                 --choice) COMPREPLY=(); return ;;
                 --lang) COMPREPLY=(); return ;;
             esac
-            COMPREPLY=($(compgen -W "--model -m --backend --ctx --threads -t --server --timeout --model-kind --no-prompt-cache --temperature --top-p --max-tokens --seed --think-budget --no-think --budget-message --on-loop --reasoning --show-reasoning --hide-reasoning --stats --json --jsonl --schema --choice --extract -x --extract-last --lang --no-log --debug --help -h" -- "$cur")) ;;
+            COMPREPLY=($(compgen -W "--model -m --backend --ctx --threads -t --server --timeout --model-kind --no-prompt-cache --draft --temperature --top-p --max-tokens --seed --speculate --think-budget --no-think --budget-message --on-loop --reasoning --show-reasoning --hide-reasoning --stats --json --jsonl --schema --choice --extract -x --extract-last --lang --no-log --debug --help -h" -- "$cur")) ;;
         "backends")
             case "$prev" in
                 --server) COMPREPLY=(); return ;;
@@ -50,10 +52,12 @@ _ponder() {
                 --server) COMPREPLY=(); return ;;
                 --timeout) COMPREPLY=(); return ;;
                 --model-kind) COMPREPLY=($(compgen -W "auto reasoning plain" -- "$cur")); return ;;
+                --draft) compopt -o filenames; COMPREPLY=($(compgen -f -- "$cur")); return ;;
                 --temperature) COMPREPLY=(); return ;;
                 --top-p) COMPREPLY=(); return ;;
                 --max-tokens) COMPREPLY=(); return ;;
                 --seed) COMPREPLY=(); return ;;
+                --speculate) COMPREPLY=($(compgen -W "auto ngram draft off" -- "$cur")); return ;;
                 --think-budget) COMPREPLY=(); return ;;
                 --plot) COMPREPLY=(); return ;;
                 --budget-message) COMPREPLY=(); return ;;
@@ -61,7 +65,7 @@ _ponder() {
                 --schema) COMPREPLY=(); return ;;
                 --choice) COMPREPLY=(); return ;;
             esac
-            COMPREPLY=($(compgen -W "--output -o --samples -n --parallel -P --model -m --backend --ctx --threads -t --server --timeout --model-kind --no-prompt-cache --temperature --top-p --max-tokens --seed --think-budget --plot --no-think --budget-message --on-loop --schema --choice --help -h" -- "$cur") $(compgen -f -- "$cur")) ;;
+            COMPREPLY=($(compgen -W "--output -o --samples -n --parallel -P --model -m --backend --ctx --threads -t --server --timeout --model-kind --no-prompt-cache --draft --temperature --top-p --max-tokens --seed --speculate --think-budget --plot --no-think --budget-message --on-loop --schema --choice --help -h" -- "$cur") $(compgen -f -- "$cur")) ;;
         "cache")
             case "$prev" in
             esac
@@ -75,10 +79,12 @@ _ponder() {
                 --server) COMPREPLY=(); return ;;
                 --timeout) COMPREPLY=(); return ;;
                 --model-kind) COMPREPLY=($(compgen -W "auto reasoning plain" -- "$cur")); return ;;
+                --draft) compopt -o filenames; COMPREPLY=($(compgen -f -- "$cur")); return ;;
                 --temperature) COMPREPLY=(); return ;;
                 --top-p) COMPREPLY=(); return ;;
                 --max-tokens) COMPREPLY=(); return ;;
                 --seed) COMPREPLY=(); return ;;
+                --speculate) COMPREPLY=($(compgen -W "auto ngram draft off" -- "$cur")); return ;;
                 --think-budget) COMPREPLY=(); return ;;
                 --budget-message) COMPREPLY=(); return ;;
                 --on-loop) COMPREPLY=($(compgen -W "answer stop continue" -- "$cur")); return ;;
@@ -86,7 +92,7 @@ _ponder() {
                 --resume) COMPREPLY=(); return ;;
                 --on-full) COMPREPLY=($(compgen -W "drop compact refuse" -- "$cur")); return ;;
             esac
-            COMPREPLY=($(compgen -W "--model -m --backend --ctx --threads -t --server --timeout --model-kind --no-prompt-cache --temperature --top-p --max-tokens --seed --think-budget --no-think --budget-message --on-loop --reasoning --show-reasoning --hide-reasoning --continue -c --resume --no-log --on-full --debug --help -h" -- "$cur")) ;;
+            COMPREPLY=($(compgen -W "--model -m --backend --ctx --threads -t --server --timeout --model-kind --no-prompt-cache --draft --temperature --top-p --max-tokens --seed --speculate --think-budget --no-think --budget-message --on-loop --reasoning --show-reasoning --hide-reasoning --continue -c --resume --no-log --on-full --debug --help -h" -- "$cur")) ;;
         "config")
             case "$prev" in
             esac
@@ -119,7 +125,7 @@ _ponder() {
             case "$prev" in
                 --backend) COMPREPLY=($(compgen -W "auto mlx llama.cpp" -- "$cur")); return ;;
             esac
-            COMPREPLY=($(compgen -W "--backend --list --help -h" -- "$cur")) ;;
+            COMPREPLY=($(compgen -W "--backend --list --with-draft --help -h" -- "$cur")) ;;
         "solve")
             case "$prev" in
                 --samples|-n) COMPREPLY=(); return ;;
@@ -132,16 +138,18 @@ _ponder() {
                 --server) COMPREPLY=(); return ;;
                 --timeout) COMPREPLY=(); return ;;
                 --model-kind) COMPREPLY=($(compgen -W "auto reasoning plain" -- "$cur")); return ;;
+                --draft) compopt -o filenames; COMPREPLY=($(compgen -f -- "$cur")); return ;;
                 --temperature) COMPREPLY=(); return ;;
                 --top-p) COMPREPLY=(); return ;;
                 --max-tokens) COMPREPLY=(); return ;;
                 --seed) COMPREPLY=(); return ;;
+                --speculate) COMPREPLY=($(compgen -W "auto ngram draft off" -- "$cur")); return ;;
                 --think-budget) COMPREPLY=(); return ;;
                 --budget-message) COMPREPLY=(); return ;;
                 --on-loop) COMPREPLY=($(compgen -W "answer stop continue" -- "$cur")); return ;;
                 --reasoning) COMPREPLY=($(compgen -W "show collapse hide" -- "$cur")); return ;;
             esac
-            COMPREPLY=($(compgen -W "--answer-only --samples -n --parallel -P --early-stop --confidence --model -m --backend --ctx --threads -t --server --timeout --model-kind --no-prompt-cache --temperature --top-p --max-tokens --seed --think-budget --no-think --budget-message --on-loop --reasoning --show-reasoning --hide-reasoning --stats --json --jsonl --debug --help -h" -- "$cur")) ;;
+            COMPREPLY=($(compgen -W "--answer-only --samples -n --parallel -P --early-stop --confidence --model -m --backend --ctx --threads -t --server --timeout --model-kind --no-prompt-cache --draft --temperature --top-p --max-tokens --seed --speculate --think-budget --no-think --budget-message --on-loop --reasoning --show-reasoning --hide-reasoning --stats --json --jsonl --debug --help -h" -- "$cur")) ;;
     esac
 }
 complete -F _ponder ponder

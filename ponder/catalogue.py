@@ -22,6 +22,7 @@ class Artifact:
     size: int  # bytes, as the hub lists it (approximate until pinned)
     revision: str | None = None  # a commit hash once pinned
     sha256: str | None = None
+    draft: str | None = None  # the alias of a smaller model with its vocabulary, for speculative decoding
 
     @property
     def reference(self) -> str:
@@ -29,26 +30,30 @@ class Artifact:
 
 
 # Names and sizes come from the model table `ponder plan` uses, so that the two cannot disagree.
-def _gguf(alias: str, model: str, quant: str) -> Artifact:
+def _gguf(alias: str, model: str, quant: str, draft: str | None = None) -> Artifact:
     known = KNOWN_MODELS[model]
     return Artifact(alias, "llama.cpp", f"bartowski/{known.name}-GGUF", f"{known.name}-{quant}.gguf",
-                    known.sizes[quant])
+                    known.sizes[quant], draft=draft)
 
 
-def _mlx(alias: str, model: str, bits: str) -> Artifact:
+def _mlx(alias: str, model: str, bits: str, draft: str | None = None) -> Artifact:
     known = KNOWN_MODELS[model]
-    return Artifact(alias, "mlx", f"mlx-community/{known.name}-{bits}", None, known.sizes[f"mlx-{bits}"])
+    return Artifact(alias, "mlx", f"mlx-community/{known.name}-{bits}", None, known.sizes[f"mlx-{bits}"], draft=draft)
 
 
+# The R1 distills of Qwen2.5 share its tokenizer, so R1-Distill-Qwen-1.5B drafts the larger ones, for the same
+# engine (its embedding has 128 fewer padding rows than 7B's and 14B's: the same tokens, as llama.cpp's own
+# speculative decoding allows).
 CATALOGUE = {a.alias: a for a in [
-    _gguf("r1-7b", "7b", "Q4_K_M"),
-    _gguf("r1-7b:q5_k_m", "7b", "Q5_K_M"),
-    _gguf("r1-7b:q6_k", "7b", "Q6_K"),
-    _gguf("r1-7b:q8_0", "7b", "Q8_0"),
-    _mlx("r1-7b-mlx", "7b", "4bit"),
-    _mlx("r1-7b-mlx:8bit", "7b", "8bit"),
+    _gguf("r1-7b", "7b", "Q4_K_M", draft="r1-1.5b"),
+    _gguf("r1-7b:q5_k_m", "7b", "Q5_K_M", draft="r1-1.5b"),
+    _gguf("r1-7b:q6_k", "7b", "Q6_K", draft="r1-1.5b"),
+    _gguf("r1-7b:q8_0", "7b", "Q8_0", draft="r1-1.5b"),
+    _mlx("r1-7b-mlx", "7b", "4bit", draft="r1-1.5b-mlx"),
+    _mlx("r1-7b-mlx:8bit", "7b", "8bit", draft="r1-1.5b-mlx"),
     _gguf("r1-1.5b", "1.5b", "Q4_K_M"),
-    _gguf("r1-14b", "14b", "Q4_K_M"),
+    _mlx("r1-1.5b-mlx", "1.5b", "4bit"),
+    _gguf("r1-14b", "14b", "Q4_K_M", draft="r1-1.5b"),
 ]}
 
 DEFAULTS = {"llama.cpp": "r1-7b", "mlx": "r1-7b-mlx"}
@@ -73,6 +78,23 @@ def lookup(name: str) -> Artifact | None:
     if len(parts) == 3:
         return Artifact(name, "llama.cpp", "/".join(parts[:2]), parts[2], 0)
     return Artifact(name, "mlx", name, None, 0)
+
+
+def draft_for(model: str) -> Artifact | None:
+    """The catalogue's draft for `model`: a catalogued model's alias, hub reference or file, wherever it lies
+    (a GGUF by its file name, as bartowski names it; an MLX model by its repo id or its hub cache folder)."""
+    from pathlib import PurePath
+
+    path = PurePath(model)
+    for artifact in CATALOGUE.values():
+        if artifact.draft is None:
+            continue
+        folder = "models--" + artifact.repo.replace("/", "--")
+        if (model.lower() in (artifact.alias, artifact.reference.lower())
+                or (artifact.filename and path.name.lower() == artifact.filename.lower())
+                or (not artifact.filename and (model.lower() == artifact.repo.lower() or folder in path.parts))):
+            return CATALOGUE[artifact.draft]
+    return None
 
 
 # The hub's own rules for a repo id's parts (huggingface_hub's validate_repo_id): ASCII letters,

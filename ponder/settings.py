@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Literal, get_args
 
 from ponder.errors import UsageError
+from ponder.events import Speculate
 
 CONFIG_ENV = "PONDER_CONFIG"
 Reasoning = Literal["show", "collapse", "hide"]  # how reasoning is shown (--reasoning, /think)
@@ -28,6 +29,7 @@ OnLoop = Literal["answer", "stop", "continue"]  # what a reasoning that repeats 
 ON_LOOP = get_args(OnLoop)
 OnFull = Literal["drop", "compact", "refuse"]  # a chat past its context: drop the oldest turns, summarise, or refuse
 ON_FULL = get_args(OnFull)
+SPECULATE = get_args(Speculate)  # speculative decoding (--speculate): auto, ngram, draft or off
 
 # name -> (type, check, what a valid value is). Floats must be finite as well: `inf >= 0` holds,
 # and no sampler can use inf or nan.
@@ -49,6 +51,8 @@ RULES = {
     "on_loop": (str, lambda v: v in ON_LOOP, "one of " + ", ".join(ON_LOOP)),
     "on_full": (str, lambda v: v in ON_FULL, "one of " + ", ".join(ON_FULL)),
     "prompt_cache_gib": (float, lambda v: v >= 0, "a number of GiB, 0 or more (0: no prompt cache)"),
+    "speculate": (str, lambda v: v in SPECULATE, "one of " + ", ".join(SPECULATE)),
+    "draft": (str, bool, "a draft model's path or name"),
 }
 def _is_server_url(value: str) -> bool:
     from urllib.parse import urlsplit
@@ -63,7 +67,7 @@ def _is_server_url(value: str) -> bool:
 
 # What the file may set.
 KEYS = ("model", "backend", "temperature", "top_p", "max_tokens", "reasoning", "server", "timeout", "model_kind",
-        "think_budget", "on_loop", "on_full", "prompt_cache_gib")
+        "think_budget", "on_loop", "on_full", "prompt_cache_gib", "speculate", "draft")
 FILE_HEADER = "# ponder settings: defaults for ask, chat, solve and batch (flags and PONDER_* variables win)\n"
 
 

@@ -18,7 +18,7 @@ def _values(param) -> str | list[str] | None:
     """How to complete an option's value: 'file', a word list, or None (free text)."""
     from ponder.backends import BUILTIN
 
-    if param.name in ("model", "output"):
+    if param.name in ("model", "draft", "output"):
         return "file"
     if param.name == "backend":
         return ["auto", *BUILTIN]

@@ -15,17 +15,26 @@ IGNORED_OPTIONS = {"threads": "--threads", "gpu_layers": "GPU offload", "flash_a
 
 
 def load_model(term: Terminal, model: str | None, backend: str, options: LoadOptions,
-               sequences_given: bool = False, sample_context: int | None = None) -> Model:
-    """`sample_context`: the context each of several sequences should keep (see ponder.fitting)."""
+               sequences_given: bool = False, sample_context: int | None = None,
+               with_draft: bool = False, draft: str | None = None) -> Model:
+    """`sample_context`: the context each of several sequences should keep (see ponder.fitting). `with_draft`:
+    speculative decoding uses a draft model, `draft` (None: the catalogue's pair of the model)."""
     from ponder.fitting import fit_context
 
     path = _model_path(term, model, backend)
     backend_name = select_backend(path, backend)
+    if with_draft:
+        from dataclasses import replace
+
+        from ponder.cli.commands.speculation import draft_path
+
+        options = replace(options, draft=draft_path(draft, model, path, backend_name))
     chosen = get_backend(backend_name)
     fit = fit_context(path, backend_name, options, sequences_given, sample_context)
     if fit.note:
         term.stderr.write(fit.note + "\n")
-    with Working(term, f"Loading {os.path.basename(path)}…"):
+    drafted = f" (draft {os.path.basename(fit.options.draft)})" if fit.options.draft else ""
+    with Working(term, f"Loading {os.path.basename(path)}{drafted}…"):
         model = call_in_thread(lambda: chosen.load(path, fit.options))
     if model.info.ignored:
         names = ", ".join(IGNORED_OPTIONS.get(name, name) for name in model.info.ignored)

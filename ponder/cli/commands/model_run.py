@@ -65,18 +65,25 @@ class Run:
         """The model `choice` names, loaded here or found on its server; its model_kind overrides whether it
         reasons. A local model is made ready to decode `sequences` at once (fewer where memory is short,
         unless `sequences_given`)."""
+        from ponder.cli.commands import speculation
         from ponder.cli.commands.model_loading import connect_server, load_model, set_model_kind
 
         options = LoadOptions(context=choice.ctx, threads=choice.threads,
                               prompt_cache_bytes=choice.prompt_cache_bytes())
         if choice.server:
+            speculation.check_server(self.params.speculate, choice.draft, self.typed)
+            self.params = replace(self.params, speculate="off")  # (the server's business)
             return connect_server(self.term, choice.server, choice.model, choice.backend, options, choice.timeout,
                                   choice.model_kind, self.typed)
         # Each of several samples keeps room for its prompt and all it may generate, where memory allows.
         sample_context = self.params.max_tokens + PROMPT_ROOM
         sequences = min(sequences, MAX_PARALLEL)
+        mode, note = speculation.local_mode(self.params.speculate, choice.draft, self.typed, sequences)
+        if note:
+            self.term.stderr.write(note + "\n")
+        self.params = replace(self.params, speculate=mode)
         loaded = load_model(self.term, choice.model, choice.backend, replace(options, sequences=sequences),
-                            sequences_given, sample_context)
+                            sequences_given, sample_context, with_draft=mode == "draft", draft=choice.draft)
         set_model_kind(loaded, choice.model_kind)
         return loaded
 

@@ -16,6 +16,7 @@ import typer
 
 from ponder import defaults
 from ponder.errors import UsageError
+from ponder.events import Speculate
 from ponder.settings import ModelKind, OnLoop, Reasoning, check
 
 
@@ -130,6 +131,13 @@ class ModelChoice:
     # The config file's prompt_cache_gib, a default as every setting's: a hidden option; `ponder config` sets it.
     prompt_cache_gib: Optional[float] = field(default=None, metadata={"option": typer.Option(
         None, "--prompt-cache-gib", hidden=True, show_default=False, callback=_checked("prompt_cache_gib"))})
+    # The draft model of speculative decoding (LoadOptions.draft), named as --model names a model.
+    draft: Optional[str] = field(default=None, metadata={"option": typer.Option(
+        None, "--draft", show_default=False, callback=_checked("draft"), metavar="MODEL",
+        help="A smaller model with the model's vocabulary whose guesses the model checks (--speculate draft):"
+             " a .gguf file, an MLX model, or a name as for --model (ponder pull r1-7b --with-draft fetches"
+             " r1-7b's).",
+    )})
 
     def prompt_cache_bytes(self) -> int | None:
         """The prompt cache's size cap (LoadOptions.prompt_cache_bytes); None: no prompt cache."""
@@ -239,6 +247,12 @@ class Sampling:
                               help="Most tokens to generate, reasoning included.", callback=_checked("max_tokens"))
     seed: Optional[int] = option(None, "--seed", help="Random seed, for repeatable samples.", show_default=False,
                                   callback=_checked("seed"))
+    speculate: Speculate = option(
+        "auto", "--speculate", callback=_checked("speculate"),
+        help="Speculative decoding, the same text sooner: auto (guesses from the text so far, while they pay),"
+             " ngram (always), draft (a draft model's: --draft, or the catalogue's pair), off. Parallel samples"
+             " and servers run without it.",
+    )
 
 
 @dataclass(frozen=True)

@@ -12,19 +12,30 @@ def pull(
                                          "repo; default: the default model of the backend.", show_default=False),
     backend: str = typer.Option("auto", "--backend", help="Whose default model to pull: auto, mlx or llama.cpp."),
     list_: bool = typer.Option(False, "--list", help="List the catalogue."),
+    with_draft: bool = typer.Option(False, "--with-draft",
+                                    help="Also download the model's draft for --speculate draft (the catalogue's pair)."),
 ) -> None:
-    """Download a model, resumably, verified against the catalogue or the hub's sha256."""
-    from ponder.catalogue import CATALOGUE
+    """Download a model, resumably, verified against the catalogue or the hub's sha256. Prints its path (then
+    the draft's, with --with-draft)."""
+    from ponder.catalogue import CATALOGUE, draft_for
 
     if list_:
         for alias, artifact in CATALOGUE.items():
-            print(f"{alias:16} {artifact.backend:9} {artifact.size / 1e9:5.2f} GB  {artifact.reference}")
+            drafted = f"  (draft: {artifact.draft})" if artifact.draft else ""
+            print(f"{alias:16} {artifact.backend:9} {artifact.size / 1e9:5.2f} GB  {artifact.reference}{drafted}")
         return
     artifact = artifact_for(name, backend)
+    draft = draft_for(artifact.alias) if with_draft else None
+    if with_draft and draft is None:  # before any download
+        from ponder.errors import UsageError
+
+        paired = ", ".join(alias for alias, known in CATALOGUE.items() if known.draft)
+        raise UsageError(f"the catalogue pairs no draft with {artifact.alias}", hint=f"drafts are known for {paired}")
     from ponder.download import pull as download
 
-    path = download(artifact)
-    print(path)
+    print(download(artifact), flush=True)
+    if draft is not None:
+        print(download(draft))
 
 
 def artifact_for(name: str | None, backend: str = "auto"):

@@ -7,7 +7,7 @@ import re
 from typing import Any, TextIO
 
 from ponder.backends.base import ModelInfo
-from ponder.events import Reply, Stats
+from ponder.events import Reply, SpeculationStats, Stats
 from ponder.code_blocks import code_blocks
 from ponder.reasoning import AnswerAsShown, extract_boxed
 
@@ -24,7 +24,14 @@ def stats_json(stats: Stats) -> dict[str, Any]:
         "total_s": round(stats.total_s, 4),
         "peak_memory_bytes": stats.peak_memory_bytes,
         "route": stats.route,
+        "speculation": speculation_json(stats.speculation),  # null: no speculative decoding
     }
+
+
+def speculation_json(speculation: SpeculationStats | None) -> dict[str, int] | None:
+    if speculation is None:
+        return None
+    return {"drafted": speculation.drafted, "accepted": speculation.accepted, "calls": speculation.calls}
 
 
 def reply_json(reply: Reply, info: ModelInfo) -> dict[str, Any]:

@@ -10,7 +10,7 @@ import typer
 
 from ponder.cli.views.render import Renderer
 from ponder.cli.views.terminal import Terminal
-from ponder.events import AnswerDelta, ReasoningDelta, ReasoningDone, Reply, ReplyEvent, Stats
+from ponder.events import AnswerDelta, ReasoningDelta, ReasoningDone, Reply, ReplyEvent, SpeculationStats, Stats
 
 EXIT_BROKEN_PIPE = 141
 EXIT_NO_ANSWER = 3  # the reply ended without an answer (ask; chat with piped input)
@@ -114,4 +114,15 @@ def format_stats(stats: Stats) -> str:
         line += f" · reasoning end: {stats.reasoning_end}"
     if stats.route:
         line += f" · via {stats.route}"
+    if stats.speculation is not None:
+        line += f" · {_speculation(stats.speculation)}"
     return line
+
+
+def _speculation(spec: SpeculationStats) -> str:
+    """What speculative decoding did: guesses kept, and tokens per model call (1 without speculation)."""
+    if not spec.drafted:
+        return "speculation: nothing drafted"
+    per_call = f", {(spec.calls + spec.accepted) / spec.calls:.2f} tokens per model call" if spec.calls else ""
+    return (f"speculation: {spec.accepted} of {spec.drafted} drafted tokens accepted "
+            f"({spec.accepted / spec.drafted:.0%}){per_call}")
