@@ -62,7 +62,7 @@ def test_stats_on_stderr_count_the_real_tokens(tiny_r1):
     assert line.startswith(
         f"prompt {prompt} tokens · reasoning {reasoning_tokens} tokens · answer {answer_tokens} tokens · first token "
     )
-    assert re.search(r"decode \d+\.\d tokens/s · reasoning end: model$", line)
+    assert re.search(r"decode \d+\.\d tokens/s · reasoning end: model( · speculation: .*)?$", line)
     assert result.stdout.decode() == "The answer is \\boxed{4}.\n"
 
 

@@ -53,7 +53,7 @@ def test_solve_on_a_terminal_renders_latex_and_a_prominent_answer(tiny_r1):
 
 REPLY_KEYS = {"model", "backend", "reasoning", "answer", "boxed", "code", "finish_reason", "reasoning_end", "error",
               "stats"}
-STATS_KEYS = {"prompt_tokens", "prefilled_tokens", "reasoning_tokens", "answer_tokens", "time_to_first_token_s", "tokens_per_s", "thinking_s",
+STATS_KEYS = {"prompt_tokens", "speculation", "prefilled_tokens", "reasoning_tokens", "answer_tokens", "time_to_first_token_s", "tokens_per_s", "thinking_s",
               "total_s", "peak_memory_bytes", "route"}
 
 
