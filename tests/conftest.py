@@ -102,3 +102,75 @@ def fault_proxy(llama_server):
 
     with FaultProxy(llama_server.url) as proxy:
         yield proxy
+
+
+# --- the GPU run (scripts/gpu-check) -----------------------------------------------------------------
+
+
+def pytest_addoption(parser):
+    parser.addoption("--gpu", action="store_true", help="every llama.cpp model a test loads in this process must "
+                     "have all its layers on the GPU, unless the test asks for fewer (scripts/gpu-check)")
+
+
+def pytest_configure(config):
+    import os
+
+    if config.getoption("--gpu"):
+        _require_full_offload()
+    for name in os.environ.get("PONDER_TEST_MODELS_ABSENT", "").split(","):
+        if name:
+            _absent(name)
+
+
+def _absent(fixture: str) -> None:
+    """A model the GPU run's bundle could not hold (scripts/gpu-check names them): what makes it skips instead,
+    so its fixture's tests are skipped, however they ask for it."""
+    import importlib
+
+    module, function = {"smollm2": ("packages", "smollm2_gguf"), "tiny_r1": ("tiny_r1", "trained_gguf"),
+                        "tiny_r1_random": ("tiny_r1", "random_gguf")}[fixture]
+
+    def skip():
+        pytest.skip(f"no {fixture} model in this bundle (scripts/gpu-check --bundle --max-mib ...)")
+
+    setattr(importlib.import_module(f"tests.support.{module}"), function, skip)
+
+
+def layers_on_gpu(log: str) -> tuple[int, int]:
+    """(layers on a GPU, layers) from llama.cpp's log of a load: a line a layer, the output layer too."""
+    import re
+
+    devices = re.findall(r"load_tensors: layer +\d+ assigned to device ([^,\s]+)", log)
+    return sum(device != "CPU" for device in devices), len(devices)
+
+
+def _require_full_offload():
+    """Each LlamaCppModel load watched through llama.cpp's log (its API does not say where layers went): what it
+    found stays on the model as `gpu_layers_seen`; fewer than all on the GPU fails the load."""
+    import ctypes
+
+    import llama_cpp as lib
+
+    from ponder.backends import llamacpp, llamacpp_setup
+
+    load = llamacpp.LlamaCppModel.__init__
+
+    def watched(self, path, options):
+        lines = []
+
+        @lib.llama_log_callback
+        def watch(level, text, user_data):
+            lines.append(text.decode("utf-8", "replace"))
+            llamacpp_setup._on_log(level, text, user_data)  # ponder's own log, as without --gpu
+
+        lib.llama_log_set(watch, ctypes.c_void_p(0))
+        try:
+            load(self, path, options)
+        finally:
+            lib.llama_log_set(llamacpp_setup._on_log, ctypes.c_void_p(0))
+        self.gpu_layers_seen = on_gpu, total = layers_on_gpu("".join(lines))
+        if options.gpu_layers is None and not 0 < on_gpu == total:
+            self.close()
+            raise AssertionError(f"--gpu: {on_gpu} of {total} layers of {path} on the GPU")
+
+    llamacpp.LlamaCppModel.__init__ = watched

@@ -48,6 +48,14 @@ def doctor(server: Optional[str] = ServerOptions.server) -> None:
         state = f"usable · {found.version} · acceleration: {found.acceleration}" if found.usable else \
             f"not usable · {found.reason}"
         print(f"  {name}{' (default)' if name == default else ''}: {state}")
+        if name == "llama.cpp" and found.usable and "GPU" in found.acceleration:
+            from ponder.cli.commands.backends_command import device_text, llama_devices
+
+            devices = llama_devices()
+            for device in devices:
+                print(f"    offloads every layer to {device_text(device)}, {device['memory_free'] / GIB:.1f} GiB free")
+            if not devices:
+                print("    offloads every layer, but llama.cpp names no GPU device: is the driver loaded?")
         if name == "llama.cpp" and found.usable and "GPU" not in found.acceleration:
             hint = REBUILD_HINTS["metal" if machine.apple_silicon() else "cuda"] if (gpus or unified) else None
             if hint:
