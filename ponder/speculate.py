@@ -107,11 +107,12 @@ class Speculation:
 
 def speculation_for(mode: str, draft: Drafter | None) -> Speculation | None:
     """A reply's Speculation for `--speculate mode` (GenerationParams.speculate); None: "off". `draft` is the
-    loaded draft model's drafter, where the backend has one."""
+    loaded draft model's drafter, where the backend has one: "auto" then guesses with it (the user loaded it
+    for that), under the same controller as n-gram guesses."""
     if mode == "off":
         return None
-    if mode == "draft":
-        if draft is None:
-            raise UsageError("--speculate draft needs a draft model", hint="give one with --draft MODEL")
-        return Speculation(draft, adaptive=False)
+    if mode == "draft" and draft is None:
+        raise UsageError("--speculate draft needs a draft model", hint="give one with --draft MODEL")
+    if draft is not None and mode in ("draft", "auto"):
+        return Speculation(draft, adaptive=mode == "auto")
     return Speculation(NgramDrafter(), adaptive=mode == "auto")

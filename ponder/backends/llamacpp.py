@@ -25,6 +25,7 @@ from ponder.backends.base import (BackendProbe, LoadOptions, ModelInfo, backend_
                                  shared_prefix)
 from ponder.backends.llamacpp_batch import KvStreams, LlamaCppBatch
 from ponder.backends.llamacpp_decode import DecodeResult, decode_reply
+from ponder.backends.llamacpp_draft import LlamaCppDrafter, check_draft
 from ponder.backends.llamacpp_setup import MAX_THREADS, log_lines, check_gguf, last_error, physical_cores
 from ponder.defaults import DEFAULT_CONTEXT
 from ponder.errors import BackendError, ModelError, UsageError
@@ -60,9 +61,11 @@ def gpu_offload_supported() -> bool:
 class LlamaCppModel:
     def __init__(self, path: str, options: LoadOptions):
         check_gguf(path)
+        if options.draft:
+            check_draft(options.draft)  # before the larger model loads
         if options.threads is not None and not 1 <= options.threads <= MAX_THREADS:
             raise UsageError(f"threads must be from 1 to {MAX_THREADS}, not {options.threads}")
-        self._model = self._ctx = None
+        self._model = self._ctx = self._drafter = None
         params = lib.llama_model_default_params()
         if options.gpu_layers is not None:
             params.n_gpu_layers = options.gpu_layers
@@ -118,7 +121,6 @@ class LlamaCppModel:
         self._piece = ctypes.create_string_buffer(256)
         self._vocabulary = None  # llguidance's view of the vocabulary, built for the first constrained answer
         self._disk = self._state_on_disk(path, options, params.n_gpu_layers)
-        self._drafter = None  # the draft model's guesser (LoadOptions.draft)
 
         template = lib.llama_model_chat_template(self._model, None)
         template_text = template.decode("utf-8") if template else None
@@ -142,6 +144,13 @@ class LlamaCppModel:
             ignored=("gpu_layers",) if options.gpu_layers and not gpu_offload_supported() else (),  # a CPU build
             sequences=sequences,
         )
+        if options.draft:  # its own context, as large as a sequence's here, with the same threads and offload
+            try:
+                self._drafter = LlamaCppDrafter(options.draft, path, self._vocab, cparams, self.info.context,
+                                                params.n_gpu_layers)
+            except BaseException:
+                self.close()
+                raise
 
     def _state_on_disk(self, path: str, options: LoadOptions, gpu_layers: int):
         """Stream 0's prompt states on disk (ponder.backends.llamacpp_state), where asked for."""
@@ -233,7 +242,10 @@ class LlamaCppModel:
         # What is worth keeping on disk: a plain model's next prompt holds its reply as written (saved after
         # it); a reasoning model's drops the reasoning, so only its prompt (never a continuation's).
         reasoning = self.info.chat.reasoning
-        prefilled = self._prefill(tokens, cancel, save=reasoning and not isinstance(prompt, Continuation))
+        speculation = self._speculation(params)
+        drafting = speculation is not None and speculation.drafter is self._drafter
+        prefilled = self._prefill(tokens, cancel, save=reasoning and not isinstance(prompt, Continuation),
+                                  draft=self._drafter if drafting else None)
         if prefilled is None:
             now = time.perf_counter()
             yield Finished("cancelled", backend_stats(len(tokens), 0, started, now, now, now))
@@ -241,7 +253,6 @@ class LlamaCppModel:
 
         sampler = Sampler(params.temperature, params.top_p, params.seed)
         mask = self.answer_mask(prompt, params)
-        speculation = self._speculation(params)
         result = DecodeResult(started)
         yield from decode_reply(self, sampler, mask, speculation, budget, cancel, list(tokens), result)
         if self._disk is not None and not reasoning and not isinstance(prompt, Continuation):
@@ -256,9 +267,9 @@ class LlamaCppModel:
             return None
         return speculation_for(params.speculate, self._drafter)
 
-    def _prefill(self, tokens: list[int], cancel: threading.Event, save: bool = True) -> int | None:
-        """Bring the cache to `tokens`, reusing the longest cached prefix (in memory, else on disk); how many
-        tokens were processed, None if cancelled."""
+    def _prefill(self, tokens: list[int], cancel: threading.Event, save: bool = True, draft=None) -> int | None:
+        """Bring the cache to `tokens`, reusing the longest cached prefix (in memory, else on disk), and the
+        `draft` model's too; how many tokens the model processed, None if cancelled."""
         keep = self.streams.trim(0, shared_prefix(self._cached, tokens))
         if self._disk is not None:
             keep = self._disk.restore(tokens, keep)
@@ -278,6 +289,8 @@ class LlamaCppModel:
             self._cached.extend(chunk)
         if self._disk is not None and save:
             self._disk.remember(tokens)
+        if draft is not None and not draft.prefill(tokens, cancel):
+            return None
         return len(tokens) - keep
 
     def batch(self):
@@ -285,6 +298,9 @@ class LlamaCppModel:
         return LlamaCppBatch(self)
 
     def close(self) -> None:
+        if getattr(self, "_drafter", None) is not None:
+            self._drafter.close()
+            self._drafter = None
         if getattr(self, "_disk", None) is not None:
             self._disk.close()  # its writes finish before the context goes
         if self._ctx:
