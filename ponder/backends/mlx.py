@@ -1,40 +1,40 @@
 """Apple's MLX through mlx-lm: a model directory in the mlx-community layout, or a hub repo id.
 
 Decoding is mlx-lm's own `stream_generate` (its asynchronous step pipeline and Metal wired
-memory limit), driven with ponder's prompt text, a sampler that applies temperature before
-top-p as the llama.cpp backend does, and a prompt cache kept between calls (and on disk:
-mlx_state) so a prompt that extends an earlier one only processes its new tokens. A constrained answer
-(--schema, --choice) masks the logits with a logits processor (`_AnswerLogits`).
+memory limit), or with speculation ponder's own loop over mlx-lm's cache (mlx_decode; a draft model:
+mlx_draft), driven with ponder's prompt text, a sampler that applies temperature before top-p as the
+llama.cpp backend does, and a prompt cache kept between calls (and on disk: mlx_state) so a prompt that
+extends an earlier one only processes its new tokens. A constrained answer (--schema, --choice) masks the
+logits: a logits processor of mlx-lm's stream, or the speculative loop's own draws.
 """
 
 from __future__ import annotations
 
 import json
-import os
 import threading
 import time
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import mlx.core as mx
 import mlx_lm
-import numpy as np
-from mlx_lm.generate import stream_generate
 from mlx_lm.models.cache import can_trim_prompt_cache, make_prompt_cache, trim_prompt_cache
-from mlx_lm.sample_utils import apply_top_p
 from mlx_lm.utils import load as mlx_load
 
 from ponder.backends.base import (BackendProbe, LoadOptions, ModelInfo, backend_stats, generation_budget, prompt_tokens,
                                  shared_prefix)
-from ponder.backends.mlx_batch import MlxBatch, PromptCache, batchable, masked, one_line
+from ponder.backends.mlx_batch import MlxBatch, PromptCache, batchable, one_line
+from ponder.backends.mlx_decode import PROMPT_CHUNK, DecodeResult, MlxSampler, plain_reply, speculative_reply
+from ponder.backends.mlx_draft import DraftModel, check_vocabulary
 from ponder.backends.mlx_state import state_on_disk
 from ponder.defaults import DEFAULT_CONTEXT
 from ponder.errors import BackendError, ModelError
-from ponder.events import BackendEvent, Continuation, Finished, GenerationParams, TextDelta
+from ponder.events import BackendEvent, Continuation, Finished, GenerationParams
 from ponder.prompt import ChatFormat, is_reasoning_model
 from ponder.reasoning import OPEN_TAG
+from ponder.speculate import Speculation, speculation_for
 
-PROMPT_CHUNK = 512  # prompt tokens per step; cancellation is checked between steps
 # A tokenizer in any of the layouts transformers reads; without one it would load a
 # vocabulary-less tokenizer and generate garbage.
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json")
@@ -75,27 +75,6 @@ def check_model_dir(path: Path) -> None:
         raise ModelError(f"{path} has no tokenizer (tokenizer.json)", hint="the download may be incomplete")
 
 
-def _sampler(temperature: float, top_p: float, seed: int | None):
-    """Temperature, then top-p, then a draw: the order Hugging Face, vLLM and ponder's
-    llama.cpp backend use (mlx-lm's make_sampler filters top-p before the temperature).
-
-    The draws take this call's own key, split at each step, not MLX's global random state:
-    so nothing else drawing or seeding meanwhile changes them, and they change nothing else."""
-    if temperature <= 0:
-        return lambda logprobs: mx.argmax(logprobs, axis=-1)
-    key = mx.random.key(seed if seed is not None else int.from_bytes(os.urandom(4), "little"))
-
-    def sample(logprobs: mx.array) -> mx.array:
-        nonlocal key
-        key, draw = mx.random.split(key)
-        scaled = logprobs * (1.0 / temperature)
-        if top_p < 1.0:
-            scaled = apply_top_p(scaled, top_p)
-        return mx.random.categorical(scaled, key=draw)
-
-    return sample
-
-
 def _ignored(options: LoadOptions) -> tuple[str, ...]:
     """The options set that MLX has no counterpart for: it picks its own threads, has no
     per-layer placement, and always uses its fused attention (so only turning that off is unmet)."""
@@ -113,52 +92,34 @@ def _installed_mlx_lm_at_fault(exc: BaseException) -> bool:
     return isinstance(exc, (TypeError, AttributeError, ImportError)) or isinstance(exc.__cause__, ImportError)
 
 
-class _Cancelled(Exception):
-    pass
-
-
-class _AnswerLogits:
-    """mlx-lm's logits processor for a constrained reply. mlx-lm prepares step n+1 before it yields token n,
-    so the grammar follows the drawn tokens here (the last of `tokens`), not in `stream`'s loop. Once the
-    answer is complete only an end token is allowed: the stream then ends as a free one does, mlx-lm's
-    detokenizer giving up the text it held back, and no token of text is wasted."""
-
-    def __init__(self, mask, piece, ends: np.ndarray):
-        self.mask, self._piece, self._ends = mask, piece, ends
-        self.complete = False
-        self._drawn = False  # the first call is on the prompt's last token: nothing drawn yet
-
-    def __call__(self, tokens: mx.array, logits: mx.array) -> mx.array:
-        if self._drawn and not self.complete:
-            token = tokens[-1].item()
-            self.complete = self.mask.took(token, "" if self.mask.active else self._piece(token))
-        self._drawn = True
-        allowed = self._ends if self.complete else self.mask.allowed()
-        return logits if allowed is None else masked(logits, allowed)
+def load_files(path: str) -> tuple:
+    """mlx-lm's model, tokenizer and config of `path` (a directory, or a hub repo id); every failure one line."""
+    local = Path(path)
+    if local.exists():
+        check_model_dir(local)
+    try:
+        return mlx_load(path, return_config=True)
+    except Exception as exc:  # mlx-lm and the hub raise many kinds; each becomes one line
+        if _installed_mlx_lm_at_fault(exc):
+            raise BackendError(
+                f"mlx-lm {mlx_lm.__version__} cannot load {path}: {one_line(exc)}",
+                hint="pip install -U mlx-lm",
+            ) from exc
+        if not local.exists():
+            raise ModelError(
+                f"cannot fetch {path} from the Hugging Face hub: {one_line(exc)}",
+                hint="check the repo id and the network (with HF_HUB_OFFLINE=1 only the local cache is used)",
+            ) from exc
+        raise ModelError(
+            f"mlx-lm could not load {path}: {one_line(exc)}",
+            hint="the weights may be truncated or corrupt; download them again",
+        ) from exc
 
 
 class MlxModel:
     def __init__(self, path: str, options: LoadOptions):
         local = Path(path)
-        if local.exists():
-            check_model_dir(local)
-        try:
-            self._model, self._tokenizer, config = mlx_load(path, return_config=True)
-        except Exception as exc:  # mlx-lm and the hub raise many kinds; each becomes one line
-            if _installed_mlx_lm_at_fault(exc):
-                raise BackendError(
-                    f"mlx-lm {mlx_lm.__version__} cannot load {path}: {one_line(exc)}",
-                    hint="pip install -U mlx-lm",
-                ) from exc
-            if not local.exists():
-                raise ModelError(
-                    f"cannot fetch {path} from the Hugging Face hub: {one_line(exc)}",
-                    hint="check the repo id and the network (with HF_HUB_OFFLINE=1 only the local cache is used)",
-                ) from exc
-            raise ModelError(
-                f"mlx-lm could not load {path}: {one_line(exc)}",
-                hint="the weights may be truncated or corrupt; download them again",
-            ) from exc
+        self._model, self._tokenizer, config = load_files(path)
         trained = int(config.get("max_position_embeddings") or DEFAULT_CONTEXT)
         tok = self._tokenizer
         self._bos_text = tok.bos_token or ""
@@ -171,8 +132,13 @@ class MlxModel:
         )
         self.prompt_cache = PromptCache(self.new_cache())  # `stream`'s, and a batch's slot 0
         self.end_ids = frozenset(tok.eos_token_ids)  # tokens that end a reply
-        self._vocabulary = getattr(getattr(self._model, "args", None), "vocab_size", None) or len(tok.vocab)
+        self.n_vocab = getattr(getattr(self._model, "args", None), "vocab_size", None) or len(tok.vocab)  # logits
         self._grammar_vocabulary = None  # llguidance's view of it, built for the first constrained answer
+        self._drafter = None  # the draft model (LoadOptions.draft), loaded as the model is; same vocabulary
+        if options.draft:
+            draft, draft_tokenizer, _ = load_files(options.draft)
+            check_vocabulary(draft_tokenizer, tok, options.draft, path)
+            self._drafter = DraftModel(draft, self.n_vocab)
         # Several sequences only where mlx-lm can batch this model's cache; else one after another.
         sequences = max(1, options.sequences) if batchable(self.prompt_cache.cache) else 1
         self.info = ModelInfo(
@@ -196,7 +162,7 @@ class MlxModel:
         def plain(text: str) -> list[int]:  # (no BOS)
             return list(self._tokenizer.encode(text, add_special_tokens=False))
 
-        return prompt_tokens(prompt, self.tokenize, plain, self._vocabulary)
+        return prompt_tokens(prompt, self.tokenize, plain, self.n_vocab)
 
     # --- what the batch decoder shares --------------------------------------------
 
@@ -223,17 +189,9 @@ class MlxModel:
         from ponder.grammar import AnswerMask, closes_reasoning, mlx_vocabulary
 
         if self._grammar_vocabulary is None:  # (about a second on a 152k vocabulary: once a model)
-            self._grammar_vocabulary = mlx_vocabulary(self._tokenizer, self._vocabulary)
+            self._grammar_vocabulary = mlx_vocabulary(self._tokenizer, self.n_vocab)
         started = closes_reasoning(prompt, self.info.chat.reasoning)
-        return AnswerMask(self._grammar_vocabulary, params.constraint, started, self._vocabulary)
-
-    def _answer_logits(self, prompt: str | Continuation, params: GenerationParams) -> list:
-        mask = self.answer_mask(prompt, params)
-        if mask is None:
-            return []
-        ends = np.zeros(self._vocabulary, dtype=bool)
-        ends[[token for token in self.end_ids if token < self._vocabulary]] = True
-        return [_AnswerLogits(mask, self.piece, ends)]
+        return AnswerMask(self._grammar_vocabulary, params.constraint, started, self.n_vocab)
 
     def stream(
         self, prompt: str, params: GenerationParams, cancel: threading.Event | None = None
@@ -242,44 +200,19 @@ class MlxModel:
         tokens = self.prompt_ids(prompt)
         budget = generation_budget(len(tokens), self.info.context, params.max_tokens)
         cancel = cancel or threading.Event()
-        constrained = self._answer_logits(prompt, params)
+        mask = self.answer_mask(prompt, params)
+        speculation = self._speculation(params, cancel)
+        sampler = MlxSampler(params.temperature, params.top_p, params.seed)
         mx.reset_peak_memory()
-
-        def check_cancel(done: int, total: int) -> None:
-            if cancel.is_set() and done < total:
-                raise _Cancelled
-
-        generated: list[int] = []
-        prefilled = None
-        reason = "length"
-        first = last = started
+        result, prefilled = DecodeResult(started), None
         try:
             new = self._reuse_cache(tokens)
             prefilled = len(new)
-            responses = stream_generate(
-                self._model, self._tokenizer, mx.array(new), max_tokens=budget,
-                sampler=_sampler(params.temperature, params.top_p, params.seed), prompt_cache=self.prompt_cache.cache,
-                prefill_step_size=PROMPT_CHUNK, prompt_progress_callback=check_cancel, logits_processors=constrained,
-            )
-            for response in responses:
-                last = time.perf_counter()
-                if not generated:
-                    first = last
-                if response.finish_reason == "stop":  # the end-of-sequence token: not text
-                    reason = "stop"
-                    if response.text:
-                        yield TextDelta(response.text, tokens=0)
-                    break
-                generated.append(response.token)
-                yield TextDelta(response.text, ids=(response.token,))
-                if cancel.is_set() and response.finish_reason is None:
-                    reason = "cancelled"
-                    break
-            responses.close()
-            if constrained and constrained[0].complete and reason == "length":
-                reason = "stop"  # (complete with the budget's last token)
-        except _Cancelled:
-            reason = "cancelled"
+            if speculation is None:
+                yield from plain_reply(self, new, sampler, mask, budget, cancel, result)
+            else:
+                yield from speculative_reply(self, new, sampler, mask, speculation, budget, cancel, list(tokens),
+                                             result)
         except Exception as exc:  # MLX raises plain ValueError, RuntimeError…: the user gets one line
             # A failed step may leave the layers' caches uneven: the next call starts afresh.
             self.prompt_cache = PromptCache(self.new_cache())
@@ -287,13 +220,23 @@ class MlxModel:
                 raise
             raise BackendError(f"MLX failed to generate: {one_line(exc)}") from exc
         finally:
-            self._settle_cache(tokens + generated)
+            self._settle_cache(tokens + result.ids)
         if self._disk is not None and not isinstance(prompt, Continuation):  # (a continuation's: never again)
             self._disk.remember(self.prompt_cache, len(tokens), self.info.chat.reasoning)
-        now = time.perf_counter()
-        stats = backend_stats(len(tokens), len(generated), started, first, last, now, mx.get_peak_memory(),
-                              prefilled)
-        yield Finished(reason, stats)
+        stats = backend_stats(len(tokens), len(result.ids), started, result.first, result.last, time.perf_counter(),
+                              mx.get_peak_memory(), prefilled)
+        yield Finished(result.reason, replace(stats, speculation=speculation and speculation.stats()))
+
+    def _speculation(self, params: GenerationParams, cancel: threading.Event) -> Speculation | None:
+        """The reply's speculative decoding; none where the model's cache cannot be cut back (a recurrent
+        model's): mlx-lm's stream_generate then decodes, as with "off". (A sliding window's can until it is
+        full: the loop then stops guessing.)"""
+        speculation = speculation_for(params.speculate, self._drafter)
+        if speculation is None or not can_trim_prompt_cache(self.new_cache()):  # (of its kind: a new one)
+            return None
+        if self._drafter is not None:
+            self._drafter.cancel = cancel
+        return speculation
 
     def _reuse_cache(self, tokens: list[int]) -> list[int]:
         """Trim the cache to the longest prefix it shares with `tokens`, or load a longer one from disk; the
@@ -325,12 +268,14 @@ class MlxModel:
     def batch(self):
         """A decoder of `info.sequences` sequences at once (ponder.backends.mlx_batch); its slot 0 is
         this model's own prompt cache."""
-        return MlxBatch(self, _sampler, PROMPT_CHUNK)
+        return MlxBatch(self, MlxSampler, PROMPT_CHUNK)
 
     def close(self) -> None:
         if self._disk is not None:
             self._disk.close()  # its writes finish
-        self._model = self._tokenizer = self.prompt_cache = self._disk = None
+        if self._drafter is not None:
+            self._drafter.close()
+        self._model = self._tokenizer = self.prompt_cache = self._disk = self._drafter = None
         mx.clear_cache()
 
 
