@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import io
 import json
 import lzma
 import os
@@ -150,8 +149,7 @@ def wheels(python: str, python_version: str, out: Path) -> list[str]:
 
 
 def test_models() -> list[tuple[str, Path]]:
-    """(fixture name, path) in order of use: parallel samples, budgets and continuations run on the trained
-    tiny R1; a few tests on the random one; the backend contract and batch decoder on SmolLM2."""
+    """(fixture, path) by use: most GPU tests run on the trained tiny R1, a few on the random one, some on SmolLM2."""
     from tests.support.packages import smollm2_gguf
     from tests.support.tiny_r1 import random_gguf, trained_gguf
 
@@ -268,8 +266,7 @@ def make(out: Path, python_version: str, max_mib: float) -> None:
                 "requirements": wanted, "models": models, "left_out": left_out, "files": files,
                 "ponder_commit": git_commit(), "max_mib": max_mib}
     (out / "MANIFEST.json").write_text(json.dumps(manifest, indent=1) + "\n")
-    total = size_of(out)
-    print(f"gpu-check bundle: {out}: {total / MIB:.1f} MiB (at most {max_mib:g}); models: "
+    print(f"gpu-check bundle: {out}: {size_of(out) / MIB:.1f} MiB (at most {max_mib:g}); models: "
           f"{', '.join(m['fixture'] for m in models) or 'none'}"
           + (f"; left out: {', '.join(m['fixture'] + ' (' + str(m['packed_mib']) + ' MiB)' for m in left_out)}"
              if left_out else ""), file=sys.stderr)
@@ -280,8 +277,8 @@ def size_of(folder: Path) -> int:
 
 
 def git_commit() -> str:
-    found = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True, text=True)
-    return found.stdout.strip() or "unknown"
+    return subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True,
+                          text=True).stdout.strip() or "unknown"
 
 
 def read_manifest(bundle: Path) -> dict:
@@ -297,8 +294,6 @@ def verify(bundle: Path) -> None:
         path = bundle / name
         if not path.is_file() or path.stat().st_size != facts["size"] or sha256(path) != facts["sha256"]:
             raise SystemExit(f"gpu-check: {path} is missing or damaged; copy the bundle again")
-    print(f"python={manifest['python']} machine={manifest['machine']} source={manifest['source']['file']} "
-          f"top={manifest['source']['top']}")
 
 
 def unpack_models(bundle: Path, cache: Path) -> None:
@@ -320,14 +315,17 @@ def main() -> None:
     unpacked.add_argument("dir", type=Path)
     unpacked.add_argument("cache", type=Path)
     args = parser.parse_args()
-    if args.command == "make":
-        if not re.fullmatch(r"3\.\d{1,2}", args.python):
-            raise SystemExit(f"gpu-check: --python wants a version such as 3.12, not {args.python!r}")
-        make(args.dir, args.python, args.max_mib)
-    elif args.command == "verify":
-        verify(args.dir)
-    else:
-        unpack_models(args.dir, args.cache)
+    try:
+        if args.command == "make":
+            if not re.fullmatch(r"3\.\d{1,2}", args.python):
+                raise SystemExit(f"gpu-check: --python wants a version such as 3.12, not {args.python!r}")
+            make(args.dir, args.python, args.max_mib)
+        elif args.command == "verify":
+            verify(args.dir)
+        else:
+            unpack_models(args.dir, args.cache)
+    except subprocess.CalledProcessError as exc:  # pip said why, above
+        raise SystemExit(f"gpu-check: failed: {' '.join(map(str, exc.cmd[:4]))} ... (exit {exc.returncode})")
 
 
 if __name__ == "__main__":
