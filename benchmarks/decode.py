@@ -1,13 +1,14 @@
 """Decode speed of `ponder ask` against the raw engine under it, in the same run.
 
     python benchmarks/decode.py [--backend llama.cpp|mlx] [--model PATH] [--threads N]
-                                [--tokens N] [--runs N] [--llama-bench PATH]
+                                [--tokens N] [--runs N] [--llama-bench PATH] [--speculate MODE] [--profile]
 
 llama.cpp: against llama.cpp's llama-bench tg figure (and raw llama-cpp-python streaming), on
 the same GGUF and thread count. mlx: against mlx-lm's own `stream_generate` on the same MLX
-directory, prompt and sampling. Prints decode tokens/s for each (median of runs, interleaved)
-and the ratios; also times `ponder --help` and checks it imports no inference engine.
-Figures, not pass/fail.
+directory, prompt and sampling. Prints decode tokens/s for each (median of runs, interleaved, with
+the load average when each ran) and the ratios (medians of each round's own ratio); also times
+`ponder --help` and checks it imports no inference engine. `--profile`: where a token's time goes in
+`ponder ask`, on a terminal and in a pipe (each thread's CPU, llama_decode's wall time). Figures, not pass/fail.
 """
 
 from __future__ import annotations
@@ -30,27 +31,31 @@ PROMPT = "Write a very long story about a dragon who learns to bake bread."
 STATS = re.compile(r"decode ([0-9.]+) tokens/s")
 
 
+SPECULATE: list[str] = []  # `--speculate MODE` for ponder ask, as given to this benchmark
+
+
+def ask_args(model: str, threads: int, tokens: int) -> list[str]:
+    return ["ask", "--model", model, "--threads", str(threads), "--max-tokens", str(tokens), "--seed", "1", "--stats",
+            *SPECULATE, PROMPT]
+
+
 def ponder_pipe(model: str, threads: int, tokens: int) -> float:
-    result = subprocess.run(
-        [sys.executable, "-m", "ponder", "ask", "--model", model, "--threads", str(threads), "--max-tokens",
-         str(tokens), "--seed", "1", "--stats", PROMPT],
-        capture_output=True, text=True, stdin=subprocess.DEVNULL, check=True,
-    )
+    result = subprocess.run([sys.executable, "-m", "ponder", *ask_args(model, threads, tokens)],
+                            capture_output=True, text=True, stdin=subprocess.DEVNULL, check=True)
     return float(STATS.search(result.stderr).group(1))
 
 
-def ponder_terminal(model: str, threads: int, tokens: int) -> float:
-    """Under a real pty, drained by util-linux `script` (C), so the harness's own reading
+def in_terminal(argv: list[str]) -> subprocess.CompletedProcess:
+    """`argv` under a real pty of 120 x 50, drained by util-linux `script` (C), so the harness's own reading
     costs the 2-core machine as little as a terminal emulator on its own core would."""
-    command = " ".join(
-        shlex.quote(a) for a in [sys.executable, "-m", "ponder", "ask", "--model", model, "--threads", str(threads),
-                                 "--max-tokens", str(tokens), "--seed", "1", "--stats", PROMPT]
-    )
-    result = subprocess.run(
-        ["script", "-q", "-e", "-c", f"stty cols 120 rows 50; {command}", "/dev/null"],
-        capture_output=True, text=True, stdin=subprocess.DEVNULL, env={**os.environ, "TERM": "xterm-256color"},
-        check=True,
-    )
+    command = " ".join(shlex.quote(a) for a in argv)
+    return subprocess.run(["script", "-q", "-e", "-c", f"stty cols 120 rows 50; {command}", "/dev/null"],
+                          capture_output=True, text=True, stdin=subprocess.DEVNULL,
+                          env={**os.environ, "TERM": "xterm-256color"}, check=True)
+
+
+def ponder_terminal(model: str, threads: int, tokens: int) -> float:
+    result = in_terminal([sys.executable, "-m", "ponder", *ask_args(model, threads, tokens)])
     return float(STATS.search(result.stdout).group(1))
 
 
@@ -118,27 +123,50 @@ def main() -> None:
     parser.add_argument("--threads", type=int)
     parser.add_argument("--tokens", type=int, default=128)
     parser.add_argument("--runs", type=int, default=3)
-    parser.add_argument("--llama-bench", default=shutil.which("llama-bench")
-                        or str(Path.home() / ".cache/ponder-ci/llama-bench-build/bin/llama-bench"))
+    parser.add_argument("--llama-bench", default=shutil.which("llama-bench") or _built("llama-bench"))
+    parser.add_argument("--speculate", choices=("auto", "ngram", "off"), default="off",
+                        help="ponder ask's --speculate (off: the plain token loop, as llama-bench runs)")
+    parser.add_argument("--profile", action="store_true", help="where a token's time goes, instead of the figures")
     args = parser.parse_args()
+    SPECULATE[:] = ["--speculate", args.speculate]
+    if args.profile:
+        if args.model is None:
+            from tests.support.packages import smollm2_gguf
+
+            args.model = str(smollm2_gguf())
+        from ponder.backends.llamacpp import physical_cores
+
+        profile(args.model, args.threads or physical_cores(), args.tokens, args.runs)
+        return
 
     if args.backend == "mlx":
         runners, reference_name = mlx_runners(args), "mlx_lm stream_generate"
     else:
         runners, reference_name = llama_cpp_runners(args), "llama-bench tg"
     figures: dict[str, list[float]] = {name: [] for name in runners}
+    loads: dict[str, list[float]] = {name: [] for name in runners}
     for _ in range(args.runs):  # interleaved, so drift on a noisy machine hits all alike
         for name, run in runners.items():
             figures[name].append(run())
+            loads[name].append(os.getloadavg()[0])
 
-    print(f"model {Path(args.model).name}, {args.threads} threads, {args.tokens} tokens, median of {args.runs} runs")
-    reference = statistics.median(figures[reference_name]) if reference_name in figures else None
+    print(f"model {Path(args.model).name}, {args.threads} threads, {args.tokens} tokens, ponder --speculate "
+          f"{args.speculate}, median of {args.runs} runs; ratios: the median of each round's own")
+    reference = figures.get(reference_name)
     for name, values in figures.items():
         median = statistics.median(values)
-        ratio = f"{median / reference:6.1%} of {reference_name}" if reference else ""
-        print(f"  {name:26s} {median:8.1f} tokens/s  {ratio}   runs: {', '.join(f'{v:.1f}' for v in values)}")
+        ratio = (f"{statistics.median(v / r for v, r in zip(values, reference)):6.1%} of {reference_name}"
+                 if reference else "")
+        print(f"  {name:26s} {median:8.1f} tokens/s  {ratio}   runs: {', '.join(f'{v:.1f}' for v in values)}   "
+              f"load: {', '.join(f'{v:.1f}' for v in loads[name])}")
     seconds, clean = help_timing()
     print(f"  ponder --help              {seconds * 1000:8.0f} ms (median of 10); inference engines imported: {'none' if clean else 'YES'}")
+
+
+def _built(name: str) -> str:
+    """Where scripts/llama-tool puts llama.cpp's tools (built once, from the wheel's own source and flags)."""
+    built = sorted((Path.home() / ".cache/ponder-ci/bin").glob(f"{name}-*"))
+    return str(built[-1]) if built else str(Path.home() / f".cache/ponder-ci/bin/{name}")
 
 
 def llama_cpp_runners(args) -> dict:
@@ -156,7 +184,7 @@ def llama_cpp_runners(args) -> dict:
         "ponder ask (terminal)": lambda: ponder_terminal(args.model, threads, args.tokens),
     }
     if not Path(args.llama_bench).exists():
-        print(f"llama-bench not found at {args.llama_bench}; build it (see README) for the reference figure")
+        print(f"llama-bench not found at {args.llama_bench}; build it (scripts/llama-tool llama-bench)")
         del runners["llama-bench tg"]
     return runners
 
@@ -175,5 +203,108 @@ def mlx_runners(args) -> dict:
     }
 
 
+# --- --profile: `ponder ask` run by this file (as a child, under a pty or a pipe) with its parts timed ---------
+
+
+def profile(model: str, threads: int, tokens: int, runs: int) -> None:
+    import tempfile
+
+    print(f"where a token's time goes in ponder ask: {Path(model).name}, {threads} threads, {tokens} tokens, "
+          f"ponder --speculate {SPECULATE[1]}; from the first token to the last, per token: wall time where so "
+          f"marked, else each thread's own CPU time")
+    for _ in range(runs):
+        for where in ("terminal", "pipe"):
+            with tempfile.NamedTemporaryFile(suffix=".json") as out:
+                argv = [sys.executable, __file__, "--profile-child", out.name, *ask_args(model, threads, tokens)]
+                if where == "terminal":
+                    in_terminal(argv)
+                else:
+                    subprocess.run(argv, capture_output=True, stdin=subprocess.DEVNULL, check=True)
+                parts = json.loads(Path(out.name).read_text())
+            _print_profile(where, parts)
+
+
+def _print_profile(where: str, parts: dict) -> None:
+    n = max(parts.pop("tokens"), 1)
+    wall = parts.pop("decoding wall") / n
+    inside = parts["model thread: in llama_decode (wall)"] / n
+    print(f"  {where}: {1 / wall:.1f} tokens/s, {wall * 1000:.2f} ms a token; load {parts.pop('load'):.1f}")
+    print(f"    {'model thread: outside llama_decode (wall)':50s} {(wall - inside) * 1e6:8.0f} us  "
+          f"{1 - inside / wall:6.1%}")
+    for name, seconds in parts.items():
+        print(f"    {name:50s} {seconds / n * 1e6:8.0f} us  {seconds / n / wall:6.1%}")
+
+
+def _profile_child(out: str, argv: list[str]) -> None:
+    """Run `ponder *argv` here; what each part took from its first token to its last goes to `out` (JSON)."""
+    import atexit
+    import threading
+
+    from ponder.backends import llamacpp
+    from ponder.cli.views import render
+    from ponder.sampling import Sampler
+
+    spent: dict[str, float] = {"model thread: in llama_decode (wall)": 0.0, "model thread: sampling (CPU)": 0.0,
+                               "main thread: the view's calls (CPU)": 0.0}
+    reply = {"first": None, "last": 0.0, "tokens": 0, "open": False}
+
+    def cpu_clocks() -> dict[str, float]:  # each thread's CPU time so far, by its role
+        clocks: dict[str, float] = {}
+        for thread in threading.enumerate():
+            role = {"MainThread": "main thread", "ponder-model": "model thread"}.get(thread.name, "the view's thread")
+            try:
+                clocks[role] = clocks.get(role, 0.0) + time.clock_gettime(time.pthread_getcpuclockid(thread.ident))
+            except OSError:  # (ended meanwhile)
+                pass
+        return clocks
+
+    def timed(owner, name: str, label: str, clock=time.thread_time) -> None:
+        function = getattr(owner, name)
+
+        def wrapper(*args, **kwargs):
+            start = clock()
+            try:
+                return function(*args, **kwargs)
+            finally:
+                if reply["open"]:
+                    spent[label] += clock() - start
+        setattr(owner, name, wrapper)
+
+    stream = llamacpp.LlamaCppModel.stream
+
+    def counted(self, *args, **kwargs):  # the decoding window: from the first token to the last
+        clocks = None
+        for event in stream(self, *args, **kwargs):
+            now = time.perf_counter()
+            if reply["first"] is None:
+                reply["first"], reply["open"], clocks = now, True, cpu_clocks()
+            reply["last"], reply["tokens"] = now, reply["tokens"] + getattr(event, "tokens", 0)
+            yield event
+        reply["open"] = False
+        if clocks is not None:
+            for role, seconds in cpu_clocks().items():
+                spent[f"{role}: CPU, all" + (" (and llama.cpp's work)" if role == "model thread" else "")] = (
+                    seconds - clocks.get(role, 0.0))
+    llamacpp.LlamaCppModel.stream = counted
+    timed(llamacpp.LlamaCppModel, "decode", "model thread: in llama_decode (wall)", time.perf_counter)
+    timed(Sampler, "sample", "model thread: sampling (CPU)")
+    for view in (render.TerminalRenderer, render.PlainRenderer):
+        for name in ("reasoning", "reasoning_done", "answer"):
+            timed(view, name, "main thread: the view's calls (CPU)")
+
+    def write() -> None:
+        span = reply["last"] - (reply["first"] or reply["last"])
+        spent.update({"tokens": reply["tokens"] - 1, "decoding wall": span, "load": os.getloadavg()[0]})
+        Path(out).write_text(json.dumps(spent))
+    atexit.register(write)
+    from ponder.__main__ import main as ponder_main
+
+    sys.argv = ["ponder", *argv]
+    ponder_main()
+
+
 if __name__ == "__main__":
-    main()
+    if sys.argv[1:2] == ["--profile-child"]:
+        _profile_child(sys.argv[2], sys.argv[3:])
+    else:
+        main()

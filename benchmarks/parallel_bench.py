@@ -194,6 +194,66 @@ def greedy_equality(path: str, n: int, tokens: int) -> tuple[int, int]:
     return sum("".join(texts[i]) == alone[i] for i in range(n)), n
 
 
+def profile(path: str, n: int, threads: int, prompt_tokens: int, tokens: int) -> None:
+    """Where the time of ponder's batched decode goes, per generated token: llama_decode (wall) and the model
+    thread's own Python (sampling, the step, the driver, guard and splitter), and the consumer's CPU."""
+    import os
+
+    from ponder.backends.base import LoadOptions
+    from ponder.backends.llamacpp import LlamaCppModel
+    from ponder.events import GenerationParams
+    from ponder.parallel import Job
+    from ponder.samples import decode_jobs, sample_params
+    from ponder.sampling import Sampler
+
+    model = LlamaCppModel(path, LoadOptions(context=prompt_tokens + tokens + 64, threads=threads, sequences=n))
+    probe = LlamaCppModel(path, LoadOptions(context=4096))
+    prompt = _text_of(model, prompt_of(probe, prompt_tokens))
+    probe.close()
+    spent = {"decode": 0.0, "sampling": 0.0}
+    decode, sample = model.decode, Sampler.sample
+
+    def timed_decode(batch, doing):
+        start = time.perf_counter()
+        decode(batch, doing)
+        if doing == "decode":
+            spent["decode"] += time.perf_counter() - start
+
+    def timed_sample(self, logits):
+        start = time.thread_time()
+        try:
+            return sample(self, logits)
+        finally:
+            spent["sampling"] += time.thread_time() - start
+    model.decode, Sampler.sample = timed_decode, timed_sample
+    try:
+        with EndlessGeneration():
+            for run in range(2):  # the first warms up
+                _forget(model)
+                spent.update(decode=0.0, sampling=0.0)
+                replies: dict = {}
+                params = GenerationParams(max_tokens=tokens, on_loop="continue", seed=run)
+                jobs = [Job(i, prompt, sample_params(params, i), group_size=n) for i in range(n)]
+                main_cpu = time.thread_time()
+                decode_jobs(model, jobs, replies.__setitem__)
+                main_cpu = time.thread_time() - main_cpu
+    finally:
+        Sampler.sample = sample
+        model.close()
+    # Side by side, the samples' first tokens came from one step and their last from another: the decoding span
+    # is theirs (ponder's own times, as each sample's decode rate has them), which holds tokens - 1 steps.
+    span = max((tokens - 1) / r.stats.decode_tokens_per_s for r in replies.values())
+    spent["decode"] *= (tokens - 1) / tokens
+    per = 1e6 / (n * (tokens - 1))
+    print(f"{Path(path).name}, {n} together, {threads} threads: {n * (tokens - 1) / span:.1f} tokens/s in all, "
+          f"{span * per:.0f} us a token; load {os.getloadavg()[0]:.1f}")
+    for label, seconds in (("model thread: in llama_decode (wall)", spent["decode"]),
+                           ("model thread: outside llama_decode (wall)", span - spent["decode"]),
+                           ("  of which sampling (CPU)", spent["sampling"]),
+                           ("main thread: collecting the samples (CPU)", main_cpu)):
+        print(f"  {label:44s} {seconds * per:8.0f} us  {seconds / span:6.1%}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", default="smollm2,tiny-r1")
@@ -203,9 +263,16 @@ def main() -> None:
     parser.add_argument("--tokens", type=int, default=128)
     parser.add_argument("--pp-tokens", type=int, default=2000)
     parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--profile", action="store_true",
+                        help="where an aggregate token's time goes in ponder's batched decode, instead of the figures")
     args = parser.parse_args()
     counts = [int(n) for n in args.samples.split(",")]
     paths = models()
+    if args.profile:
+        for name in args.models.split(","):
+            for n in counts:
+                profile(paths[name], n, args.threads, args.prompt_tokens, args.tokens)
+        return
     for name in args.models.split(","):
         path = paths[name]
         print(f"\n== {name}: {Path(path).name}, {args.threads} threads, prompt {args.prompt_tokens} tokens, "

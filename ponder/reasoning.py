@@ -12,10 +12,13 @@ Segment = tuple[Kind, str]
 
 
 def _held_back(text: str, tag: str) -> int:
-    """Length of the longest suffix of `text` that could be the start of `tag`."""
-    for n in range(min(len(text), len(tag) - 1), 0, -1):
-        if tag.startswith(text[-n:]):
-            return n
+    """Length of the longest suffix of `text` that could be the start of `tag` (shorter than the tag). Such a
+    suffix starts with the tag's first character: only those places are tried (called on every token)."""
+    start = text.find(tag[0], max(len(text) - len(tag) + 1, 0))
+    while start >= 0:
+        if tag.startswith(text[start:]):
+            return len(text) - start
+        start = text.find(tag[0], start + 1)
     return 0
 
 

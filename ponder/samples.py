@@ -109,7 +109,9 @@ def decode_jobs(model: Model, jobs: Iterable[Job], finished: Callable[[object, R
     thread as each ends, with None for one the early stop ended. A job that fails (its prompt over the
     context, a reply broken off) goes to `failed`; unless it takes it, it ends them all and is raised
     here. Ctrl-C ends them all at once."""
-    stream = model_thread(model).iterate(lambda cancel: decode_together(model, jobs, cancel, settle is not None))
+    # Collected 10 times a second (the sample board shows no more), but at once when the driver waits on a Decide.
+    stream = model_thread(model).iterate(lambda cancel: decode_together(model, jobs, cancel, settle is not None),
+                                         poll_s=0.1, urgent=lambda item: isinstance(item[1], Decide))
     with closing(stream):
         for key, event in stream:
             if isinstance(event, Decide):

@@ -35,33 +35,41 @@ class ModelThread:
         # Python, which aborts the process if the interpreter is shutting down meanwhile.
         threading.Thread(target=_run_jobs, args=(self._jobs,), name="ponder-model", daemon=True).start()
 
-    def iterate(self, produce: Callable[[threading.Event], Iterator[T]]) -> Iterator[T]:
+    def iterate(self, produce: Callable[[threading.Event], Iterator[T]], poll_s: float = POLL_S,
+                urgent: Callable[[T], bool] | None = None) -> Iterator[T]:
         """Yield what `produce(cancel)` yields, computed on this thread.
 
-        The caller collects items every POLL_S instead of being woken for each one: on a
+        The caller collects items every `poll_s` instead of being woken for each one: on a
         machine whose cores all decode, a consumer woken per token preempts the inference
         threads mid-step and costs about a sixth of decode speed; batched wake-ups cost ~nil.
-        If the consumer stops early (break, exception, Ctrl-C), `cancel` is set and the
-        generation is waited for, so the model is idle again when this generator closes.
+        An item for which `urgent(item)` is true wakes the caller at once (one the producer
+        waits on an answer to). If the consumer stops early (break, exception, Ctrl-C),
+        `cancel` is set and the generation is waited for, so the model is idle again when
+        this generator closes.
         """
         cancel = Cancel()
         finished = threading.Event()
+        wake = threading.Event()  # set by an urgent item, and at the end
         items: queue.SimpleQueue = queue.SimpleQueue()
 
         def job() -> None:
             try:
                 for item in produce(cancel):
                     items.put(item)
+                    if urgent is not None and urgent(item):
+                        wake.set()
             except BaseException as exc:  # handed to the consumer, which re-raises it
                 items.put(_Failure(exc))
             finally:
                 items.put(_END)
                 finished.set()
+                wake.set()
 
         self._jobs.put(job)
         try:
             while True:
-                finished.wait(POLL_S)  # interruptible by Ctrl-C; returns early once the job is done
+                wake.wait(poll_s)  # interruptible by Ctrl-C; returns early once the job is done
+                wake.clear()  # (before draining: what is put after this wakes the next wait)
                 while True:
                     try:
                         item = items.get_nowait()

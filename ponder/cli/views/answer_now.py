@@ -23,6 +23,7 @@ class AnswerNowKey:
         self.active = False
         self._enabled = enabled
         self._done = threading.Event()
+        self._wake: tuple[int, int] | None = None  # a pipe that ends the listener's wait at once when done
         self._fd: int | None = None
         self._saved = None
         self._thread: threading.Thread | None = None
@@ -50,29 +51,38 @@ class AnswerNowKey:
             self._close()
             return self
         self.active = True
+        self._wake = os.pipe()
         self._thread = threading.Thread(target=self._listen, name="ponder-answer-now", daemon=True)
         self._thread.start()
         return self
 
     def stop_listening(self) -> None:
         """The reasoning is over: keys typed from now on stay queued for whoever reads next (chat's prompt)."""
+        if self._done.is_set():
+            return
         self._done.set()
+        if self._wake is not None:
+            os.write(self._wake[1], b"x")
 
     def _listen(self) -> None:
+        # Woken by a key or by the pipe alone: a timeout here woke this thread 10 times a second while the
+        # model thought (each wake takes a core from the decoding threads on a small machine).
         while not self._done.is_set():
-            ready, _, _ = select.select([self._fd], [], [], 0.1)
-            if not ready or self._done.is_set():
+            ready, _, _ = select.select([self._fd, self._wake[0]], [], [])
+            if self._fd not in ready or self._done.is_set():
                 continue
             try:
                 data = os.read(self._fd, 64)
             except OSError:
+                return
+            if not data:  # the terminal hung up
                 return
             if b"\n" in data or b"\r" in data:
                 self.pressed.set()
                 return
 
     def __exit__(self, *exc) -> None:
-        self._done.set()
+        self.stop_listening()
         try:
             if self._saved is not None:  # first: a second Ctrl-C below must not leave the terminal mute
                 import termios
@@ -90,6 +100,10 @@ class AnswerNowKey:
         if self._fd is not None:
             os.close(self._fd)
             self._fd = None
+        if self._wake is not None:
+            for end in self._wake:
+                os.close(end)
+            self._wake = None
 
 
 def until_answering(events, key: AnswerNowKey):

@@ -10,7 +10,7 @@ import time
 from typing import Literal, Protocol
 
 from ponder.cli.views.safe_text import visible
-from ponder.cli.views.terminal import Terminal, disable_echo
+from ponder.cli.views.terminal import Terminal, Ticker, disable_echo
 from ponder.events import Reply
 from ponder.reasoning import AnswerAsShown
 
@@ -112,18 +112,18 @@ class TerminalRenderer:
         self._printed_any = False
         self._answer_lines: list = []  # rendered lines of the current block not yet printed
         self._next_frame = 0.0
-        self._live = Live(
-            _LiveView(self),
-            console=self.console,
-            auto_refresh=True,
-            refresh_per_second=self.FPS,
-            transient=True,
-            redirect_stdout=False,
-            redirect_stderr=False,
-        )
+        self._tail_key: tuple = ()  # what the reasoning tail was last wrapped from, and the lines it gave
+        self._tail_lines: list = []
+        _prepare_markdown(self.console)
+        # Refreshed by the main thread after each answer frame; the ticker only keeps the status line's
+        # spinner and timer moving while no answer shows (rich's own thread repaints unchanged lines too).
+        self._live = Live(_LiveView(self), console=self.console, auto_refresh=False, transient=True,
+                          redirect_stdout=False, redirect_stderr=False)
+        self._ticker = Ticker(self._tick, 1 / self.FPS)
         self._restore_echo = disable_echo(term)
         try:
             self._live.start()
+            self._ticker.start()
         except BaseException:
             self._restore_echo()
             raise
@@ -163,6 +163,7 @@ class TerminalRenderer:
         now = time.perf_counter()
         if now >= self._next_frame:
             self._render_answer(final=False)
+            self._live.refresh()
             spent = time.perf_counter() - now
             gap = min(self.MAX_FRAME_GAP_S, max(1 / self.FPS, self.RENDER_BUDGET_FACTOR * spent))
             self._next_frame = now + gap
@@ -178,9 +179,17 @@ class TerminalRenderer:
             self._render_answer(final=True)
         finally:
             try:
-                self._live.stop()
-            finally:  # even when stopping the view failed (a closed stdout): keys must echo again
-                self._restore_echo()
+                self._ticker.stop()
+            finally:
+                try:
+                    self._live.stop()
+                finally:  # even when stopping the view failed (a closed stdout): keys must echo again
+                    self._restore_echo()
+
+    def _tick(self) -> None:
+        """On the ticker's thread: repaint the status line (and the reasoning's tail) while no answer shows."""
+        if self._thinking:
+            self._live.refresh()
 
     # --- drawing ----------------------------------------------------------------
 
@@ -237,13 +246,30 @@ class TerminalRenderer:
                     style="cyan")
 
     def _reasoning_tail(self, width: int):
+        """The last TAIL_LINES lines of the reasoning, wrapped again only when it grew (a slow model's ticks
+        mostly find it unchanged), and from its last few lines' worth of text only."""
         from rich.segment import Segment
         from rich.text import Text
 
-        text = Text(visible(self._reasoning.lstrip("\n")[-(width * self.TAIL_LINES * 2) :]), style="dim")
-        lines = text.wrap(self.console, width)
-        dim = self.console.get_style("dim")  # Text.render leaves the text's own style to its caller
-        return _Lines([list(Segment.apply_style(line.render(self.console), dim)) for line in lines[-self.TAIL_LINES :]])
+        key = (len(self._thought), len(self._reasoning), width)
+        if key != self._tail_key:
+            text = Text(visible(self._reasoning.lstrip("\n")[-(width * (self.TAIL_LINES + 1)) :]), style="dim")
+            lines = text.wrap(self.console, width)
+            dim = self.console.get_style("dim")  # Text.render leaves the text's own style to its caller
+            self._tail_lines = [list(Segment.apply_style(line.render(self.console), dim))
+                                for line in lines[-self.TAIL_LINES :]]
+            self._tail_key = key
+        return _Lines(self._tail_lines)
+
+
+def _prepare_markdown(console) -> None:
+    """Import and run the Markdown renderer (and the LaTeX converter) once, before the model decodes: at the
+    first answer frame, their imports held the GIL for 0.1-0.3 s while the model thread waited for it."""
+    from rich.markdown import Markdown
+
+    from ponder.latex import render_math
+
+    console.render_lines(Markdown(render_math("*a* `b` $x^2$"), hyperlinks=False), pad=False, new_lines=False)
 
 
 def _settled_blocks_end(text: str, start: int) -> int:

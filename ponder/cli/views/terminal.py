@@ -6,6 +6,7 @@ import errno
 import io
 import os
 import sys
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import BinaryIO, TextIO
@@ -181,3 +182,32 @@ class Working:
     def __exit__(self, *exc) -> None:
         if self._status is not None:
             self._status.stop()
+
+
+class Ticker:
+    """Calls `tick` every `interval` seconds on a thread of its own until stopped. A tick that fails (the
+    terminal went away) ends it quietly: the main thread meets the same failure and reports it."""
+
+    def __init__(self, tick, interval: float):
+        self._tick, self._interval = tick, interval
+        self._done = threading.Event()
+        self._lock = threading.Lock()
+        self._thread = threading.Thread(target=self._run, name="ponder-view", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._done.set()
+        with self._lock:  # a tick in progress ends first: none runs once this returns
+            pass
+
+    def _run(self) -> None:
+        while not self._done.wait(self._interval):
+            with self._lock:
+                if self._done.is_set():
+                    return
+                try:
+                    self._tick()
+                except (OSError, ValueError):
+                    return
