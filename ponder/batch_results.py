@@ -245,7 +245,7 @@ class ResultsSink:
             except BrokenPipeError:
                 raise
             except OSError as exc:
-                raise _os_error(exc, self.path, "write to") from None
+                raise _os_error(exc, self.path, "write to", self.found.regular) from None
         self.written += 1
 
     def close(self) -> None:
@@ -276,11 +276,12 @@ def _lock(fd: int, path: Path) -> None:
         # a file system without locks (some network ones): go on unlocked
 
 
-def _os_error(exc: OSError, path: Path, doing: str) -> PonderError:
-    """An OS refusal as one line: a path that cannot be a results file is a usage error (2), the rest 1."""
+def _os_error(exc: OSError, path: Path, doing: str, regular: bool = False) -> PonderError:
+    """An OS refusal as one line: a path that cannot be a results file is a usage error (2), the rest 1. Only a
+    regular file is resumed from (a device or pipe is a fresh stream each run): only its rerun goes on."""
     why = exc.strerror or str(exc)
     if exc.errno in (errno.ENOENT, errno.ENOTDIR, errno.EISDIR, errno.ELOOP, errno.ENAMETOOLONG):
         return UsageError(f"cannot {doing} {path}: {why}")
     return PonderError(f"cannot {doing} {path}: {why}",
                        hint="the results written so far are kept; rerun with the same -o to go on"
-                       if doing == "write to" else None)
+                       if doing == "write to" and regular else None)

@@ -40,7 +40,7 @@ def read_tasks(data: bytes, source: str = "input") -> list[dict]:
         except (ValueError, RecursionError):  # an integer of over 4300 digits; nesting too deep
             problems.append(f"line {number} is not JSON ponder can read")
             continue
-        why = task_problem(task) or constraint_problem(task)
+        why = task_problem(task) or text_problem(task) or constraint_problem(task)
         if why is None and task["id"] in seen:
             why = f"repeats id {json.dumps(task['id'], ensure_ascii=False)}"
         if why is not None:
@@ -72,6 +72,31 @@ def task_problem(task) -> str | None:
     answer = task.get("answer")
     if answer is not None and not (isinstance(answer, str) or _finite_number(answer)):
         return f'has an "answer" that is {_kind(answer)}: answers are strings or numbers'
+    return None
+
+
+def text_problem(task: dict) -> str | None:
+    """Where a task holds text that is not UTF-8 (JSON may escape a lone surrogate, "\\ud800"), or None: it could
+    reach neither the model nor the results file (ids and answers are written back)."""
+    for field, value in task.items():
+        where = _lone_surrogate(field) or _lone_surrogate(value)
+        if where:
+            return f'has text that is not UTF-8 in "{field.encode("utf-8", "backslashreplace").decode()}" ({where})'
+    return None
+
+
+def _lone_surrogate(value) -> str | None:
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError as exc:
+            return f"a lone surrogate \\u{ord(value[exc.start]):04x} at character {exc.start + 1}"
+        return None
+    items = value.items() if isinstance(value, dict) else enumerate(value) if isinstance(value, list) else ()
+    for key, item in items:  # (a schema's keys and values, a list of choices; nesting is bounded by json.loads)
+        where = (_lone_surrogate(key) if isinstance(key, str) else None) or _lone_surrogate(item)
+        if where:
+            return where
     return None
 
 

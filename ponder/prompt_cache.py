@@ -26,8 +26,8 @@ from pathlib import Path
 
 from array import array
 
-from ponder.prompt_cache_files import (MAGIC, SUFFIX, all_entries, open_entry, remove, remove_stale_writes, touch,
-                                       trusted)
+from ponder.prompt_cache_files import (MAGIC, SUFFIX, all_entries, named_entries, open_entry, remove, remove_entry,
+                                       remove_stale_writes, touch, trusted)
 
 CACHE_DIR_ENV = "PONDER_CACHE_DIR"  # default: the platform's user cache dir
 FORMAT = 1
@@ -52,6 +52,18 @@ def cache_dir() -> Path:
     from platformdirs import user_cache_dir
 
     return Path(user_cache_dir("ponder", appauthor=False)) / "prompt-cache"
+
+
+def cache_problem() -> str | None:
+    """Why no prompt state can be kept where the cache is set to be (None: it can), for the CLI to say: else
+    nothing would ever load or save, silently. A relative PONDER_CACHE_DIR is refused (as the XDG base
+    directory spec refuses relative paths): it would be a different folder in each working directory."""
+    override = os.environ.get(CACHE_DIR_ENV)
+    if override and not Path(override).expanduser().is_absolute():
+        return f"{CACHE_DIR_ENV}={override} is a relative path (a folder in each working directory)"
+    from ponder.prompt_cache_files import folder_problem
+
+    return folder_problem(cache_dir())
 
 
 def model_identity(path: str, backend: str, settings: dict) -> str:
@@ -215,7 +227,9 @@ class PromptCache:
             self._writing = None
 
     def discard(self, path: Path) -> None:
-        remove(path)  # (where it cannot go, a read-only cache, it is checked again and skipped next time)
+        """Remove a damaged entry, if it is ponder's: a file only named like one is skipped, never removed.
+        (Where it cannot go, a read-only cache, it is checked again and skipped next time.)"""
+        remove_entry(path)
 
     def evict(self) -> None:
         """Remove the least recently used entries (of every model) until the cache is within its cap."""
@@ -234,10 +248,7 @@ class PromptCache:
                 total -= size
 
     def _entries(self) -> list[Path]:
-        try:
-            return sorted(self.folder.glob(f"*{SUFFIX}"))
-        except OSError:
-            return []
+        return named_entries(self.folder)
 
 
 def _read_header(file) -> dict | None:

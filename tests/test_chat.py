@@ -296,8 +296,10 @@ def test_a_failed_turn_is_reported_and_the_chat_goes_on(tiny_r1):
     repl.loop()
     model.close()
     output = term.stdout.getvalue()
-    assert "error: llama_decode failed (-3). Your message is back in the input line." in output
-    assert output.rstrip().endswith("12 × 7 = 84, so the answer is \\boxed{84}.")
+    # Piped: the error on stderr, naming the line of the message (there is no input line to give it back to).
+    said = term.stderr.getvalue()  # (the reasoning too, in a pipe)
+    assert said.startswith("ponder: error: input line 1: llama_decode failed (-3); the chat goes on without it.\n")
+    assert output.rstrip() == "12 × 7 = 84, so the answer is \\boxed{84}."
     assert [t.role for t in repl.chat.conversation.turns] == ["user", "assistant"]  # the failed turn is not kept
     assert repl.chat.conversation.turns[0].content == "What is 12*7?"
 
@@ -337,8 +339,8 @@ def test_a_history_that_fails_mid_chat_only_warns(tiny_r1, tmp_path):
     repl.chat.replied = replied_then_break
     repl.loop()
     model.close()
-    output = term.stdout.getvalue()
-    assert output.count("warning: history is off from here on: no such table: turns") == 1
-    assert "cannot read the history: no such table: turns" in output  # /history says so, and the chat goes on
-    assert "The answer is \\boxed{4}." in output
+    output, said = term.stdout.getvalue(), term.stderr.getvalue()  # (piped: ponder's own lines on stderr)
+    assert said.count("ponder: warning: history is off from here on: no such table: turns") == 1
+    assert "ponder: error: input line 2: cannot read the history: no such table: turns" in said  # the chat goes on
+    assert "The answer is \\boxed{4}." in output and "history" not in output
     assert [t.role for t in repl.chat.conversation.turns] == ["user", "assistant"]

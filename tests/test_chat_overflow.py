@@ -136,11 +136,11 @@ def _chat(model, lines: list[str], history_path, on_full: str = "drop", max_toke
     repl.chat.history = History(history_path)
     repl.chat.on_full = on_full
     repl.loop()
-    return repl, term.stdout.getvalue()
+    return repl, term.stdout.getvalue(), term.stderr.getvalue()  # piped: the answers; ponder's own notes and errors
 
 
 def flat(text: str) -> str:
-    """`text` with its runs of white space as one space (a piped chat's notes wrap at 80 columns)."""
+    """`text` with its runs of white space as one space (a summary shown wraps at 80 columns)."""
     return " ".join(text.split())
 
 
@@ -191,8 +191,8 @@ def test_a_chat_goes_on_past_its_context(tiny_512_each, tmp_path):
     model = tiny_512_each
     sent = _recording(model)
     questions = [FILLER.format(i) for i in range(10)]
-    repl, out = _chat(model, questions, tmp_path / "history.db")
-    assert repl.failed is None, out
+    repl, out, said = _chat(model, questions, tmp_path / "history.db")
+    assert repl.failed is None, said
 
     # Every turn answered, every turn kept, in order.
     stored = _stored(tmp_path / "history.db", repl.chat.conversation.id)
@@ -201,9 +201,9 @@ def test_a_chat_goes_on_past_its_context(tiny_512_each, tmp_path):
     assert all(t.finish_reason in ("stop", "length") for t in stored.turns[1::2])
 
     # The oldest turns left out, said once each time; each prompt leaves the reply its room.
-    notes = [line for line in out.splitlines() if line.startswith("note: ")]
-    assert notes and all(line.endswith("oldest turns no longer fit and are left out") for line in notes), out
-    assert 1 <= len(notes) < 4  # half the space freed each time, not a turn at every message
+    notes = [line.removeprefix("ponder: ") for line in said.splitlines() if line.startswith("ponder: note: ")]
+    assert notes and all(line.endswith("oldest turns no longer fit and are left out") for line in notes), said
+    assert "note" not in out and 1 <= len(notes) < 4  # half the space freed each time, not a turn at every message
     left = sum(int(line.split()[2]) for line in notes)
     assert repl.chat.left_out() == left and repl.chat.seen_from == 2 * left
     room = repl.chat.room(repl.run.params)
@@ -226,10 +226,12 @@ def test_a_chat_goes_on_past_its_context(tiny_512_each, tmp_path):
 
 def test_a_message_that_alone_has_no_room_is_refused_and_the_chat_goes_on(tiny_512, tmp_path):
     long_message = "Please read this long note carefully. " * 70  # 492 tokens: the context holds it, not a reply
-    repl, out = _chat(tiny_512, ["What is 2+2?", long_message, "What is 12*7?"], tmp_path / "history.db")
-    assert re.search(r"the message makes a prompt of 49\d tokens, which with room for a reply \(48 tokens\) does not"
-                     r" fit the context of 512\. Your message is back in the input line\.", flat(out)), out
-    assert "/clear" not in out  # /clear would not help: the message alone has no room
+    repl, out, said = _chat(tiny_512, ["What is 2+2?", long_message, "What is 12*7?"], tmp_path / "history.db")
+    # Piped: on stderr, one line naming the message's line (there is no input line to give it back to).
+    assert re.search(r"(?m)^ponder: error: input line 2: the message makes a prompt of 49\d tokens, which with room"
+                     r" for a reply \(48 tokens\) does not fit the context of 512; the chat goes on without it\.$",
+                     said), said
+    assert "/clear" not in said  # /clear would not help: the message alone has no room
     assert repl.failed == 2  # piped chat exits with it, as before
     assert [t.content for t in repl.chat.conversation.turns[::2]] == ["What is 2+2?", "What is 12*7?"]
     assert repl.chat.seen_from == 0  # nothing left out for a message that was not sent
@@ -242,14 +244,13 @@ def test_on_full_refuse_is_the_old_refusal(tiny_r1, tmp_path):
     model = LlamaCppModel(tiny_r1, LoadOptions(context=256))
     try:
         lines = ["/set on_full bogus", "/set on_full refuse"] + [FILLER.format(i) for i in range(6)]
-        repl, out = _chat(model, lines, tmp_path / "history.db", on_full="drop", max_tokens=32)
+        repl, out, said = _chat(model, lines, tmp_path / "history.db", on_full="drop", max_tokens=32)
     finally:
         model.close()
-    assert "on_full must be one of drop, compact, refuse, not 'bogus'" in flat(out) and "on_full = refuse" in out
-    assert repl.chat.on_full == "refuse"
-    assert ("but the context holds 256. Your message is back in the input line; /clear starts a new "
-            "conversation.") in flat(out), out
-    assert "note:" not in out and repl.chat.seen_from == 0 and repl.failed == 2
+    assert "ponder: error: input line 1: on_full must be one of drop, compact, refuse, not 'bogus'" in said
+    assert "on_full = refuse" in said and repl.chat.on_full == "refuse"
+    assert "but the context holds 256; the chat goes on without it; /clear starts a new conversation." in said, said
+    assert "note:" not in said and repl.chat.seen_from == 0 and repl.failed == 2
 
 
 def test_compact_puts_a_summary_in_place_of_the_earlier_turns(tiny_r1, tmp_path):
@@ -262,22 +263,22 @@ def test_compact_puts_a_summary_in_place_of_the_earlier_turns(tiny_r1, tmp_path)
     sent = _recording(model)
     try:
         questions = [FILLER.format(1), "What is 12*7?", FILLER.format(2)]
-        repl, out = _chat(model, ["/compact", *questions, "/compact", "What is 2+2?"], tmp_path / "history.db")
-        assert "nothing to compact: the model sees no earlier turn" in out
-        assert "summarising the 3 earlier turns…" in out, out
+        repl, out, said = _chat(model, ["/compact", *questions, "/compact", "What is 2+2?"], tmp_path / "history.db")
+        assert "nothing to compact: the model sees no earlier turn" in said
+        assert "summarising the 3 earlier turns…" in said, said
         turns = repl.chat.conversation.turns
         before = _prompt(model, turns[:6] + turns[8:9])  # what the model would have seen without the summary
         # The summary request: the conversation, then the request (without thinking: its prompt text).
         assert sent[3] == _prompt(model, turns[:7])
         # After: one earlier exchange (the request, the summary) where the three turns were.
         assert sent[4] == _prompt(model, turns[6:9]) and len(sent[4]) < len(before)
-        assert f"(the prompt: {len(_prompt(model, turns[:6]))} → {len(_prompt(model, turns[6:8]))} tokens)" in flat(out)
+        assert f"(the prompt: {len(_prompt(model, turns[:6]))} → {len(_prompt(model, turns[6:8]))} tokens)" in said
 
         stored = _stored(tmp_path / "history.db", repl.chat.conversation.id)
         assert [(t.role, t.content) for t in stored.turns[:6]] == [(t.role, t.content) for t in turns[:6]]
         assert [t.content for t in stored.turns[::2]] == [*questions, COMPACT_REQUEST, "What is 2+2?"]
         assert stored.turns[7].finish_reason == SUMMARY and stored.turns[7].content.strip()
-        assert flat(stored.turns[7].content) in flat(out)  # the summary shown as written
+        assert flat(stored.turns[7].content) in flat(out)  # the summary shown as written (/compact's reply)
 
         resumed = Chat(History(tmp_path / "history.db"), "chat")  # `chat --continue`: the compacted view
         resumed.resume(None, last=True)
@@ -291,9 +292,9 @@ def test_on_full_compact_summarises_to_make_room(tiny_512, tmp_path):
     from ponder.conversation import COMPACT_REQUEST, SUMMARY
 
     questions = [FILLER.format(i) for i in range(10)]
-    repl, out = _chat(tiny_512, questions, tmp_path / "history.db", on_full="compact")
-    assert repl.failed is None, out
-    assert "earlier turns to make room…" in out and "note: " not in out, out
+    repl, out, said = _chat(tiny_512, questions, tmp_path / "history.db", on_full="compact")
+    assert repl.failed is None, said
+    assert "earlier turns to make room…" in said and "note: " not in said, said
     stored = _stored(tmp_path / "history.db", repl.chat.conversation.id)
     asked = [t.content for t in stored.turns if t.role == "user"]
     assert [q for q in asked if q != COMPACT_REQUEST] == questions  # every message kept, in order
@@ -311,10 +312,11 @@ def test_the_flag_and_the_config_file(tiny_r1, tmp_path):
     messages = "".join(f"{FILLER.format(i)}\n" for i in range(6)).encode()
     args = ("chat", "--model", tiny_r1, "--ctx", "256", "--temperature", "0", "--max-tokens", "32")
     refused = run_ponder(*args, stdin=messages, env=env)
-    assert refused.returncode == 2 and "/clear starts a new conversation." in flat(refused.stdout.decode()), refused
+    assert refused.returncode == 2 and "/clear starts a new conversation." in refused.stderr.decode(), refused
     dropped = run_ponder(*args, "--on-full", "drop", stdin=messages, env=env)
     # (3: the tiny model's last answer to such a message may be empty, which piped chat reports; not 2)
-    assert dropped.returncode in (0, 3) and "no longer fit" in flat(dropped.stdout.decode()), dropped
+    assert dropped.returncode in (0, 3) and "ponder: note: " in dropped.stderr.decode(), dropped
+    assert "no longer fit" in dropped.stderr.decode() and b"no longer fit" not in dropped.stdout
     assert b"Traceback" not in dropped.stderr
     bad = run_ponder(*args, "--on-full", "never", env=env)
     assert bad.returncode == 2 and b"Invalid value for '--on-full'" in bad.stderr
@@ -339,11 +341,11 @@ def test_a_chat_with_a_server_estimates_then_learns_its_counts(server_512, tiny_
     sent = _recording_texts(model)
     try:
         questions = [FILLER.format(i) for i in range(10)]
-        repl, out = _chat(model, questions, tmp_path / "history.db")
+        repl, out, said = _chat(model, questions, tmp_path / "history.db")
     finally:
         model.close()
-    assert repl.failed is None and repl.chat.estimated, out  # no refusal: the estimates kept the room
-    assert "oldest turns no longer fit and are left out" in out, out
+    assert repl.failed is None and repl.chat.estimated, said  # no refusal: the estimates kept the room
+    assert "oldest turns no longer fit and are left out" in said, said
     assert 0.2 < repl.chat.scale < 1.1  # the server's counts made the generous estimates closer
     real = [len(tiny_512.tokenize(text)) for text in sent]  # the same tokenizer, run here
     assert all(count + 48 <= 512 for count in real)
@@ -363,12 +365,12 @@ def test_a_server_that_does_not_say_its_context_refuses_and_room_is_made(server_
     sent = _recording_texts(model)
     try:
         questions = [FILLER.format(i) for i in range(12)]  # past 512 tokens at the 11th
-        repl, out = _chat(model, questions, tmp_path / "history.db")
+        repl, out, said = _chat(model, questions, tmp_path / "history.db")
     finally:
         model.close()
-    assert repl.failed is None, out
-    notes = [line for line in out.splitlines() if line.startswith("note: ")]
-    assert notes and len(sent) == len(questions) + len(notes), out  # each refusal: room made, sent again
+    assert repl.failed is None, said
+    notes = [line for line in said.splitlines() if line.startswith("ponder: note: ")]
+    assert notes and len(sent) == len(questions) + len(notes), said  # each refusal: room made, sent again
     stored = _stored(tmp_path / "history.db", repl.chat.conversation.id)
     assert [t.content for t in stored.turns[::2]] == questions
 

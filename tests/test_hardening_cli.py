@@ -70,13 +70,13 @@ def test_a_full_disk_on_stdout_is_one_line_and_exit_1(args):
     result = ponder_in_shell(">/dev/full", *args)
     err = clean(result.stderr)
     assert result.returncode == 1, err
-    assert err.strip() == "ponder: error: No space left on device"
+    assert err.strip() == "ponder: error: cannot write to stdout: No space left on device"
 
 
 def test_ask_onto_a_full_disk_stops_with_one_line(tiny_r1):
     result = ponder_in_shell(">/dev/full", "ask", "--model", tiny_r1, "--no-log", "What is 12*7?")
     err = clean(result.stderr)
-    assert result.returncode == 1 and "ponder: error: No space left on device" in err
+    assert result.returncode == 1 and "ponder: error: cannot write to stdout: No space left on device" in err
 
 
 @pytest.mark.parametrize("args", [["--help"], ["--version"], ["models"], ["history"], ["config", "path"], ["plan"], ["backends"]])
@@ -99,7 +99,8 @@ def test_ask_and_batch_end_quietly_with_141_when_the_reader_is_gone(tiny_r1, tmp
     (PermissionError(errno.EACCES, "Permission denied", "/etc/ponder/x"), "/etc/ponder/x: Permission denied"),
     (IsADirectoryError(errno.EISDIR, "Is a directory", "/tmp"), "/tmp: Is a directory"),
     (OSError(errno.EROFS, "Read-only file system", "/sys/x"), "/sys/x: Read-only file system"),
-    (OSError(errno.ENOSPC, "No space left on device"), "No space left on device"),
+    (OSError(errno.ENOSPC, "No space left on device"), "cannot write to stdout: No space left on device"),  # unnamed
+    (OSError(errno.ENOENT, "No such file or directory"), "No such file or directory"),
 ])
 def test_os_errors_from_any_command_are_one_line_and_exit_1(own_settings, monkeypatch, error, shown):
     """The CLI's one mapping, whatever raises the error (here reading ask's stdin)."""
@@ -371,7 +372,7 @@ def test_chat_no_think_gives_a_message_too_long_back(tiny_r1_random):
         repl.loop()
     finally:
         model.close()
-    assert "Your message is back in the input line" in " ".join(term.stdout.getvalue().split())
+    assert "input line 1: " in term.stderr.getvalue() and "the chat goes on without it" in term.stderr.getvalue()
     assert repl.chat.conversation.turns == []  # not stored as sent
     assert repl.failed == 2  # (piped: the exit status)
 

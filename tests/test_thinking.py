@@ -259,5 +259,5 @@ def test_chat_sets_the_budget_and_shows_it(r1):
                             GenerationParams(temperature=0))
     repl.loop()
     output = term.stdout.getvalue()
-    assert f"think_budget = {tiny.BUDGET}" in output
+    assert f"think_budget = {tiny.BUDGET}" in term.stderr.getvalue()  # (piped: a note, on stderr; /stats' figures on stdout)
     assert tiny.BUDGET_ANSWER in output and f"think_budget {tiny.BUDGET}" in output.split("reasoning end: budget")[1]

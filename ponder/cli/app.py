@@ -19,6 +19,9 @@ from ponder.defaults import DEBUG_ENV
 from ponder.errors import PonderError, debugging, describe_os_error, enable_debug
 
 EXIT_BROKEN_PIPE = 141
+# A failed write. Without a file name, one that reaches the top is stdout's: ponder names the files it writes in
+# its errors, and stdin's read errors are named where it is read (stderr's could not be reported anyway).
+WRITE_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EIO)
 MODEL_COMMANDS = ("ask", "chat", "solve", "batch")  # the commands the config file sets defaults for
 
 app = typer.Typer(
@@ -106,6 +109,9 @@ def _os_failure(exc: OSError, term: Terminal | None) -> int:
         return EXIT_BROKEN_PIPE
     if stream_closed(stdout) and exc.errno == errno.EBADF:
         return _fail("ponder: error: stdout is closed", exc, 1, term)
+    if exc.filename is None and exc.errno in WRITE_ERRNOS:
+        silence(stdout)  # what is still buffered must not fail again at exit
+        return _fail(f"ponder: error: cannot write to stdout: {exc.strerror or exc}", exc, 1, term)
     return _fail(f"ponder: error: {describe_os_error(exc)}", exc, 1, term)
 
 

@@ -3,6 +3,8 @@ ponder.conversation.Chat)."""
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import typer
 
 
@@ -22,6 +24,7 @@ class ChatRepl:
         self.last_reply = None  # the last finished reply: piped chat's exit status tells if it answered
         self.failed: int | None = None  # the exit code of the first turn that failed (piped chat exits with it)
         self.recorder = None  # the text of the reply being shown
+        self.line = 0  # piped: the input line where the message or command being handled began (0: none yet)
 
     # --- the loop -----------------------------------------------------------------------
 
@@ -29,13 +32,16 @@ class ChatRepl:
         from ponder.cli.chat.slash_commands import run_command
         from ponder.cli.chat.line_input import ChatInput
 
-        self.input = ChatInput(self.run.term)
+        term = self.run.term
+        counted = CountedLines(term.stdin)
+        self.input = ChatInput(replace(term, stdin=counted) if term.stdin is not None else term)
         if self.input.interactive:
             self.note(f"ponder chat · {self.chat.model.info.name} ({self.chat.model.info.backend}) · /help for commands, "
                       "Ctrl-D to quit")
         if self.chat.conversation.turns:
             self.replay()
         while self.running:
+            self.line = counted.count + 1  # (where a message of several lines, a """ block, begins)
             text = self.input.read(default=self.pending)
             self.pending = ""
             if text is None:  # Ctrl-D
@@ -97,7 +103,7 @@ class ChatRepl:
             except Exception as exc:  # the turn failed, not the session: report it and keep what was typed
                 self.failed = self.failed or getattr(exc, "exit_code", 1)
                 self.pending = self.chat.take_back()
-                self.note(f"error: {describe_error(exc, self.run.term)}. Your message is back in the input line.", "red")
+                self.note(f"error: {describe_error(exc, self.run.term)}{self.taken_back()}.", "red")
                 return
             break
         self.chat.replied(reply)
@@ -124,7 +130,8 @@ class ChatRepl:
         """The notes a finished reply may call for."""
         if reply.error:
             self.failed = self.failed or 1
-            self.note(f"error: {reply.error}. What arrived is kept; /retry asks again.", "red")
+            self.note(f"error: {reply.error}" + ("; what arrived is kept" if self.piped else
+                                                 ". What arrived is kept; /retry asks again."), "red")
         if reply.finish_reason == "loop":
             self.note("[stopped: the reply repeated itself]", "yellow")
         elif reply.stats.reasoning_end == "loop":
@@ -184,8 +191,8 @@ class ChatRepl:
         except KeyboardInterrupt as exc:
             if isinstance(exc, Terminated):
                 raise
-            self.note("[interrupted: nothing was summarised" + ("; your message is back in the input line]" if auto
-                                                                 else "]"))
+            back = "the chat goes on without the message" if self.piped else "your message is back in the input line"
+            self.note(f"[interrupted: nothing was summarised{'; ' + back if auto else ''}]")
             return "stopped"
         except typer.Exit:
             raise
@@ -209,7 +216,18 @@ class ChatRepl:
         self.failed = self.failed or exc.exit_code
         self.pending = self.chat.take_back()
         clear = "; /clear starts a new conversation" if self.chat.on_full == "refuse" else ""
-        self.note(f"{exc.message}. Your message is back in the input line{clear}.", "red")
+        self.note(f"{exc.message}{self.taken_back()}{clear}.", "red")
+
+    def taken_back(self) -> str:
+        """What became of a message whose turn failed: back in the input line on a terminal; in a pipe, skipped
+        (the error names its line)."""
+        return "; the chat goes on without it" if self.piped else ". Your message is back in the input line"
+
+    @property
+    def piped(self) -> bool:
+        """Whether the chat reads piped input or writes to a pipe: stdout then carries the answers alone."""
+        chat_input = getattr(self, "input", None)
+        return chat_input is not None and not chat_input.interactive
 
     def warn_once_if_history_failed(self) -> None:
         if self.chat.history_error and not self.history_warned:
@@ -218,10 +236,19 @@ class ChatRepl:
 
     def note(self, text: str, style: str = "dim") -> None:
         """A line of ponder's own (never parsed as markup, control characters shown: it may quote the user,
-        the history or a server)."""
+        the history or a server). In a pipe, stdout carries the answers and what a command was asked to show
+        (plain style: /help, /stats, /history); notes, warnings and errors go to stderr a line each, as written
+        (not wrapped), an error naming the input line it is about."""
         from ponder.cli.views.safe_text import visible
 
-        self.console.print(visible(text), style=style, markup=False, highlight=False)
+        if not (self.piped and style):
+            self.console.print(visible(text), style=style, markup=False, highlight=False)
+            return
+        if style == "red":
+            text = "error: " + (f"input line {self.line}: " if self.line else "") + text.removeprefix("error: ")
+        prefix = "ponder: " if text.startswith(("note: ", "warning: ", "error: ")) else ""
+        self.run.term.stderr.write(f"{prefix}{visible(text)}\n")
+        self.run.term.stderr.flush()
 
 
 FULL_HINTS = {"refuse": "/clear starts a new conversation", "drop": "the next message leaves out the oldest turns",
@@ -236,6 +263,21 @@ def left_out_note(turns: int) -> str:
 
 def _turns(n: int, word: str) -> str:
     return f"{n} {word}" if n == 1 else f"{n} {word}s"
+
+
+class CountedLines:
+    """Stdin as chat input reads it, its lines counted: a piped chat's error names the line at fault."""
+
+    def __init__(self, stream):
+        self.stream, self.count = stream, 0
+
+    def readline(self, size: int = -1) -> bytes:
+        line = self.stream.readline(size)
+        self.count += bool(line)
+        return line
+
+    def __getattr__(self, name: str):
+        return getattr(self.stream, name)
 
 
 class RecordingRenderer:

@@ -115,6 +115,7 @@ def batch(
     finally:
         for out in outputs:
             out.close()
+    resumable = output is not None and all(out.found.regular for out in outputs)  # (a device is no file to resume)
     if len(budgets) == 1:
         _report_accuracy(results, run.term.stderr)
     else:
@@ -125,7 +126,7 @@ def batch(
     if failed:
         runs = len(tasks) * len(budgets)
         raise PonderError(f"{failed} of {runs} tasks failed; their lines hold \"error\"",
-                          hint="a rerun with the same -o runs them again" if output else None)
+                          hint="a rerun with the same -o runs them again" if resumable else None)
 
 
 def _budgets(text: str | None) -> list[int | None]:

@@ -18,6 +18,7 @@ def cache_show(ctx: typer.Context) -> None:
         return
     from ponder.prompt_cache import cache_dir
 
+    _usable()
     print(f"prompt cache: {cache_dir()}")
     print(holding())
 
@@ -28,6 +29,7 @@ def cache_clear() -> None:
     from ponder.errors import PonderError
     from ponder.prompt_cache import cache_dir, clear, usage
 
+    _usable()
     root = cache_dir()
     _, before = usage(root)
     removed, left = clear(root)
@@ -38,10 +40,26 @@ def cache_clear() -> None:
                           hint=f"check the permissions of {root} and the folders in it")
 
 
+def _usable() -> None:
+    """A cache folder that cannot be used (a file, a relative PONDER_CACHE_DIR, open to others) is an error here:
+    the commands that run a model only warn, and run without it."""
+    from ponder.errors import UsageError
+    from ponder.prompt_cache import CACHE_DIR_ENV, cache_problem
+
+    problem = cache_problem()
+    if problem:
+        raise UsageError(f"the prompt cache cannot be used: {problem}",
+                         hint=f"set {CACHE_DIR_ENV} to the absolute path of a folder of your own, closed to others"
+                              " (chmod 700), or unset it for the default")
+
+
 def holding() -> str:
     """What the cache holds, against its cap (config prompt_cache_gib): one line, for `cache` and `doctor`."""
-    from ponder.prompt_cache import usage
+    from ponder.prompt_cache import cache_problem, usage
 
+    problem = cache_problem()
+    if problem:
+        return f"not used: {problem}"
     entries, size = usage()
     gib = cap_gib()
     if gib == 0:

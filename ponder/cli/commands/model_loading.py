@@ -70,6 +70,24 @@ def connect_server(term: Terminal, url: str, model: str | None, backend: str, op
     return connected
 
 
+def close_model(model: Model) -> None:
+    """Close `model` at its command's end, on its own thread (after whatever is queued there): the prompt-cache
+    entry it is writing is finished first. A Ctrl-C, SIGTERM or SIGHUP meanwhile is held until the model is
+    closed, then delivered (ModelThread.iterate waits so for a stopped generation).
+
+    Else the write would be waited for inside interpreter shutdown (its thread is no daemon), where a Ctrl-C
+    prints a traceback and leaves the entry's temporary file; here it ends the command as interrupted (130),
+    the entry whole."""
+    from ponder.threads import model_thread
+
+    def closing(_cancel):
+        model.close()
+        return iter(())
+
+    for _ in model_thread(model).iterate(closing):
+        pass
+
+
 def set_model_kind(model: Model, model_kind: str) -> None:
     """--model-kind reasoning|plain: say whether the model thinks in <think> tags, whatever its template says."""
     if model_kind in ("reasoning", "plain"):

@@ -22,6 +22,7 @@ class Run:
     params: GenerationParams
     invocation: object = None  # the command's typer context: where each option's value came from
     arrived: Arrived = field(default_factory=lambda: Arrived())  # the text of the reply being shown
+    cache_warned: bool = False  # the prompt cache's folder was found unusable, and the user told
 
     @classmethod
     def start(cls, invocation=None, sampling: Sampling | None = None, thinking: Thinking | None = None,
@@ -68,13 +69,13 @@ class Run:
         from ponder.cli.commands import speculation
         from ponder.cli.commands.model_loading import connect_server, load_model, set_model_kind
 
-        options = LoadOptions(context=choice.ctx, threads=choice.threads,
-                              prompt_cache_bytes=choice.prompt_cache_bytes())
+        options = LoadOptions(context=choice.ctx, threads=choice.threads)
         if choice.server:
             speculation.check_server(self.params.speculate, choice.draft, self.typed)
             self.params = replace(self.params, speculate="off")  # (the server's business)
-            return connect_server(self.term, choice.server, choice.model, choice.backend, options, choice.timeout,
-                                  choice.model_kind, self.typed)
+            return self._closed_at_end(connect_server(self.term, choice.server, choice.model, choice.backend, options,
+                                                      choice.timeout, choice.model_kind, self.typed))
+        options = replace(options, prompt_cache_bytes=self._prompt_cache_bytes(choice))
         # Each of several samples keeps room for its prompt and all it may generate, where memory allows.
         sample_context = self.params.max_tokens + PROMPT_ROOM
         sequences = min(sequences, MAX_PARALLEL)
@@ -82,10 +83,36 @@ class Run:
         if note:
             self.term.stderr.write(note + "\n")
         self.params = replace(self.params, speculate=mode)
-        loaded = load_model(self.term, choice.model, choice.backend, replace(options, sequences=sequences),
-                            sequences_given, sample_context, with_draft=mode == "draft", draft=choice.draft)
+        loaded = self._closed_at_end(load_model(self.term, choice.model, choice.backend,
+                                                replace(options, sequences=sequences), sequences_given,
+                                                sample_context, with_draft=mode == "draft", draft=choice.draft))
         set_model_kind(loaded, choice.model_kind)
         return loaded
+
+    def _closed_at_end(self, model: Model) -> Model:
+        """`model`, closed when the command ends however it ends (model_loading.close_model: a prompt-cache
+        write finishes first, a Ctrl-C meanwhile then ends the command as interrupted)."""
+        if hasattr(self.invocation, "call_on_close"):  # (a Run made without a command closes its models itself)
+            from ponder.cli.commands.model_loading import close_model
+
+            self.invocation.call_on_close(lambda: close_model(model))
+        return model
+
+    def _prompt_cache_bytes(self, choice: ModelChoice) -> int | None:
+        """The prompt cache's cap; None (no cache) where its folder cannot hold one, said once on stderr:
+        else it would silently never load nor save."""
+        limit = choice.prompt_cache_bytes()
+        if limit is None:
+            return None
+        from ponder.prompt_cache import cache_problem
+
+        problem = cache_problem()
+        if problem is None:
+            return limit
+        if not self.cache_warned:
+            self.cache_warned = True
+            self.term.stderr.write(f"ponder: warning: no prompt cache this run: {problem}\n")
+        return None
 
     def show(self, model: Model, user_text: str, renderer=None) -> Reply | None:
         """Stream one reply to the user turn, rendered as this run's output asks (or by `renderer`).

@@ -21,12 +21,17 @@ from ponder.settings import ModelKind, OnLoop, Reasoning, check
 
 
 def _checked(name: str):
-    """A callback that checks an option by the rule every setting follows (settings.RULES)."""
+    """A callback that checks an option by the rule every setting follows (settings.RULES), and that text meant
+    for a model or a server is UTF-8 text (a path, --draft's, may hold any bytes)."""
 
     def callback(value):
         if value is None:
             return value
+        from ponder.cli.commands.user_input import utf8_only
+
         try:
+            if isinstance(value, str) and name != "draft":
+                utf8_only("the value", value)
             return check(name, value)
         except UsageError as exc:
             raise typer.BadParameter(exc.message) from None
@@ -57,11 +62,12 @@ def option_groups(command):
     for parameter in inspect.signature(command).parameters.values():
         group = groups.get(parameter.name)
         if group is None:
-            shown.append(parameter.replace(annotation=hints.get(parameter.name, parameter.annotation)))
+            annotation = hints.get(parameter.name, parameter.annotation)
+            shown.append(parameter.replace(annotation=annotation, default=_parsed(parameter.default, annotation)))
             continue
         types = typing.get_type_hints(group)
-        shown += [inspect.Parameter(f.name, inspect.Parameter.KEYWORD_ONLY, default=f.metadata["option"],
-                                    annotation=types[f.name])
+        shown += [inspect.Parameter(f.name, inspect.Parameter.KEYWORD_ONLY,
+                                    default=_parsed(f.metadata["option"], types[f.name]), annotation=types[f.name])
                   for f in fields(group) if f.name not in declared]
     names = [p.name for p in shown]
     if len(names) != len(set(names)):
@@ -81,6 +87,26 @@ def option_groups(command):
     del grouped.__wrapped__  # typer must read the signature above, not the command's own
     grouped.option_groups = tuple(groups.values())
     return grouped
+
+
+def _parsed(declared, annotation):
+    """An option whose values are a Literal's (--speculate, --reasoning, --on-full…), parsed by ponder: any case
+    is taken ("AUTO" is auto), and a wrong value is one plain line (typer's own check says "Value error, ...")."""
+    if typing.get_origin(annotation) is not typing.Literal or not isinstance(declared, typer.models.OptionInfo):
+        return declared
+    values = typing.get_args(annotation)
+
+    def parse(value):
+        for choice in values:
+            if str(value).casefold() == choice.casefold():
+                return choice
+        raise typer.BadParameter(f"{value!r} is not one of {', '.join(map(repr, values))}.")
+
+    import copy
+
+    parsed = copy.copy(declared)  # (a declaration may be shared)
+    parsed.parser = parse
+    return parsed
 
 
 SERVER = typer.Option(
@@ -313,8 +339,15 @@ class AnswerShape:
 
     def constraint(self):
         """The constraint asked for, checked (a usage error before any model loads), or None."""
+        import os
+
+        from ponder.cli.commands.user_input import utf8_only
         from ponder.constraint import from_options
 
+        for choice in self.choice or ():
+            utf8_only("--choice", choice)
+        if self.schema and not os.path.exists(self.schema):  # (a file's name may hold any bytes)
+            utf8_only("--schema", self.schema)
         return from_options(self.schema, self.choice)
 
 

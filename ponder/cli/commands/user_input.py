@@ -6,7 +6,7 @@ import os
 import stat
 
 from ponder.cli.views.terminal import Terminal
-from ponder.errors import UsageError
+from ponder.errors import PonderError, UsageError
 
 
 def _stdin_has_data(term: Terminal) -> bool:
@@ -27,7 +27,10 @@ MAX_STDIN = 64 * 2**20  # bytes: far more text than any model's context holds (a
 def read_stdin(term: Terminal) -> str:
     if not _stdin_has_data(term):
         return ""
-    data = term.stdin.read(MAX_STDIN + 1)  # bounded: `ponder ask < huge.log` must not exhaust memory first
+    try:
+        data = term.stdin.read(MAX_STDIN + 1)  # bounded: `ponder ask < huge.log` must not exhaust memory first
+    except OSError as exc:  # (named here: an OS error that reaches the top unnamed is a write to stdout)
+        raise PonderError(f"cannot read stdin: {exc.strerror or exc}") from None
     if len(data) > MAX_STDIN:
         raise UsageError(f"stdin holds more than {MAX_STDIN // 2**20} MiB of text, far more than a model's context",
                          hint="pipe in the part that matters (head, tail, grep)")
@@ -39,8 +42,30 @@ def read_stdin(term: Terminal) -> str:
     return text
 
 
+def not_utf8(text: str) -> str | None:
+    """Where `text` is not UTF-8 text, or None. Python holds bytes of the command line (or a file name) that were
+    not UTF-8 as lone surrogates (\\udce9 for the byte 0xE9), and JSON may escape one ("\\ud800"): neither can
+    reach a model or a file as UTF-8, so such text is refused where it enters, before a model loads."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        code = ord(text[exc.start])
+        what = f"the byte 0x{code - 0xDC00:02X}" if 0xDC80 <= code <= 0xDCFF else f"a lone surrogate \\u{code:04x}"
+        return f"{what} at character {exc.start + 1}"
+    return None
+
+
+def utf8_only(what: str, text: str) -> None:
+    """A UsageError naming `what` where `text` is not UTF-8 text (see not_utf8)."""
+    where = not_utf8(text)
+    if where:
+        raise UsageError(f"{what} is not UTF-8 text: it holds {where}",
+                         hint="give it in UTF-8 (iconv -t UTF-8 converts text from another encoding)")
+
+
 def user_prompt(argument: str | None, term: Terminal) -> str:
     """The user turn: piped text, then the argument (`cat notes.md | ponder ask "summarise this"`)."""
+    utf8_only("the prompt argument", argument or "")
     piped = read_stdin(term).strip()
     question = (argument or "").strip()
     text = "\n\n".join(part for part in (piped, question) if part)
