@@ -11,6 +11,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -151,15 +152,21 @@ def test_the_trained_model_packs_small_and_unpacks_to_the_same_bytes(tiny_r1, tm
 
 
 @pytest.mark.skipif(not os.environ.get("PONDER_GPU_CHECK_BUNDLE"), reason="minutes: PONDER_GPU_CHECK_BUNDLE=1")
-def test_a_bundle_builds_under_64_mib_and_installs_and_runs_offline(tmp_path):
-    """The bundle made here, then scripts/gpu-check --cpu --from it: the offline path with a CPU build."""
+def test_a_bundle_builds_under_64_mib_and_installs_and_runs_offline():
+    """The bundle made here, then scripts/gpu-check --cpu --from it: the offline path with a CPU build. In a folder
+    of its own: pytest runs beside it would prune its basetemp within the half hour this takes on 2 cores."""
+    with tempfile.TemporaryDirectory(prefix="ponder-gpu-check-") as tmp:
+        bundle_and_run(Path(tmp))
+
+
+def bundle_and_run(tmp_path: Path) -> None:
     made = subprocess.run([str(SCRIPT), "--bundle", str(tmp_path / "bundle")], capture_output=True, text=True)
     assert made.returncode == 0, made.stderr
     size = sum(p.stat().st_size for p in (tmp_path / "bundle").rglob("*") if p.is_file())
     assert size <= 64 * 2**20
-    env = {**os.environ, "PONDER_GPU_CHECK_TESTS": "test_gpu_check test_parallel"}
-    for name in [k for k in env if k.startswith("PIP_")]:  # nothing but the bundle
-        del env[name]
+    # Nothing but the bundle (no pip settings), and not this test again inside the run
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PIP_") and k != "PONDER_GPU_CHECK_BUNDLE"}
+    env["PONDER_GPU_CHECK_TESTS"] = "test_gpu_check test_parallel"
     run = subprocess.run([str(SCRIPT), "--cpu", "--from", str(tmp_path / "bundle"), "--work", str(tmp_path / "work"),
                           "--no-figures"], capture_output=True, text=True, env=env)
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
