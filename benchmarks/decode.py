@@ -248,15 +248,31 @@ def _profile_child(out: str, argv: list[str]) -> None:
                                "main thread: the view's calls (CPU)": 0.0}
     reply = {"first": None, "last": 0.0, "tokens": 0, "open": False}
 
-    def cpu_clocks() -> dict[str, float]:  # each thread's CPU time so far, by its role
-        clocks: dict[str, float] = {}
+    ended: dict[int, float] = {}  # the CPU time of each thread that ended, when it ended (by its OS id: never
+    # reused as soon as Python's own ids are)
+
+    def cpu_clocks(since: dict[int, tuple[str, float]] | None = None) -> dict:  # each thread's CPU time so far
+        clocks = {}
         for thread in threading.enumerate():
             role = {"MainThread": "main thread", "ponder-model": "model thread"}.get(thread.name, "the view's thread")
             try:
-                clocks[role] = clocks.get(role, 0.0) + time.clock_gettime(time.pthread_getcpuclockid(thread.ident))
-            except OSError:  # (ended meanwhile)
+                clocks[thread.native_id] = (role, time.clock_gettime(time.pthread_getcpuclockid(thread.ident)))
+            except OSError:  # (ending meanwhile)
                 pass
+        for ident, (role, _) in (since or {}).items():  # a thread that ended in the window: its last figure
+            if ident not in clocks and ident in ended:
+                clocks[ident] = (role, ended[ident])
         return clocks
+
+    def ends_counted(owner) -> None:
+        run = owner.run
+
+        def counted_run(self):
+            try:
+                run(self)
+            finally:
+                ended[threading.get_native_id()] = time.thread_time()
+        owner.run = counted_run
 
     def timed(owner, name: str, label: str, clock=time.thread_time) -> None:
         function = getattr(owner, name)
@@ -282,10 +298,14 @@ def _profile_child(out: str, argv: list[str]) -> None:
             yield event
         reply["open"] = False
         if clocks is not None:
-            for role, seconds in cpu_clocks().items():
-                spent[f"{role}: CPU, all" + (" (and llama.cpp's work)" if role == "model thread" else "")] = (
-                    seconds - clocks.get(role, 0.0))
+            for ident, (role, seconds) in cpu_clocks(clocks).items():
+                label = f"{role}: CPU, all" + (" (and llama.cpp's work)" if role == "model thread" else "")
+                spent[label] = spent.get(label, 0.0) + seconds - clocks.get(ident, (role, 0.0))[1]
     llamacpp.LlamaCppModel.stream = counted
+    from rich import live
+
+    for owner in (threading.Thread, live._RefreshThread):  # (the view's ticker, rich's: they may end mid-reply)
+        ends_counted(owner)
     timed(llamacpp.LlamaCppModel, "decode", "model thread: in llama_decode (wall)", time.perf_counter)
     timed(Sampler, "sample", "model thread: sampling (CPU)")
     for view in (render.TerminalRenderer, render.PlainRenderer):

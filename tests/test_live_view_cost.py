@@ -95,6 +95,19 @@ def test_a_ticker_ticks_until_stopped_and_never_after():
     assert len(ticks) == stopped
 
 
+def test_a_ticker_ends_once_its_tick_says_so():
+    ticks: list[int] = []
+
+    def tick() -> bool:
+        ticks.append(1)
+        return len(ticks) < 3
+
+    ticker = Ticker(tick, 0.005)
+    ticker.start()
+    ticker._thread.join(timeout=10)
+    assert not ticker._thread.is_alive() and len(ticks) == 3
+
+
 def test_a_ticker_whose_tick_fails_on_a_closed_terminal_ends_quietly():
     failures = []
     threading.excepthook, previous = (lambda args: failures.append(args)), threading.excepthook

@@ -186,10 +186,12 @@ class TerminalRenderer:
                 finally:  # even when stopping the view failed (a closed stdout): keys must echo again
                     self._restore_echo()
 
-    def _tick(self) -> None:
-        """On the ticker's thread: repaint the status line (and the reasoning's tail) while no answer shows."""
-        if self._thinking:
-            self._live.refresh()
+    def _tick(self) -> bool:
+        """On the ticker's thread: repaint the status line (and the reasoning's tail) until the answer shows."""
+        if not self._thinking:
+            return False  # (it never comes back: the ticker ends)
+        self._live.refresh()
+        return True
 
     # --- drawing ----------------------------------------------------------------
 

@@ -185,8 +185,8 @@ class Working:
 
 
 class Ticker:
-    """Calls `tick` every `interval` seconds on a thread of its own until stopped. A tick that fails (the
-    terminal went away) ends it quietly: the main thread meets the same failure and reports it."""
+    """Calls `tick` every `interval` seconds on a thread of its own until stopped, or until `tick` returns False.
+    A tick that fails (the terminal went away) ends it quietly: the main thread meets the same failure."""
 
     def __init__(self, tick, interval: float):
         self._tick, self._interval = tick, interval
@@ -208,6 +208,7 @@ class Ticker:
                 if self._done.is_set():
                     return
                 try:
-                    self._tick()
+                    if self._tick() is False:
+                        return
                 except (OSError, ValueError):
                     return
