@@ -253,3 +253,17 @@ def test_close_frees_the_draft_too(smollm2):
     model.close()
     assert model._drafter is None and drafter._ctx is None and drafter._model is None
     model.close()  # twice is harmless
+
+
+def test_a_guess_stops_at_the_replys_cancel(smol):
+    """Ctrl-C stops a reply within one model call: the draft's guess (up to 16 decodes of its own) ends with
+    the draw in progress once the reply is cancelled."""
+    drafter = smol._drafter
+    prompt = smol.tokenize(render_prompt(smol.info.chat, [Message("user", SMOL_QUESTIONS[0])]))
+    cancel = threading.Event()
+    assert drafter.prefill(prompt, cancel)
+    assert len(drafter.propose(prompt, 16)) == 16
+    cancel.set()
+    assert len(drafter.propose(prompt + [42], 16)) == 1  # the draw in progress, no further decode
+    drafter.prefill(prompt, threading.Event())  # (a later reply's cancel is its own)
+    assert len(drafter.propose(prompt, 16)) == 16

@@ -24,7 +24,7 @@ import numpy as np
 from ponder.backends.base import (BackendProbe, LoadOptions, ModelInfo, backend_stats, generation_budget, prompt_tokens,
                                  shared_prefix)
 from ponder.backends.llamacpp_batch import KvStreams, LlamaCppBatch
-from ponder.backends.llamacpp_decode import DecodeResult, decode_reply
+from ponder.backends.llamacpp_decode import DecodeResult, decode_reply, feed_in_chunks
 from ponder.backends.llamacpp_draft import LlamaCppDrafter, check_draft
 from ponder.backends.llamacpp_setup import MAX_THREADS, log_lines, check_gguf, last_error, physical_cores
 from ponder.defaults import DEFAULT_CONTEXT
@@ -273,20 +273,13 @@ class LlamaCppModel:
         keep = self.streams.trim(0, shared_prefix(self._cached, tokens))
         if self._disk is not None:
             keep = self._disk.restore(tokens, keep)
-        for start in range(keep, len(tokens), self.chunk):
-            if cancel.is_set():
+        try:
+            if not feed_in_chunks(tokens, keep, self.chunk, self._no_logits,
+                                  lambda batch: self.decode(batch, "process the prompt"), self._cached, cancel):
                 return None
-            chunk = tokens[start : start + self.chunk]
-            ids = (lib.llama_token * len(chunk))(*chunk)
-            batch = lib.llama_batch_get_one(ids, len(chunk))
-            if start + len(chunk) < len(tokens):
-                batch.logits = ctypes.cast(self._no_logits, ctypes.POINTER(ctypes.c_int8))
-            try:
-                self.decode(batch, "process the prompt")
-            except BackendError:
-                self.streams.trim(0, len(self._cached))  # what the failed chunk may have left
-                raise
-            self._cached.extend(chunk)
+        except BackendError:
+            self.streams.trim(0, len(self._cached))  # what the failed chunk may have left
+            raise
         if self._disk is not None and save:
             self._disk.remember(tokens)
         if draft is not None and not draft.prefill(tokens, cancel):

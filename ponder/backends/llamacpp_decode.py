@@ -17,6 +17,24 @@ from ponder.speculate import LONGEST, Speculation
 _EVERY_ROW = (ctypes.c_int8 * (LONGEST + 1))(*([1] * (LONGEST + 1)))  # logits for each token fed
 
 
+def feed_in_chunks(tokens, start: int, chunk: int, no_logits, decode, cached: list[int],
+                   cancel: threading.Event | None) -> bool:
+    """Feed `tokens[start:]` in calls of `chunk` tokens, logits only for the last token (a chunk before the last
+    needs none: computing them costs a small model with a large vocabulary 8% of its prompt speed); each chunk
+    fed is added to `cached`. False where `cancel` was set between chunks."""
+    for begin in range(start, len(tokens), chunk):
+        if cancel is not None and cancel.is_set():
+            return False
+        part = tokens[begin : begin + chunk]
+        ids = (lib.llama_token * len(part))(*part)  # (held here: the batch only points at it)
+        batch = lib.llama_batch_get_one(ids, len(part))
+        if begin + len(part) < len(tokens):
+            batch.logits = ctypes.cast(no_logits, ctypes.POINTER(ctypes.c_int8))
+        decode(batch)
+        cached.extend(part)
+    return True
+
+
 class DecodeResult:
     """How a reply's token loop ended, for its Finished."""
 

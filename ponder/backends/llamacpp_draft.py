@@ -19,6 +19,7 @@ import llama_cpp as lib
 import numpy as np
 
 from ponder.backends.llamacpp_batch import KvStreams
+from ponder.backends.llamacpp_decode import feed_in_chunks
 from ponder.backends.llamacpp_setup import check_gguf, last_error, log_lines
 from ponder.errors import BackendError, ModelError, UsageError
 
@@ -102,23 +103,26 @@ class LlamaCppDrafter:
         # grows, so the shared prefix is searched from there, not from the start each time.
         self._history: Sequence[int] | None = None
         self._agreed = 0
+        self._cancel = threading.Event()  # the current reply's (set by prefill)
 
     def prefill(self, tokens: Sequence[int], cancel: threading.Event) -> bool:
         """Feed a prompt ahead of the first guess (so its time counts as the prompt's, and a cancel stops
         it between chunks); False if cancelled."""
+        self._cancel = cancel  # the reply's: a guess stops at it too
         return self._follow(tokens, cancel)
 
     def propose(self, history: Sequence[int], limit: int) -> list[int]:
         if limit < 1:
             return []
-        self._follow(history, None)
+        if not self._follow(history, self._cancel):
+            return []
         guess: list[int] = []
         while True:
             logits = np.ctypeslib.as_array(lib.llama_get_logits_ith(self._ctx, -1), shape=(self._known,))
             token = int(np.argmax(logits))  # read in place
             guess.append(token)
-            if len(guess) == limit or lib.llama_vocab_is_eog(self._vocab, token):
-                return guess
+            if len(guess) == limit or lib.llama_vocab_is_eog(self._vocab, token) or self._cancel.is_set():
+                return guess  # (cancelled: the reply's loop stops after this call)
             self._one[0] = token
             self._decode(self._single)
             self._cached.append(token)
@@ -137,17 +141,8 @@ class LlamaCppDrafter:
             self._one[0] = history[-1]
             self._decode(self._single)
             cached.append(history[-1])
-        else:
-            for start in range(keep, len(history), self._chunk):
-                if cancel is not None and cancel.is_set():
-                    return False
-                chunk = history[start : start + self._chunk]
-                ids = (lib.llama_token * len(chunk))(*chunk)
-                batch = lib.llama_batch_get_one(ids, len(chunk))
-                if start + len(chunk) < len(history):
-                    batch.logits = ctypes.cast(self._no_logits, ctypes.POINTER(ctypes.c_int8))
-                self._decode(batch)
-                cached.extend(chunk)
+        elif not feed_in_chunks(history, keep, self._chunk, self._no_logits, self._decode, cached, cancel):
+            return False
         self._agreed = len(history)
         return True
 
