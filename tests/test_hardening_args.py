@@ -84,3 +84,65 @@ def test_a_config_file_that_is_a_directory_is_named(config):
     for command in (("config", "show"), ("config", "set", "temperature", "1"), ("config", "unset", "model")):
         assert f"{path} is a directory, not a regular file" in one_error(run_bytes(*command, env=env))
     assert path.is_dir()
+
+
+# --- `ponder solve -n 4` stopped by Ctrl-C after two samples ---------------------------------------------------
+
+# `ponder solve`, its third sample held back (announced on stderr) so that Ctrl-C comes after two have finished.
+STALLED = """
+import sys, time
+from ponder import samples
+real, calls = samples.generate_reply, []
+def generate_reply(*args, **kwargs):
+    calls.append(None)
+    if len(calls) > 2:
+        print("[stalled]", file=sys.stderr, flush=True)
+        time.sleep(120)
+    return real(*args, **kwargs)
+samples.generate_reply = generate_reply
+sys.argv[0] = "ponder"
+from ponder.__main__ import main
+main()
+"""
+
+
+def interrupted_solve(tiny_r1, *extra: str) -> tuple[int, str, str]:
+    process = subprocess.Popen(
+        [sys.executable, "-c", STALLED, "solve", "What is 12*7?", "--model", tiny_r1, "-n", "4", "--parallel", "1",
+         *extra], env=ponder_env(), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    try:
+        seen = b""
+        while b"[stalled]" not in seen:  # (a pipe read: the test waits on the process, not on a clock)
+            line = process.stderr.readline()
+            assert line, f"ponder ended before its third sample: {seen.decode()}"
+            seen += line
+        process.send_signal(signal.SIGINT)
+        out, err = process.communicate(timeout=60)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    return process.returncode, out.decode(), (seen + err).decode()
+
+
+@pytest.mark.parametrize("output", ["text", "--json", "--jsonl", "--answer-only"])
+def test_ctrl_c_during_solve_keeps_the_samples_that_finished(tiny_r1, output):
+    code, out, err = interrupted_solve(tiny_r1, *([] if output == "text" else [output]))
+    assert code == 130, err
+    assert "Traceback" not in err and "unexpected error" not in err
+    if output == "text":
+        assert out.splitlines() == ["Partial answer: 84", "Votes (interrupted after 2 of 4 samples): 84 ×2"]
+    elif output == "--answer-only":
+        assert out == ""  # stdout is for a final answer alone
+        assert "ponder: Votes (interrupted after 2 of 4 samples): 84 ×2" in err
+    elif output == "--json":
+        result = json.loads(out)
+        assert result["interrupted"] is True
+        assert [s.get("boxed") for s in result["samples"]] == ["84", "84", None, None]
+        assert result["samples"][2] == {"interrupted": True}
+        assert result["vote"] == {"winner": "84", "counts": [["84", 2]], "missing": 0}
+    else:
+        lines = [json.loads(line) for line in out.splitlines()]
+        assert [line["type"] for line in lines] == ["sample", "sample", "vote"]
+        assert lines[-1] == {"type": "vote", "interrupted": True, "winner": "84", "counts": [["84", 2]], "missing": 0}

@@ -64,7 +64,7 @@ def solve(
     from ponder.cli.views.show_reply import exit_on_closed_stdout
 
     with exit_on_closed_stdout(run.term):
-        vote = _vote(run, loaded, text, samples, output.stats, parallel, settle)
+        vote = _vote(run, loaded, text, samples, output.stats, parallel, settle, answer_only)
         if answer_only and run.output == "text" and vote.winner is not None:
             print(visible(vote.winner) if run.term.stdout_is_tty else vote.winner, file=run.term.stdout)
         elif run.output == "text" and vote.winner is not None:
@@ -78,7 +78,7 @@ def solve(
         raise typer.Exit(EXIT_NO_ANSWER)
 
 
-def _vote(run, loaded, text: str, samples: int, stats: bool, parallel: int | None, settle):
+def _vote(run, loaded, text: str, samples: int, stats: bool, parallel: int | None, settle, answer_only: bool):
     """Draw the samples (decoded together where the model allows, sharing the prompt) and vote."""
     from ponder.cli.views.json_output import reply_json, write_json_line
     from ponder.cli.views.sample_board import SampleBoard
@@ -86,8 +86,10 @@ def _vote(run, loaded, text: str, samples: int, stats: bool, parallel: int | Non
     from ponder.solve import early_stop_savings, majority_vote
 
     skipped: dict[int, int] = {}  # sample -> tokens it had generated when the early stop ended it
+    done: dict[int, object] = {}  # sample -> its reply, as each finishes: what Ctrl-C must not throw away
 
     def drawn(index: int, reply) -> None:
+        done[index] = reply
         if run.output == "jsonl":
             write_json_line(run.term.stdout, {"type": "sample", "index": index, **reply_json(reply, loaded.info)})
 
@@ -98,8 +100,12 @@ def _vote(run, loaded, text: str, samples: int, stats: bool, parallel: int | Non
             skipped[index] = event.tokens
         board.event(index, event)
 
-    with SampleBoard(run.term, samples, lines=samples > 1 and run.output == "text") as board:
-        replies = run.samples(loaded, text, samples, drawn, concurrency=parallel, on_event=event, settle=settle)
+    try:
+        with SampleBoard(run.term, samples, lines=samples > 1 and run.output == "text") as board:
+            replies = run.samples(loaded, text, samples, drawn, concurrency=parallel, on_event=event, settle=settle)
+    except KeyboardInterrupt:  # (SIGTERM and SIGHUP arrive as one too) the exit status stays the signal's
+        _show_interrupted(run, loaded, [done.get(i) for i in range(samples)], answer_only)
+        raise
     finished = [reply for reply in replies if reply is not None]
     for index, reply in enumerate(replies):  # after the board: lines written under a live view would break it
         _report_sample(run, reply, stats, f"sample {index + 1}/{samples}: " if samples > 1 else "")
@@ -122,6 +128,39 @@ def _vote(run, loaded, text: str, samples: int, stats: bool, parallel: int | Non
     elif run.output == "jsonl":
         write_json_line(run.term.stdout, {"type": "vote", **summary})
     return vote
+
+
+def _show_interrupted(run, loaded, replies: list, answer_only: bool) -> None:
+    """What the samples that finished before the interrupt gave, marked as partial: their vote on stdout
+    (text; one JSON document with "interrupted": true for --json, a last line for --jsonl), or a note on
+    stderr where stdout is for the final answer alone (--answer-only)."""
+    from ponder.cli.views.json_output import reply_json, write_json_line
+    from ponder.cli.views.safe_text import visible
+    from ponder.reasoning import extract_boxed
+    from ponder.solve import majority_vote
+
+    finished = [reply for reply in replies if reply is not None]
+    vote = majority_vote([extract_boxed(reply.answer) for reply in finished])
+    heading = f"interrupted after {len(finished)} of {len(replies)} samples"
+    summary = {"winner": vote.winner, "counts": [[a, n] for a, n in vote.counts], "missing": vote.missing}
+    if run.output == "json":
+        import json
+
+        payload = {"model": loaded.info.name, "backend": loaded.info.backend, "interrupted": True,
+                   "samples": [reply_json(r, loaded.info) if r is not None else {"interrupted": True} for r in replies],
+                   "vote": summary}
+        run.term.stdout.write(json.dumps(payload, ensure_ascii=False, indent=2) + "\n")
+    elif run.output == "jsonl":
+        write_json_line(run.term.stdout, {"type": "vote", "interrupted": True, **summary})
+    elif finished:  # (none finished: the interrupt's own line says all there is)
+        split = ", ".join(f"{visible(answer)} ×{count}" for answer, count in vote.counts)
+        if vote.missing:
+            split += (", " if split else "") + f"no answer ×{vote.missing}"
+        out = run.term.stderr if answer_only else run.term.stdout  # (--answer-only's stdout: a final answer or nothing)
+        if vote.winner is not None and not answer_only:
+            print(f"Partial answer: {visible(vote.winner)}", file=out)
+        print(f"{'ponder: ' if answer_only else ''}Votes ({heading}): {split}", file=out)
+    run.term.stdout.flush()
 
 
 def _report_sample(run, reply, stats: bool, label: str) -> None:
