@@ -86,6 +86,13 @@ def test_a_config_file_that_is_a_directory_is_named(config):
     assert path.is_dir()
 
 
+@pytest.mark.parametrize("memory", ["nan", "inf", "-1", "0.05", "1e308"])
+def test_plan_memory_out_of_range_says_the_range(memory):
+    out = run_bytes("plan", f"--memory={memory}", env=ponder_env())
+    assert out.returncode == 2
+    assert "a number of GiB from 0.1 to 1073741824 is needed" in out.stderr.decode()  # (nan was "above the maximum")
+
+
 # --- `ponder solve -n 4` stopped by Ctrl-C after two samples ---------------------------------------------------
 
 # `ponder solve`, its third sample held back (announced on stderr) so that Ctrl-C comes after two have finished.

@@ -21,6 +21,13 @@ def _choice(values):
     return check
 
 
+def _gib(value):
+    """--memory's GiB: a range that nan is outside of (a range check alone would call nan above the maximum)."""
+    if value is not None and not 0.1 <= value <= 2**30:  # (false for nan and inf alike)
+        raise typer.BadParameter(f"a number of GiB from 0.1 to {2**30} is needed, not {value}")
+    return value
+
+
 def plan_command(
     model: str = typer.Option("7b", "--model", "-m", help="DeepSeek-R1 distill: " + ", ".join(MODELS) + ".",
                               callback=_choice(MODELS)),
@@ -30,8 +37,8 @@ def plan_command(
     kv_type: str = typer.Option("f16", "--kv-type", help="KV cache element type: " + ", ".join(KV_TYPES) + ".",
                                 callback=_choice(KV_TYPES)),
     memory: Optional[float] = typer.Option(None, "--memory", help="Plan for this many GiB (another machine) "
-                                           "instead of this one's RAM and VRAM.", min=0.1, max=2**30,
-                                           show_default=False),
+                                           "instead of this one's RAM and VRAM (0.1 or more).",
+                                           callback=_gib, show_default=False),
     samples: int = typer.Option(1, "--samples", "-n", min=1, max=MAX_PARALLEL,
                                 help="Samples decoded together (--parallel of solve and batch; by default all of solve's "
                                      "--samples): each has a cache of --ctx tokens."),
