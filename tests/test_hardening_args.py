@@ -93,6 +93,22 @@ def test_plan_memory_out_of_range_says_the_range(memory):
     assert "a number of GiB from 0.1 to 1073741824 is needed" in out.stderr.decode()  # (nan was "above the maximum")
 
 
+LONG = "a" * 5000  # longer than any file name may be (ENAMETOOLONG)
+
+
+@pytest.mark.parametrize("command, said", [
+    (("models", "info", LONG), "no local model 'aaaa"),
+    (("models", "rm", LONG), "no local model 'aaaa"),
+    (("models", "info", f"owner/{LONG}"), "no local model 'owner/aaaa"),
+    (("pull", LONG), "unknown model 'aaaa"),
+    (("plan", "--quant", LONG), "no quantization 'aaaa"),
+    (("pull", "--backend="), "no default model for the backend ''"),
+])
+def test_a_name_no_file_can_have_is_a_short_usage_error(command, said):
+    line = one_error(run_bytes(*command, env=ponder_env()))
+    assert said in line and len(line) < 400, line  # (was "File name too long", exit 1; or all 5000 characters)
+
+
 # --- `ponder solve -n 4` stopped by Ctrl-C after two samples ---------------------------------------------------
 
 # `ponder solve`, its third sample held back (announced on stderr) so that Ctrl-C comes after two have finished.

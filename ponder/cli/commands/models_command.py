@@ -26,7 +26,11 @@ def _find(name: str):
     if model is not None:
         return model
     path = Path(name).expanduser()
-    if path.exists():  # any file or directory, listed or not
+    try:
+        exists = path.exists()
+    except OSError:  # a name no path can have (too long): no such file, as far as a path goes
+        exists = False
+    if exists:  # any file or directory, listed or not
         try:
             size = mlx_weights_size(path) if path.is_dir() else path.stat().st_size
         except (Unreadable, OSError) as exc:
@@ -35,7 +39,8 @@ def _find(name: str):
     _warn(found.warnings)  # one of the entries skipped may have been the one meant
     if os.path.islink(path):
         raise ModelError(f"{shown(path)} is a broken link (or a link in a loop)")
-    raise UsageError(f"no local model {name!r}", hint="`ponder models` lists them")
+    shown_name = name if len(name) <= 200 else name[:200] + "..."  # (a name pasted by mistake: not all of it)
+    raise UsageError(f"no local model {shown_name!r}", hint="`ponder models` lists them")
 
 
 def _warn(warnings: list[str]) -> None:

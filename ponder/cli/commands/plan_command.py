@@ -53,7 +53,8 @@ def plan_command(
     if quant is not None:
         match = {q.lower(): q for q in sizes}.get(quant.lower())
         if match is None:
-            raise UsageError(f"no quantization {quant!r} for {known.name}", hint="one of " + ", ".join(sizes))
+            shown = quant if len(quant) <= 40 else quant[:40] + "..."
+            raise UsageError(f"no quantization {shown!r} for {known.name}", hint="one of " + ", ".join(sizes))
         sizes = {match: sizes[match]}
     if ctx > known.shape.trained_context:
         raise UsageError(f"{known.name} was trained on {known.shape.trained_context} tokens; --ctx {ctx} is beyond it")

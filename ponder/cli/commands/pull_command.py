@@ -46,10 +46,11 @@ def artifact_for(name: str | None, backend: str = "auto"):
     if name is None:
         name = DEFAULTS.get(default_backend() if backend == AUTO else backend)
         if name is None:
-            raise UsageError(f"no default model for the {backend} backend")
+            raise UsageError(f"no default model for the backend {backend!r}", hint="auto, mlx or llama.cpp")
     artifact = lookup(name)
     if artifact is None:
-        raise UsageError(f"unknown model {name!r}", hint="`ponder pull --list` shows the aliases; or owner/repo/file.gguf")
+        shown = name if len(name) <= 200 else name[:200] + "..."  # (a name pasted by mistake: not all of it)
+        raise UsageError(f"unknown model {shown!r}", hint="`ponder pull --list` shows the aliases; or owner/repo/file.gguf")
     return artifact
 
 
