@@ -18,7 +18,7 @@ against plain decode and against llama.cpp's own tools, in the same run.
    refuses --spec-type none). Goals: ngram >= 1.5x off on (a); auto >= 0.97x off on (c); >= 0.9x the
    tool's tokens/s.
 3. trace: one untimed greedy pass of each case with the controller's every call recorded: guesses by length,
-   tokens kept, the seconds of calls with and without a guess, auto's pauses.
+   tokens kept, the seconds of calls with and without a guess, the plain calls auto chose where the drafter had a guess.
 4. draft: a larger target (SmolLM2 requantized to F16 or Q8_0, or deepened: see --target-type; or --target)
    drafted by SmolLM2 Q4_1 through ponder's LoadOptions.draft ("draft", and "auto" with the draft), against
    llama-speculative-simple --spec-type draft-simple with the same k (--spec-draft-n-max; and its default, 3);

@@ -43,132 +43,20 @@ class CyclicNgramDrafter(spec.NgramDrafter):
         return guess
 
 
-def paused(first: int, start: int = 0):
-    """A Speculation whose pauses last at least `first` tokens (as is: 16, doubling while guesses lose, back to
-    16 after a winning one), and that guesses only after `start` tokens."""
-
-    class Paused(spec.Speculation):
-        def __init__(self, drafter, adaptive):
-            super().__init__(drafter, adaptive)
-            self._pause = max(self._pause, first)
-            self._resume_at = start if adaptive else 0
-
-        def settle(self, guessed, kept, seconds):
-            super().settle(guessed, kept, seconds)
-            self._pause = max(self._pause, first)
-
-    return Paused
-
-
-class CostAware(spec.Speculation):
-    """A controller proposal: each guess as long as pays best by what the calls cost and how often guesses of
-    the same kind (the n-gram order that found them) were kept. A call of 1 + g tokens is taken to cost
-    plain + g * extra seconds (both moving averages of the calls themselves), a guessed token to be kept with
-    probability p, each after the one before (so 1 + p + ... + p^g tokens a call); the length g from 0 to
-    LONGEST with the most tokens a second wins, 0 (no guess) where none beats a plain call. p per n-gram order
-    from decayed counts of kept tokens and of rejections, starting from a prior of 1 kept, 0.25 rejected
-    (0.8); while no guess pays, the counts decay by half every 32 tokens, so a kind of guess is tried again."""
-
-    def __init__(self, drafter, adaptive):
-        super().__init__(drafter, adaptive)
-        self._kept: dict[int, list[float]] = {}  # order -> [decayed kept tokens, decayed rejections]
-        self._extra: float | None = None
-        self._order = 0
-        self._idle = 0
-
-    def _p(self, order: int) -> float:
-        kept, missed = self._kept.setdefault(order, [1.0, 0.25])
-        return kept / (kept + missed)
-
-    def guess(self, history, room):
-        if room < 1 or self._plain_s is None or not self.adaptive:
-            return super().guess(history, room) if not self.adaptive else []
-        seen = getattr(self.drafter, "_seen", None)
-        self.drafter.propose(history, 0)  # (indexes the text: the lookup below needs it)
-        self._order = next((n for n in spec.NGRAMS if seen and tuple(history[-n:]) in seen[n]), 0) if seen else 0
-        p, plain = self._p(self._order), self._plain_s
-        extra = self._extra if self._extra is not None else 0.5 * plain
-        best, best_rate = 0, 1.0 / plain
-        for g in range(1, min(spec.LONGEST, room) + 1):
-            rate = ((1 - p ** (g + 1)) / (1 - p) if p < 1 else g + 1) / (plain + extra * g)
-            if rate > best_rate:
-                best, best_rate = g, rate
-        if not best:
-            self._idle += 1
-            if self._idle % 32 == 0:  # let the kinds that lost be tried again, slowly
-                for counts in self._kept.values():
-                    counts[1] *= 0.5
-            return []
-        return self.drafter.propose(history, best)[:best]
-
-    def settle(self, guessed, kept, seconds):
-        if not self.adaptive:
-            return super().settle(guessed, kept, seconds)
-        self.calls += 1
-        self._given += kept + 1
-        if not guessed:
-            self._plain_s = seconds if self._plain_s is None else 0.8 * self._plain_s + 0.2 * seconds
-            return
-        self.drafted += guessed
-        self.accepted += kept
-        counts = self._kept.setdefault(self._order, [1.0, 0.25])
-        counts[0], counts[1] = 0.9 * counts[0] + kept, 0.9 * counts[1] + (kept < guessed)
-        extra = max(0.0, seconds - self._plain_s) / guessed
-        self._extra = extra if self._extra is None else 0.8 * self._extra + 0.2 * extra
-
-
-def patient(calls: int):
-    """A Speculation that pauses only once `calls` guessed calls since it last resumed gave, together, fewer
-    tokens than plain calls would have in their time (as is: the moving average of single calls, reset to
-    1.0 at each resume, so one wrong guess pauses)."""
-
-    class Patient(spec.Speculation):
-        def __init__(self, drafter, adaptive):
-            super().__init__(drafter, adaptive)
-            self._window = [0, 0.0, 0]  # tokens given, seconds, guessed calls since the last resume
-
-        def settle(self, guessed, kept, seconds):
-            if not (self.adaptive and guessed and self._plain_s):
-                return super().settle(guessed, kept, seconds)
-            self.calls += 1
-            self._given += kept + 1
-            self.drafted += guessed
-            self.accepted += kept
-            self.length = min(spec.LONGEST, self.length * 2) if kept == guessed else max(spec.SHORTEST, kept + 1)
-            window = self._window
-            window[0] += kept + 1
-            window[1] += seconds
-            window[2] += 1
-            gain = window[0] * self._plain_s / window[1]
-            if window[2] >= calls and gain < 1.0:
-                self._resume_at = self._given + self._pause
-                self._pause = min(self._pause * 2, 1024)
-                self._window = [0, 0.0, 0]
-            elif gain > 1.2:
-                self._pause = 16
-
-    return Patient
-
-
-# name -> (module constants, drafter class[, Speculation class])
+# name -> (module constants, drafter class, Speculation class)
 VARIANTS = {
-    "as is": ({}, spec.NgramDrafter),
-    "cost-aware": ({}, spec.NgramDrafter, CostAware),
-    "patient 3": ({}, spec.NgramDrafter, patient(3)),
-    "FIRST 4, patient 3": ({"FIRST": 4}, spec.NgramDrafter, patient(3)),
-    "pause 64": ({}, spec.NgramDrafter, paused(64)),
-    "start at 32, pause 64": ({}, spec.NgramDrafter, paused(64, 32)),
-    "NGRAMS (4, 3), pause 64": ({"NGRAMS": (4, 3)}, spec.NgramDrafter, paused(64)),
-    "FIRST 4, pause 32": ({"FIRST": 4}, spec.NgramDrafter, paused(32)),
-    "FIRST 4, NGRAMS (4, 3)": ({"FIRST": 4, "NGRAMS": (4, 3)}, spec.NgramDrafter),
-    "NGRAMS (4, 3)": ({"NGRAMS": (4, 3)}, spec.NgramDrafter),
-    "NGRAMS (4,)": ({"NGRAMS": (4,)}, spec.NgramDrafter),
-    "LONGEST 8": ({"LONGEST": 8}, spec.NgramDrafter),
-    "SHORTEST 4": ({"SHORTEST": 4}, spec.NgramDrafter),
-    "FIRST 4": ({"FIRST": 4}, spec.NgramDrafter),
-    "FIRST 16": ({"FIRST": 16}, spec.NgramDrafter),
-    "cyclic": ({}, CyclicNgramDrafter),
-    "NGRAMS (4, 3), cyclic": ({"NGRAMS": (4, 3)}, CyclicNgramDrafter),
+    "ngram": ({}, spec.NgramDrafter, spec.Speculation),
+    "ngram, FIRST 4": ({"FIRST": 4}, spec.NgramDrafter, spec.Speculation),
+    "ngram, NGRAMS (4, 3)": ({"NGRAMS": (4, 3)}, spec.NgramDrafter, spec.Speculation),
+    "auto": ({}, spec.NgramDrafter, spec.AdaptiveSpeculation),
+    "auto, MARGIN 0.1": ({"MARGIN": 0.1}, spec.NgramDrafter, spec.AdaptiveSpeculation),
+    "auto, PRIOR_KEPT 0.3": ({"PRIOR_KEPT": 0.3}, spec.NgramDrafter, spec.AdaptiveSpeculation),
+    "auto, PRIOR_CALLS 0.2": ({"PRIOR_CALLS": 0.2}, spec.NgramDrafter, spec.AdaptiveSpeculation),
+    "auto, PRIOR_CALLS 1": ({"PRIOR_CALLS": 1.0}, spec.NgramDrafter, spec.AdaptiveSpeculation),
+    "auto, KEPT .3, CALLS .2": ({"PRIOR_KEPT": 0.3, "PRIOR_CALLS": 0.2}, spec.NgramDrafter, spec.AdaptiveSpeculation),
+    "auto, KEPT .3, M .1": ({"PRIOR_KEPT": 0.3, "MARGIN": 0.1}, spec.NgramDrafter, spec.AdaptiveSpeculation),
+    "auto, FADE 1/0.995": ({"FADE": 1 / 0.995}, spec.NgramDrafter, spec.AdaptiveSpeculation),
+    "auto, cyclic": ({}, CyclicNgramDrafter, spec.AdaptiveSpeculation),
 }
 
 
@@ -198,10 +86,9 @@ def cost_of(points: dict[int, float]):
     return cost
 
 
-def replay(prompt: list[int], reply: list[int], budget: int, cost, adaptive: bool, drafter_class,
-           speculation_class=spec.Speculation) -> dict:
+def replay(prompt: list[int], reply: list[int], budget: int, cost, drafter_class, speculation_class) -> dict:
     """The calls LlamaCppModel.stream makes for `reply` (its end token last where it ended on one)."""
-    speculation = speculation_class(drafter_class(), adaptive)
+    speculation = speculation_class(drafter_class())
     history = prompt + reply[:1]  # the first token comes from the prompt's own call
     done, spent, calls, guessed_calls = 1, 0.0, 0, 0
     while done < len(reply):
@@ -279,25 +166,21 @@ def main() -> None:
             columns.append(f"{case.key} {label.replace(' seed ', ' s')}")
             if args.detail:
                 print(f" ({case.key}) {case.title}, {label}: {len(reply)} tokens")
-                print(f"  {'variant':24s} {'mode':6s} {'x plain':>8s} {'kept':>10s} {'tok/call':>8s}"
+                print(f"  {'variant':24s} {'x plain':>8s} {'kept':>10s} {'tok/call':>8s}"
                       f" {'guessed calls':>14s}")
-            for name, (values, *classes) in VARIANTS.items():
-                for adaptive in (False, True):
-                    if len(classes) > 1 and not adaptive:
-                        continue  # (pauses are auto's alone)
-                    with constants(values):
-                        r = replay(prompt, reply, args.tokens, cost, adaptive, *classes)
-                    speeds.setdefault((name, "auto" if adaptive else "ngram"), []).append(r["speed"])
-                    if args.detail:
-                        print(f"  {name:24s} {'auto' if adaptive else 'ngram':6s} {r['speed']:8.2f} "
-                              f"{r['accepted']:>4d}/{r['drafted']:<5d} {(r['tokens'] - 1) / r['calls']:8.2f} "
-                              f"{r['guessed']:>6d}/{r['calls']:<7d}")
+            for name, (values, drafter, controller) in VARIANTS.items():
+                with constants(values):
+                    r = replay(prompt, reply, args.tokens, cost, drafter, controller)
+                speeds.setdefault(name, []).append(r["speed"])
+                if args.detail:
+                    print(f"  {name:24s} {r['speed']:8.2f} {r['accepted']:>4d}/{r['drafted']:<5d}"
+                          f" {(r['tokens'] - 1) / r['calls']:8.2f} {r['guessed']:>6d}/{r['calls']:<7d}")
         model.close()
     print("\npredicted speed against plain decode (x), each reply; the lowest of the open-ended text (c) last")
-    print(f"  {'variant':24s} {'mode':6s}" + "".join(f"{c:>10s}" for c in columns) + f"{'worst c':>9s}")
-    for (name, mode), values in speeds.items():
+    print(f"  {'variant':24s}" + "".join(f"{c:>10s}" for c in columns) + f"{'worst c':>9s}")
+    for name, values in speeds.items():
         worst = min((v for v, c in zip(values, columns) if c.startswith("c ")), default=float("nan"))
-        print(f"  {name:24s} {mode:6s}" + "".join(f"{v:10.2f}" for v in values) + f"{worst:9.2f}")
+        print(f"  {name:24s}" + "".join(f"{v:10.2f}" for v in values) + f"{worst:9.2f}")
 
 if __name__ == "__main__":
     main()

@@ -15,14 +15,13 @@ from ponder.speculate import NGRAMS
 
 
 class Recorder:
-    """Every settle() of the replies' Speculation: (guessed, kept, seconds, the n-gram length that found the guess);
-    and auto's pauses."""
+    """Every settle() of the replies' Speculation: (guessed, kept, seconds, the n-gram length that found the
+    guess); and the plain calls made where the drafter had a guess (auto's choice)."""
 
     def __init__(self, model):
         self.calls: list[tuple[int, int, float, int]] = []
         self.matched: list[int] = []  # for each guess, the n-gram length it was found by (0: a draft model's)
-        self.pauses = 0
-        self.paused_calls = 0
+        self.declined = 0  # plain calls where the drafter had a guess
         original = model._speculation
 
         def recorded(params):
@@ -33,15 +32,13 @@ class Recorder:
 
             def settled(guessed, kept, seconds):
                 self.calls.append((guessed, kept, seconds, self.matched[-1] if guessed else 0))
-                before = speculation._resume_at
                 settle(guessed, kept, seconds)
-                self.pauses += speculation._resume_at != before
 
             def guessing(history, room):
-                self.paused_calls += speculation._given < speculation._resume_at
                 guessed = guess(history, room)
                 seen = getattr(speculation.drafter, "_seen", None)  # NgramDrafter's index: which n found it
                 self.matched.append(next((n for n in NGRAMS if seen and tuple(history[-n:]) in seen[n]), 0))
+                self.declined += not guessed and bool(self.matched[-1]) and room > 0
                 return guessed
 
             speculation.settle, speculation.guess = settled, guessing
@@ -57,7 +54,7 @@ class Recorder:
         whole = sum(c[1] == c[0] for c in guessed)
         by_length = {k: statistics.median(c[2] for c in guessed if c[0] == k) * 1e3 for k in sorted(lengths)}
         tokens = sum(c[1] + 1 for c in self.calls)
-        paused = f", {self.paused_calls} while paused, {self.pauses} pauses" if self.pauses or self.paused_calls else ""
+        paused = f", {self.declined} where the n-gram drafter had a guess" if self.declined else ""
         print(f"  {label:8s} calls {len(self.calls)} ({len(guessed)} with a guess, {len(plain)} plain{paused});"
               f" {tokens} tokens, {tokens / max(1, len(self.calls)):.2f} a call")
         if guessed:
@@ -74,7 +71,7 @@ class Recorder:
                   f"{statistics.median(plain) * 1e3 if plain else float('nan'):.2f}; "
                   + ", ".join(f"{k}: {ms:.2f}" for k, ms in by_length.items()))
         self.calls.clear()
-        self.pauses = self.paused_calls = 0
+        self.declined = 0
 
 
 def trace_part(args) -> None:

@@ -20,7 +20,7 @@ from ponder.errors import ModelError, UsageError
 from ponder.events import Continuation, Finished, GenerationParams, Message, TextDelta
 from ponder.exchange import collect_reply, generate_reply
 from ponder.prompt import render_prompt
-from ponder.speculate import NgramDrafter, speculation_for
+from ponder.speculate import AdaptiveSpeculation, NgramDrafter, speculation_for
 from tests.support import tiny_r1 as tiny
 
 GREEDY = GenerationParams(temperature=0, max_tokens=120)
@@ -160,9 +160,10 @@ def test_a_constrained_answer_is_valid_and_the_same_with_a_draft(r1, smol):
 def test_auto_guesses_with_the_draft_model_when_there_is_one(smol):
     drafter = smol._drafter
     auto = speculation_for("auto", drafter)
-    assert auto.drafter is drafter and auto.adaptive
+    assert auto.drafter is drafter and isinstance(auto, AdaptiveSpeculation)
     assert isinstance(speculation_for("ngram", drafter).drafter, NgramDrafter)
-    assert speculation_for("draft", drafter).drafter is drafter and not speculation_for("draft", drafter).adaptive
+    fixed = speculation_for("draft", drafter)
+    assert fixed.drafter is drafter and not isinstance(fixed, AdaptiveSpeculation)
     ids, figures = twins(smol, [Message("user", SMOL_QUESTIONS[0])], GREEDY, mode="auto")
     assert figures.accepted >= 0.9 * figures.drafted > 0  # the draft model's guesses, kept as they are
 

@@ -62,6 +62,8 @@ class LlamaCppDrafter:
     """ponder.speculate's Drafter from a draft GGUF. `cparams` are the target's context parameters (the
     same threads and flash attention), `context` its tokens per sequence, `gpu_layers` its offload."""
 
+    free = False  # (each guessed token costs a draft decode)
+
     def __init__(self, path: str, target_path: str, target_vocab, cparams, context: int, gpu_layers: int):
         check_draft(path)
         self._model = self._ctx = None

@@ -32,6 +32,8 @@ def check_vocabulary(draft_tokenizer, tokenizer, draft: str, path: str) -> None:
 
 
 class DraftModel:
+    free = False  # (each guessed token costs a draft decode)
+
     def __init__(self, network, n_vocab: int):
         self._network = network
         self._n_vocab = n_vocab  # the model's logits: a guess past them (a draft's wider embedding) is cut there
