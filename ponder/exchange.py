@@ -9,7 +9,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import closing
-from dataclasses import replace
+from dataclasses import astuple, replace
 
 from ponder.backends.base import Model, backend_stats
 from ponder.constraint import ConstraintBroken
@@ -26,6 +26,7 @@ from ponder.events import (
     ReasoningDone,
     Reply,
     ReplyEvent,
+    SpeculationStats,
     Stats,
     TextDelta,
     decode_timing,
@@ -89,6 +90,8 @@ def _run(model: Model, guarded: GuardedReply) -> Iterator:
             if not guarded.cut_after_reasoning:  # the prompt itself does not fit: that is the error
                 raise
             yield from guarded.overflow()
+        if not guarded.done:  # stopped for the continuation: the guesses it checked count in the reply's figures
+            guarded.speculated(getattr(model, "speculation", None))
 
 
 class GuardedReply:
@@ -131,6 +134,11 @@ class GuardedReply:
             return self._end("loop")
         return self._cut()
 
+    def speculated(self, speculation) -> None:
+        """The Speculation of the stream just stopped for the continuation (None: none)."""
+        if speculation is not None:
+            self._taken.speculation = speculation.stats()
+
     @property
     def cut_after_reasoning(self) -> bool:
         """Whether the request is a continuation after some reasoning. If that does not fit, the reasoning
@@ -164,6 +172,7 @@ class _Taken:
         self.started, self.ids, self.texts, self.generated = started, [], [], 0
         self.first = self.last = None
         self.before_cut: int | None = None  # tokens generated before the cut
+        self.speculation: SpeculationStats | None = None  # what speculation did before the cut
 
     def add(self, event: TextDelta) -> None:
         now = time.perf_counter()
@@ -191,7 +200,10 @@ class _Taken:
         first = self.first or (now - after.total_s + after.time_to_first_token_s)
         first_token_s, rate = decode_timing(generated, self.started, first, now)
         prompt_tokens = _prompt_length(model, prompt) or max(after.prompt_tokens - before, 0)  # (a server: about)
-        return replace(after, prompt_tokens=prompt_tokens, generated_tokens=generated,
+        speculation = after.speculation
+        if self.speculation is not None and speculation is not None:
+            speculation = SpeculationStats(*(a + b for a, b in zip(astuple(self.speculation), astuple(speculation))))
+        return replace(after, prompt_tokens=prompt_tokens, generated_tokens=generated, speculation=speculation,
                        time_to_first_token_s=first_token_s, reasoning_tokens=None, decode_tokens_per_s=rate,
                        prefilled_tokens=None,  # (the continuation's are the closing text's: not the prompt's)
                        total_s=now - self.started)

@@ -66,6 +66,7 @@ class LlamaCppModel:
         if options.threads is not None and not 1 <= options.threads <= MAX_THREADS:
             raise UsageError(f"threads must be from 1 to {MAX_THREADS}, not {options.threads}")
         self._model = self._ctx = self._drafter = None
+        self.speculation: Speculation | None = None  # the latest reply's (read after a stream stopped early)
         params = lib.llama_model_default_params()
         if options.gpu_layers is not None:
             params.n_gpu_layers = options.gpu_layers
@@ -242,7 +243,7 @@ class LlamaCppModel:
         # What is worth keeping on disk: a plain model's next prompt holds its reply as written (saved after
         # it); a reasoning model's drops the reasoning, so only its prompt (never a continuation's).
         reasoning = self.info.chat.reasoning
-        speculation = self._speculation(params)
+        speculation = self.speculation = self._speculation(params)
         drafting = speculation is not None and speculation.drafter is self._drafter
         prefilled = self._prefill(tokens, cancel, save=reasoning and not isinstance(prompt, Continuation),
                                   draft=self._drafter if drafting else None)

@@ -135,6 +135,7 @@ class MlxModel:
         self.n_vocab = getattr(getattr(self._model, "args", None), "vocab_size", None) or len(tok.vocab)  # logits
         self._grammar_vocabulary = None  # llguidance's view of it, built for the first constrained answer
         self._drafter = None  # the draft model (LoadOptions.draft), loaded as the model is; same vocabulary
+        self.speculation: Speculation | None = None  # the latest reply's (read after a stream stopped early)
         if options.draft:
             draft, draft_tokenizer, _ = load_files(options.draft)
             check_vocabulary(draft_tokenizer, tok, options.draft, path)
@@ -201,7 +202,7 @@ class MlxModel:
         budget = generation_budget(len(tokens), self.info.context, params.max_tokens)
         cancel = cancel or threading.Event()
         mask = self.answer_mask(prompt, params)
-        speculation = self._speculation(params, cancel)
+        speculation = self.speculation = self._speculation(params, cancel)
         sampler = MlxSampler(params.temperature, params.top_p, params.seed)
         mx.reset_peak_memory()
         result, prefilled = DecodeResult(started), None
