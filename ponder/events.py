@@ -74,7 +74,8 @@ class Continuation:
 @dataclass(frozen=True)
 class SpeculationStats:
     """What speculative decoding did in a reply: tokens guessed, guesses the model kept, and model calls
-    that produced the reply's tokens (each gives one token more than it accepted)."""
+    that produced the reply's tokens (each gives one token more than it accepted). A reply cut at its
+    think budget counts both streams, the first's up to where it stopped (a few tokens past the cut)."""
 
     drafted: int
     accepted: int

@@ -100,58 +100,60 @@ class AdaptiveSpeculation(Speculation):
     before (Runs, one per kind of guess: the n-gram length that found it). A free drafter's guess at every
     position is checked against the text that follows, asked for or not, so what it is worth is known
     without a call spent on it; a draft model's only from the guesses checked. Seconds a call costs: a
-    plain call's (a moving average), and a guess of g tokens' fitted as plain * (1 + a + b * g) to the
-    calls with guesses (Costs): about 1 on a GPU, where a call of many tokens costs what one does, and
-    up to g + 1 on a CPU, where it does not."""
+    plain call's (a moving average), and, in plain calls, a guess of g tokens' as measured (Costs): about 1
+    on a GPU, where a call of many tokens costs what one does, up to g + 1 on a CPU, where it does not, and
+    more with a draft model's decodes."""
 
     def __init__(self, drafter: Drafter):
         super().__init__(drafter)
-        self._plain_s: float | None = None  # seconds per plain call (a moving average)
+        self._plain_s: float | None = None  # seconds per plain call (a moving average, from the second on)
+        self._first_plain_s: float | None = None  # (the first alone may be a warm-up's)
+        self._since_plain = 0  # calls since the last plain one
         self._costs = Costs()
         self._runs: dict[int, Runs] = {}  # kind of guess -> how far its guesses ran
         self._watched: list[list] = []  # [position, guess, runs, matched so far]: guesses not yet resolved
-        self._epoch = 0  # the history length at which counts weigh 1
 
     def guess(self, history: Sequence[int], room: int) -> list[int]:
         self._watch(history)
-        if self._plain_s is None:
-            return []  # (a plain call is timed first)
+        if self._plain_s is None or self._since_plain >= REPLAIN:
+            return []  # a plain call is timed first, and again now and then: guesses are measured against it
         if self.drafter.free:
             proposal = self.drafter.propose(history, LONGEST)
             if not proposal:
                 return []
-            runs = self._runs.setdefault(getattr(self.drafter, "order", 0), Runs(NGRAM_PRIOR))
+            runs = self._runs_of(getattr(self.drafter, "order", 0), NGRAM_PRIOR, FADE, len(history))
             self._watched.append([len(history), proposal, runs, 0])
             length = self._best_length(runs, min(len(proposal), room))
             return proposal[:length]
-        runs = self._runs.setdefault(0, Runs(DRAFT_PRIOR))
+        runs = self._runs_of(0, DRAFT_PRIOR, DRAFT_FADE, len(history))
         length = self._best_length(runs, min(LONGEST, room))
         proposal = self.drafter.propose(history, length)[:length] if length else []
         if proposal:
             self._watched.append([len(history), proposal, runs, 0])
         return proposal
 
+    def _runs_of(self, kind: int, prior: float, fade: float, now: int) -> "Runs":
+        runs = self._runs.get(kind)
+        if runs is None:
+            runs = self._runs[kind] = Runs(prior, fade, now)
+        return runs
+
     def _best_length(self, runs: "Runs", longest: int) -> int:
         best, best_rate = 0, 1.0 + MARGIN  # tokens per plain call's time: a plain call's own rate is 1
         expected = reached = 1.0  # tokens a call gives; the chance that the guess's g-th token is kept
-        base, per_token = self._costs.line()
+        cost = self._costs.table
         for g, kept in enumerate(runs.chances(longest), 1):
             reached *= kept
             expected += reached
-            rate = expected / (1 + max(0.0, base + per_token * g))
+            rate = expected / cost[g]
             if rate > best_rate:
                 best, best_rate = g, rate
         return best
 
     def _watch(self, history: Sequence[int]) -> None:
         """Check the guesses made so far against the text that followed them."""
-        weight = FADE ** (len(history) - self._epoch)  # later tokens' counts weigh more: older ones fade
-        if weight > 1e6:  # (rescaled: only the counts' ratios matter)
-            for runs in self._runs.values():
-                runs.rescale(weight)
-            self._epoch, weight = len(history), 1.0
         for runs in self._runs.values():
-            runs.weight = weight
+            runs.advance(len(history))
         still = []
         for watched in self._watched:
             position, proposal, runs, matched = watched
@@ -171,8 +173,14 @@ class AdaptiveSpeculation(Speculation):
         super().settle(guessed, kept, seconds)
         if seconds <= 0:
             return
+        self._since_plain = 0 if not guessed else self._since_plain + 1
         if not guessed:
-            self._plain_s = seconds if self._plain_s is None else 0.8 * self._plain_s + 0.2 * seconds
+            if self._first_plain_s is None:
+                self._first_plain_s = seconds
+            elif self._plain_s is None:
+                self._plain_s = min(self._first_plain_s, seconds)
+            else:
+                self._plain_s = 0.8 * self._plain_s + 0.2 * seconds
             self._costs.idle()
         elif self._plain_s is not None:
             self._costs.add(guessed, seconds / self._plain_s)
@@ -183,18 +191,23 @@ class Runs:
     kept the next one too (recent guesses counting most, as the text changes), shrunk towards the depth
     before where it has seen little."""
 
-    def __init__(self, prior: float) -> None:
+    def __init__(self, prior: float, fade: float, now: int) -> None:
         self._prior = prior  # the chance believed where nothing was seen
+        self._fade, self._epoch = fade, now  # a count weighs fade ** (its position - epoch): older ones fade
         self._kept = [0.0] * LONGEST  # depth -> weighted count of tokens kept there
         self._missed = [0.0] * LONGEST
-        self.weight = 1.0  # what a count weighs now (set by the owner as tokens go by)
+        self.weight = 1.0  # what a count weighs now
+
+    def advance(self, now: int) -> None:
+        """The text is `now` tokens long."""
+        self.weight = self._fade ** (now - self._epoch)
+        if self.weight > 1e6:  # (rescaled: only the counts' ratios matter)
+            self._kept = [k / self.weight for k in self._kept]
+            self._missed = [m / self.weight for m in self._missed]
+            self._epoch, self.weight = now, 1.0
 
     def count(self, depth: int, kept: bool) -> None:
         (self._kept if kept else self._missed)[depth] += self.weight
-
-    def rescale(self, factor: float) -> None:
-        self._kept = [k / factor for k in self._kept]
-        self._missed = [m / factor for m in self._missed]
 
     def chances(self, longest: int) -> Iterator[float]:
         """For depths 0 to `longest` - 1: the chance that a guess's token there is kept, given every one
@@ -206,39 +219,67 @@ class Runs:
 
 
 class Costs:
-    """What a call with a guess of g tokens costs, as a multiple of a plain call: 1 + a + b * g, fitted by
-    least squares to the calls so far (the later weighing more), with two optimistic made-up calls that keep
-    the fit defined and, as real calls fade while none is made, bring guessing back to be tried again."""
+    """What a call with a guess of g tokens costs, in plain calls: measured for each length guessed (a
+    moving average, the latest calls weighing most); between two measured lengths, in proportion; below
+    them, in proportion to the tokens; above them, growing as between the last two, or from none, and at
+    least by PRIOR_COST a token: longer guesses look worth a try, and are then measured. Before any is measured, and again once
+    all are forgotten (they fade while only plain calls are made), a guess is taken to cost what it would
+    on a GPU (PRIOR_COST), so guessing is tried, and tried again now and then."""
 
     def __init__(self) -> None:
-        self._sums = [0.0] * 5  # weighted n, g, g², y, g·y of the calls' y = ratio - 1
+        self._seen: dict[int, list[float]] = {}  # length -> [weighted sum of costs, weight]
+        self.table = self._estimates()  # length -> cost, for 0 to LONGEST
 
     def add(self, guessed: int, ratio: float) -> None:
         """A call with a guess of `guessed` tokens cost `ratio` plain calls."""
-        y = ratio - 1
-        terms = (1, guessed, guessed * guessed, y, guessed * y)
-        self._sums = [s * COST_FADE + term for s, term in zip(self._sums, terms)]
+        total, weight = self._seen.get(guessed, (0.0, 0.0))
+        self._seen[guessed] = [total * COST_FADE + ratio, weight * COST_FADE + 1]
+        self.table = self._estimates()
 
     def idle(self) -> None:
-        self._sums = [s * IDLE_FADE for s in self._sums]
+        """A plain call was made: what the lengths cost fades (the machine's load changes, a draft warms up)."""
+        for seen in self._seen.values():
+            seen[0] *= IDLE_FADE
+            seen[1] *= IDLE_FADE
+        faded = [g for g, (_, weight) in self._seen.items() if weight < FORGET]
+        for g in faded:
+            del self._seen[g]
+        if faded:
+            self.table = self._estimates()
 
-    def line(self) -> tuple[float, float]:
-        """(a, b): a guess of g tokens costs 1 + a + b * g plain calls."""
-        n, g, gg, y, gy = (s + PRIOR_CALLS * p for s, p in zip(self._sums, _PRIOR_SUMS))
-        slope = (n * gy - g * y) / (n * gg - g * g)
-        return (y - slope * g) / n, slope
+    def _estimates(self) -> list[float]:
+        known = sorted((g, total / weight) for g, (total, weight) in self._seen.items())
+        table = [1.0]
+        for g in range(1, LONGEST + 1):
+            if not known:
+                table.append(1 + PRIOR_COST * g)
+                continue
+            below = [(h, c) for h, c in known if h <= g]
+            above = [(h, c) for h, c in known if h >= g]
+            if below and above:
+                (h0, c0), (h1, c1) = below[-1], above[0]
+                table.append(c0 if h0 == h1 else c0 + (c1 - c0) * (g - h0) / (h1 - h0))
+            elif above:  # shorter than any measured: in proportion to the tokens
+                h, c = above[0]
+                table.append(1 + (c - 1) * g / h)
+            else:  # longer: as the last two measured lengths differ, at least PRIOR_COST a token (then measured)
+                (h, c), step = known[-1], PRIOR_COST
+                if len(known) > 1:
+                    step = max(step, (c - known[-2][1]) / (h - known[-2][0]))
+                table.append(c + step * (g - h))
+        return table
 
 
-# The made-up calls of Costs: a guess of 1 token costing 1.25 plain calls, of LONGEST 2.5 (GPU-like), each
-# weighing PRIOR_CALLS real ones.
-PRIOR_CALLS = 0.5
-_PRIOR_SUMS = [2.0, 1 + LONGEST, 1 + LONGEST**2, 0.25 + 1.5, 0.25 + 1.5 * LONGEST]
+PRIOR_COST = 0.1  # a guessed token's cost, in plain calls, before any is measured (a GPU's is about 0.02)
+FORGET = 0.2  # a length's measured cost is forgotten once its weight fades below this
 MARGIN = 0.05  # what a guess must be expected to gain over a plain call
-FADE = 1 / 0.98  # what a count of Runs weighs against one a token earlier
+REPLAIN = 64  # the most calls in a row with guesses: then a plain one, to keep the yardstick true
+FADE = 1 / 0.98  # what a count of Runs weighs against one a token earlier (n-gram guesses: one a token)
+DRAFT_FADE = 1 / 0.995  # (a draft's: one a guess, so a longer memory)
 # Runs' belief where it has seen nothing (an n-gram's guess is often wrong; a draft model, loaded by the user
 # for this, is usually right), and what it is worth in counts
 NGRAM_PRIOR, DRAFT_PRIOR, PRIOR_WEIGHT = 0.3, 0.7, 2.0
-COST_FADE = 0.9  # how much a call's cost counts after each later guessed call
+COST_FADE = 0.8  # how much a call's cost counts after each later call of the same length
 IDLE_FADE = 0.995  # ... and after each plain call
 
 

@@ -29,7 +29,8 @@ def drive(speculation: Speculation, prompt: list[int], text: list[int], cost) ->
         history.extend(text[done : done + kept + 1])
         done += kept + 1
         spent += seconds
-    return {"speed": 0.01 * (len(text) - 1) / spent, "guessed": [g for g in guesses if g[0]], "calls": len(guesses)}
+    return {"speed": 0.01 * (len(text) - 1) / spent, "guessed": [g for g in guesses if g[0]], "calls": len(guesses),
+            "all": guesses}
 
 
 def repeated(block: int, times: int, seed: int = 0) -> list[int]:
@@ -108,12 +109,61 @@ class CostlyDrafter:
 
 
 def test_with_a_draft_model_that_costs_too_much_auto_stops_asking_it_and_tries_again_later():
-    text = repeated(400, 1)
-    drafter = CostlyDrafter(text)
-    speculation = AdaptiveSpeculation(drafter)
-    result = drive(speculation, [], text, lambda g: 1.0 + 2.0 * g)  # each guessed token: a draft decode and more
+    text = repeated(1500, 1)
+    result = drive(AdaptiveSpeculation(CostlyDrafter(text)), [], text, lambda g: 1.0 + 2.0 * g)  # a draft decode and more a token
     assert result["speed"] > 0.9
-    guessed_at = [i for i, (g, _) in enumerate(result["guessed"])]
-    assert 2 <= len(guessed_at) <= 20  # tried, stopped, tried again now and then
+    calls, at, when = 0, 0, []
+    for guessed, kept in result["all"]:
+        if guessed:
+            when.append(at)
+        at += kept + 1
+    assert 2 <= len(when) <= 30 and max(when) > 500  # tried, stopped, tried again later
     cheap = drive(AdaptiveSpeculation(CostlyDrafter(text)), [], text, lambda g: 1.0 + 0.1 * g)
     assert cheap["speed"] > 4
+
+
+def test_a_prompt_of_40000_tokens_is_no_trouble():
+    speculation = AdaptiveSpeculation(NgramDrafter())
+    history = noise(40000)
+    for _ in range(3):
+        speculation.guess(history, 10)
+        speculation.settle(0, 0, 0.01)
+        history.append(7)
+    result = drive(AdaptiveSpeculation(NgramDrafter()), noise(40000), repeated(30, 4), CPU)
+    assert result["speed"] > 1.2
+
+
+class FlipDrafter:
+    """A free drafter that knows the text: right until position `until`, wrong after it."""
+
+    free = True
+
+    def __init__(self, text: list[int], until: int):
+        self.text, self.until = text, until
+
+    def propose(self, history, limit):
+        ahead = range(len(history), min(len(history) + limit, len(self.text)))
+        return [self.text[j] if j < self.until else -1 for j in ahead]
+
+
+def test_old_successes_fade_once_guesses_start_failing():
+    text = noise(1000)
+    speculation = AdaptiveSpeculation(FlipDrafter(text, until=500))
+    result = drive(speculation, [], text, CPU)
+    guessed_late = [g for g in result["all"][-400:] if g[0]]
+    assert result["speed"] > 1.15 and len(guessed_late) <= 3
+
+
+def test_a_slow_first_plain_call_does_not_make_losing_guesses_look_cheap():
+    text = noise(800)
+    speculation = AdaptiveSpeculation(HalfRight(text))
+    first = [True]
+    original = speculation.settle
+
+    def settle(guessed, kept, seconds):  # the first plain call, a warm-up, takes 3 times as long
+        if not guessed and first[0]:
+            first[0], seconds = False, seconds * 3
+        original(guessed, kept, seconds)
+
+    speculation.settle = settle
+    assert drive(speculation, [], text, CPU)["speed"] >= 0.95

@@ -28,7 +28,7 @@ from mlx_lm.sample_utils import apply_top_p
 
 from ponder.backends.mlx_batch import masked
 from ponder.events import TextDelta
-from ponder.speculate import Speculation
+from ponder.speculate import LONGEST, Speculation
 
 PROMPT_CHUNK = 512  # prompt tokens per model call; cancellation is checked between them
 
@@ -219,9 +219,10 @@ def speculative_reply(model, new: list[int], sampler: MlxSampler, mask, speculat
                 result.reason = ended
                 break
             called = time.perf_counter()
-            guess = speculation.guess(history, budget - len(result.ids) - 1)
-            if guess and not _cuttable(cache, len(guess) + 1):
-                guess = []
+            room = budget - len(result.ids) - 1
+            if room > 0 and not _cuttable(cache, min(room, LONGEST) + 1):  # (a sliding window about full)
+                room = 0  # (asked before the guess is made: a draft model's guess costs its decodes)
+            guess = speculation.guess(history, room)
             if cancel.is_set():  # (a draft model's guess may have taken a while)
                 result.reason = "cancelled"
                 break
