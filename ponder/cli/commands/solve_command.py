@@ -104,7 +104,10 @@ def _vote(run, loaded, text: str, samples: int, stats: bool, parallel: int | Non
         with SampleBoard(run.term, samples, lines=samples > 1 and run.output == "text") as board:
             replies = run.samples(loaded, text, samples, drawn, concurrency=parallel, on_event=event, settle=settle)
     except KeyboardInterrupt:  # (SIGTERM and SIGHUP arrive as one too) the exit status stays the signal's
-        _show_interrupted(run, loaded, [done.get(i) for i in range(samples)], answer_only)
+        try:
+            _show_interrupted(run, loaded, [done.get(i) for i in range(samples)], set(skipped), answer_only)
+        except (OSError, ValueError):  # a closed terminal or pipe: the interrupt is still what ended the run
+            pass
         raise
     finished = [reply for reply in replies if reply is not None]
     for index, reply in enumerate(replies):  # after the board: lines written under a live view would break it
@@ -130,7 +133,7 @@ def _vote(run, loaded, text: str, samples: int, stats: bool, parallel: int | Non
     return vote
 
 
-def _show_interrupted(run, loaded, replies: list, answer_only: bool) -> None:
+def _show_interrupted(run, loaded, replies: list, ended: set[int], answer_only: bool) -> None:
     """What the samples that finished before the interrupt gave, marked as partial: their vote on stdout
     (text; one JSON document with "interrupted": true for --json, a last line for --jsonl), or a note on
     stderr where stdout is for the final answer alone (--answer-only)."""
@@ -147,7 +150,9 @@ def _show_interrupted(run, loaded, replies: list, answer_only: bool) -> None:
         import json
 
         payload = {"model": loaded.info.name, "backend": loaded.info.backend, "interrupted": True,
-                   "samples": [reply_json(r, loaded.info) if r is not None else {"interrupted": True} for r in replies],
+                   "samples": [reply_json(r, loaded.info) if r is not None
+                               else {"ended_early": True} if i in ended else {"interrupted": True}
+                               for i, r in enumerate(replies)],
                    "vote": summary}
         run.term.stdout.write(json.dumps(payload, ensure_ascii=False, indent=2) + "\n")
     elif run.output == "jsonl":
