@@ -112,7 +112,7 @@ def test_with_a_draft_model_that_costs_too_much_auto_stops_asking_it_and_tries_a
     text = repeated(1500, 1)
     result = drive(AdaptiveSpeculation(CostlyDrafter(text)), [], text, lambda g: 1.0 + 2.0 * g)  # a draft decode and more a token
     assert result["speed"] > 0.9
-    calls, at, when = 0, 0, []
+    at, when = 0, []
     for guessed, kept in result["all"]:
         if guessed:
             when.append(at)
