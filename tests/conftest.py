@@ -1,6 +1,16 @@
 from __future__ import annotations
 
+import signal
+
 import pytest
+
+# Run from a background job or under nohup, this process ignores SIGINT (or SIGHUP), and every ponder it
+# starts would inherit that: the tests that press Ctrl-C or hang up would then wait for nothing. A handler
+# of its own (which exec resets to the default) gives each ponder the disposition a user's shell gives it.
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+if signal.getsignal(signal.SIGHUP) is signal.SIG_IGN:
+    signal.signal(signal.SIGHUP, lambda signum, frame: None)
 
 
 @pytest.fixture(autouse=True)
