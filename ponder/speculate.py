@@ -97,8 +97,8 @@ class AdaptiveSpeculation(Speculation):
     where it does not.
 
     Tokens a call gives: 1 + the guessed tokens kept, expected from how far the drafter's guesses ran
-    before (Runs, one per kind of guess: the n-gram length that found it). A free drafter's guess at every
-    position is checked against the text that follows, asked for or not, so what it is worth is known
+    before (Runs, one per kind of guess: the n-gram length that found it). A free drafter's guess before
+    every call is checked against the text that follows, sent or not, so what it is worth is known
     without a call spent on it; a draft model's only from the guesses checked. Seconds a call costs: a
     plain call's (a moving average), and, in plain calls, a guess of g tokens' as measured (Costs): about 1
     on a GPU, where a call of many tokens costs what one does, up to g + 1 on a CPU, where it does not, and
