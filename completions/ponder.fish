@@ -115,7 +115,7 @@ complete -c ponder -n '__fish_seen_subcommand_from plan' -l model -s m -r -F -d 
 complete -c ponder -n '__fish_seen_subcommand_from plan' -l ctx -x -d 'Context size in tokens'
 complete -c ponder -n '__fish_seen_subcommand_from plan' -l quant -x -d 'One quantization (Q4_K_M, Q8_0, mlx-4bit…); default all'
 complete -c ponder -n '__fish_seen_subcommand_from plan' -l kv-type -x -d 'KV cache element type f16, q8_0, q4_0'
-complete -c ponder -n '__fish_seen_subcommand_from plan' -l memory -x -d 'Plan for this many GiB (another machine) instead of this ones RAM and VRAM'
+complete -c ponder -n '__fish_seen_subcommand_from plan' -l memory -x -d 'Plan for this many GiB (another machine) instead of this ones RAM and VRAM (0.1 or more)'
 complete -c ponder -n '__fish_seen_subcommand_from plan' -l samples -s n -x -d 'Samples decoded together (--parallel of solve and batch; by default all of solves --samples) each has a cache of --ctx tokens'
 complete -c ponder -n '__fish_seen_subcommand_from plan' -l help -s h -d 'Show help'
 complete -c ponder -n '__fish_use_subcommand' -a pull -d 'Download a model, resumably, verified against the catalogue or the hubs sha256'
