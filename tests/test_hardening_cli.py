@@ -283,7 +283,7 @@ def test_sigterm_at_the_chat_prompt_exits_143_with_the_terminal_restored(tiny_r1
 
 def _wait_until_mapped(pid: int, path: str, limit: float = 60) -> None:
     """Until process `pid` has the model file mapped: llama.cpp is loading it (or, at the latest, decoding)."""
-    ends = time.monotonic() + limit
+    ends, path = time.monotonic() + limit, os.path.realpath(path)  # (the maps name the file, not a link to it)
     while time.monotonic() < ends:
         try:
             if path in Path(f"/proc/{pid}/maps").read_text():
