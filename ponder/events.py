@@ -41,6 +41,11 @@ class GenerationParams:
     # "auto": n-gram guesses while they pay; "ngram": always; "draft": the draft model's (LoadOptions.draft).
     speculate: Speculate = "off"
 
+    @property
+    def repeatable(self) -> bool:
+        """Whether the reply should be the same every run: greedy, or seeded."""
+        return self.temperature <= 0 or self.seed is not None
+
 
 # --- what a backend yields -------------------------------------------------
 

@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import random
 
-from ponder.speculate import LONGEST, AdaptiveSpeculation, NgramDrafter, Speculation
+from ponder.events import GenerationParams
+from ponder.speculate import LONGEST, AdaptiveSpeculation, NgramDrafter, Speculation, speculation_for
 
 GPU = lambda guessed: 1.0 + 0.02 * guessed  # noqa: E731  a call of many tokens costs what one does
 CPU = lambda guessed: 1.0 + 0.95 + 0.5 * guessed  # noqa: E731  (measured on SmolLM2 Q4_1, 2 cores: 2x, then +0.5 a token)
@@ -167,3 +168,16 @@ def test_a_slow_first_plain_call_does_not_make_losing_guesses_look_cheap():
 
     speculation.settle = settle
     assert drive(speculation, [], text, CPU)["speed"] >= 0.95
+
+
+def test_a_repeatable_reply_guesses_the_same_whatever_the_calls_cost():
+    """A greedy or seeded reply: auto decides from the text alone, so its calls (and, where an engine's logits
+    depend on a call's size, its text) are the same every run, on a busy machine or an idle one."""
+    text = repeated(40, 3) + noise(200) + repeated(40, 3, seed=4)
+    runs = [drive(AdaptiveSpeculation(NgramDrafter(), repeatable=True), [], text, cost)["all"] for cost in (GPU, CPU)]
+    assert runs[0] == runs[1] and sum(g for g, _ in runs[0]) > 100
+    measured = [drive(AdaptiveSpeculation(NgramDrafter()), [], text, cost)["all"] for cost in (GPU, CPU)]
+    assert measured[0] != measured[1]  # (what it would do otherwise)
+    assert speculation_for("auto", None, repeatable=True).repeatable
+    assert GenerationParams(temperature=0).repeatable and GenerationParams(seed=3).repeatable
+    assert not GenerationParams().repeatable

@@ -161,6 +161,7 @@ def test_auto_guesses_with_the_draft_model_when_there_is_one(smol):
     drafter = smol._drafter
     auto = speculation_for("auto", drafter)
     assert auto.drafter is drafter and isinstance(auto, AdaptiveSpeculation)
+    assert not isinstance(speculation_for("auto", drafter, repeatable=True), AdaptiveSpeculation)  # as "draft"
     assert isinstance(speculation_for("ngram", drafter).drafter, NgramDrafter)
     fixed = speculation_for("draft", drafter)
     assert fixed.drafter is drafter and not isinstance(fixed, AdaptiveSpeculation)

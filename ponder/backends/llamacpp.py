@@ -266,7 +266,7 @@ class LlamaCppModel:
         """The reply's speculative decoding; none where the cache cannot be cut back (a recurrent model's)."""
         if lib.llama_model_is_recurrent(self._model) or lib.llama_model_is_hybrid(self._model):
             return None
-        return speculation_for(params.speculate, self._drafter)
+        return speculation_for(params.speculate, self._drafter, repeatable=params.repeatable)
 
     def _prefill(self, tokens: list[int], cancel: threading.Event, save: bool = True, draft=None) -> int | None:
         """Bring the cache to `tokens`, reusing the longest cached prefix (in memory, else on disk), and the

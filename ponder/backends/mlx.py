@@ -232,7 +232,7 @@ class MlxModel:
         """The reply's speculative decoding; none where the model's cache cannot be cut back (a recurrent
         model's): mlx-lm's stream_generate then decodes, as with "off". (A sliding window's can until it is
         full: the loop then stops guessing.)"""
-        speculation = speculation_for(params.speculate, self._drafter)
+        speculation = speculation_for(params.speculate, self._drafter, repeatable=params.repeatable)
         if speculation is None or not can_trim_prompt_cache(self.new_cache()):  # (of its kind: a new one)
             return None
         if self._drafter is not None:
