@@ -10,6 +10,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+from ponder.errors import shortened
 from ponder.plan import KNOWN_MODELS
 
 
@@ -71,7 +72,7 @@ def lookup(name: str) -> Artifact | None:
     if problem:
         from ponder.errors import UsageError
 
-        raise UsageError(f"{_short(name)!r} is not a hub reference: {problem}",
+        raise UsageError(f"{shortened(name)!r} is not a hub reference: {problem}",
                          hint="owner/repo/file.gguf (a GGUF file) or owner/repo (an MLX repo), as on huggingface.co;"
                               " a file on this machine goes to --model instead")
     parts = name.split("/")
@@ -114,13 +115,13 @@ def reference_problem(name: str) -> str | None:
         if not part:
             return f"the {role} is empty"
         if not NAME_PART.fullmatch(part) or "--" in part or ".." in part or part.endswith(".git"):
-            return (f"the {role} {_short(part)!r} is not a hub name (ASCII letters, digits, -, _ and ., at most 96;"
+            return (f"the {role} {shortened(part)!r} is not a hub name (ASCII letters, digits, -, _ and ., at most 96;"
                     " no -- or .., no - or . at either end, no .git at the end)")
     if len(parts) == 2:
         return None
     file = parts[2]
     if not file.lower().endswith(".gguf") or file.startswith("."):
-        return "the file name is empty" if not file else f"the file {_short(file)!r} is not a .gguf file with a name"
+        return "the file name is empty" if not file else f"the file {shortened(file)!r} is not a .gguf file with a name"
     if len(file.encode("utf-8", "surrogatepass")) > FILE_NAME_BYTES:
         return f"the file name is longer than {FILE_NAME_BYTES} bytes"
     if not file.isprintable():
@@ -128,5 +129,3 @@ def reference_problem(name: str) -> str | None:
     return None
 
 
-def _short(text: str) -> str:
-    return text if len(text) <= 60 else text[:57] + "..."

@@ -57,3 +57,8 @@ def describe_os_error(exc: OSError) -> str:
     if exc.filename is not None:
         return f"{exc.filename}: {reason}"
     return reason
+
+
+def shortened(text: str, limit: int = 60) -> str:
+    """`text` cut to `limit` characters for a message (a name pasted by mistake is not repeated whole)."""
+    return text if len(text) <= limit else text[: limit - 3] + "..."

@@ -15,7 +15,7 @@ GIB = 2**30
 def _find(name: str):
     from pathlib import Path
 
-    from ponder.errors import ModelError, UsageError
+    from ponder.errors import ModelError, UsageError, shortened
     from ponder.models import LocalModel, find_all, mlx_weights_size
     from ponder.outside_files import Unreadable, shown
 
@@ -39,8 +39,7 @@ def _find(name: str):
     _warn(found.warnings)  # one of the entries skipped may have been the one meant
     if os.path.islink(path):
         raise ModelError(f"{shown(path)} is a broken link (or a link in a loop)")
-    shown_name = name if len(name) <= 200 else name[:200] + "..."  # (a name pasted by mistake: not all of it)
-    raise UsageError(f"no local model {shown_name!r}", hint="`ponder models` lists them")
+    raise UsageError(f"no local model {shortened(name, 200)!r}", hint="`ponder models` lists them")
 
 
 def _warn(warnings: list[str]) -> None:

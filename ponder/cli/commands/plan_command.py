@@ -45,7 +45,7 @@ def plan_command(
 ) -> None:
     """Weights + KV cache + overhead for each quantization, and whether it fits in RAM / VRAM."""
     from ponder import machine
-    from ponder.errors import UsageError
+    from ponder.errors import UsageError, shortened
     from ponder.plan import GIB, KNOWN_MODELS, KV_BYTES, kv_bytes_per_token, largest_context, largest_sequences, plan
 
     known = KNOWN_MODELS[model]
@@ -53,8 +53,7 @@ def plan_command(
     if quant is not None:
         match = {q.lower(): q for q in sizes}.get(quant.lower())
         if match is None:
-            shown = quant if len(quant) <= 40 else quant[:40] + "..."
-            raise UsageError(f"no quantization {shown!r} for {known.name}", hint="one of " + ", ".join(sizes))
+            raise UsageError(f"no quantization {shortened(quant, 40)!r} for {known.name}", hint="one of " + ", ".join(sizes))
         sizes = {match: sizes[match]}
     if ctx > known.shape.trained_context:
         raise UsageError(f"{known.name} was trained on {known.shape.trained_context} tokens; --ctx {ctx} is beyond it")

@@ -41,7 +41,7 @@ def pull(
 def artifact_for(name: str | None, backend: str = "auto"):
     from ponder.backends import AUTO, default_backend
     from ponder.catalogue import DEFAULTS, lookup
-    from ponder.errors import UsageError
+    from ponder.errors import UsageError, shortened
 
     if name is None:
         name = DEFAULTS.get(default_backend() if backend == AUTO else backend)
@@ -49,8 +49,7 @@ def artifact_for(name: str | None, backend: str = "auto"):
             raise UsageError(f"no default model for the backend {backend!r}", hint="auto, mlx or llama.cpp")
     artifact = lookup(name)
     if artifact is None:
-        shown = name if len(name) <= 200 else name[:200] + "..."  # (a name pasted by mistake: not all of it)
-        raise UsageError(f"unknown model {shown!r}", hint="`ponder pull --list` shows the aliases; or owner/repo/file.gguf")
+        raise UsageError(f"unknown model {shortened(name, 200)!r}", hint="`ponder pull --list` shows the aliases; or owner/repo/file.gguf")
     return artifact
 
 
