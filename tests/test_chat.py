@@ -93,7 +93,7 @@ def test_slash_commands_and_their_errors(chat, tiny_r1, tmp_path):
     session.line("What is 2+2?")
     session.wait_for(r"Two plus two\. 2 \+ 2 = 4\.\n.*Thought for .*\n.*The answer is 4\.\n>$")
     for command, expected in [
-        ("/stats", r"prompt 12 tokens · reasoning 14 tokens · answer 9 tokens [\s\S]* context 35 of 32768 tokens"),
+        ("/stats", r"prompt 12 tokens · reasoning 14 tokens · answer 9 tokens [\s\S]* context\s+35\s+of\s+32768\s+tokens"),
         ("/retry", r"The answer is 4\.\n>$"),
         ("/history", r"\s+1\s+\S+ \S+\s+chat\s+2 turns\s+What is 2\+2\?"),
         (f"/save {tmp_path}/talk.md", r"saved .*talk\.md"),
