@@ -3,13 +3,15 @@
 A span of MIN_SPAN to MAX_SPAN tokens repeated at least REPEATS times in a row, ending at the newest
 token. For each span length p, `run[p]` counts how many newest tokens in a row equal the token p
 before them; the stream ends in REPEATS copies of a p-token span exactly when run[p] >= (REPEATS-1)*p.
-Each token updates every run at once with numpy: constant work per token (MAX_SPAN compares), never a
-rescan of what came before.
+Only the spans at which the newest token occurred before can have a run, so each token visits just
+those: where it was within the last MAX_SPAN tokens (a handful for most tokens), never the whole
+window, and never a rescan of what came before. This runs beside the decode on every token, where
+each numpy call on a cache the model's weights have just swept costs tens of microseconds.
 """
 
 from __future__ import annotations
 
-import numpy as np
+from collections import deque
 
 MIN_SPAN, MAX_SPAN, REPEATS = 8, 512, 3
 
@@ -19,19 +21,33 @@ class LoopDetector:
                  min_length: int = 0):
         """`min_length`: the fewest tokens the repeats must cover, whatever the span (an answer may
         rightly repeat a short pattern for a while: a row of zeros, "a" a hundred times)."""
-        self.spans = np.arange(min_span, max_span + 1)
-        self.needed = np.maximum((repeats - 1) * self.spans, min_length - self.spans)
-        self.window = np.full(max_span + 1, -1, dtype=np.int64)  # the last max_span tokens, a ring
-        self.runs = np.zeros(len(self.spans), dtype=np.int64)
+        self.min_span, self.max_span = min_span, max_span
+        self.repeats, self.min_length = repeats, min_length
+        self.runs: dict[int, int] = {}  # span -> its run, for the spans whose run is not 0
+        self.places: dict[object, deque[int]] = {}  # token -> where it was, oldest first (pruned as it comes again)
         self.seen = 0
 
-    def add(self, token: int) -> int | None:
+    def add(self, token) -> int | None:
         """Take the next token; the span length of a loop that ends here, or None."""
-        size = len(self.window)
-        back = self.window[(self.seen - self.spans) % size]  # the token `span` places back, for each span
-        valid = self.spans <= self.seen
-        self.runs = np.where(valid & (back == token), self.runs + 1, 0)
-        self.window[self.seen % size] = token
-        self.seen += 1
-        found = np.nonzero(self.runs >= self.needed)[0]
-        return int(self.spans[found[0]]) if len(found) else None
+        now, runs = self.seen, self.runs
+        places = self.places.get(token)
+        if places is None:
+            if len(self.places) >= 4 * self.max_span:
+                self._forget_old()
+            places = self.places[token] = deque()
+        while places and now - places[0] > self.max_span:
+            places.popleft()
+        self.runs = {span: runs.get(span, 0) + 1 for span in (now - place for place in places)
+                     if span >= self.min_span}
+        places.append(now)
+        self.seen = now + 1
+        found = [span for span, run in self.runs.items() if run >= self.needed(span)]
+        return min(found) if found else None
+
+    def needed(self, span: int) -> int:
+        return max((self.repeats - 1) * span, self.min_length - span)
+
+    def _forget_old(self) -> None:
+        """Drop the tokens not seen within the window (a long varied stream would keep them all)."""
+        oldest = self.seen - self.max_span
+        self.places = {token: places for token, places in self.places.items() if places[-1] >= oldest}

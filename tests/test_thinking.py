@@ -261,3 +261,35 @@ def test_chat_sets_the_budget_and_shows_it(r1):
     output = term.stdout.getvalue()
     assert f"think_budget = {tiny.BUDGET}" in term.stderr.getvalue()  # (piped: a note, on stderr; /stats' figures on stdout)
     assert tiny.BUDGET_ANSWER in output and f"think_budget {tiny.BUDGET}" in output.split("reasoning end: budget")[1]
+
+
+def loop_by_rescan(stream: list[int], min_length: int) -> int | None:
+    """The shortest span p whose last `needed` tokens each equal the token p before them: the definition."""
+    for span in range(8, 513):
+        needed = max(2 * span, min_length - span)
+        if len(stream) >= span + needed and all(stream[-i] == stream[-i - span] for i in range(1, needed + 1)):
+            return span
+    return None
+
+
+@pytest.mark.parametrize("seed, alphabet, min_length", [(3, 4, 0), (4, 30, 0), (5, 3, 120), (6, 10**6, 0)])
+def test_the_detector_agrees_with_a_rescan_token_by_token(seed, alphabet, min_length):
+    rng = random.Random(seed)
+    stream: list[int] = []
+    while len(stream) < 3000:  # varied stretches, and loops of random spans and lengths between them
+        if rng.random() < 0.5:
+            stream += [rng.randrange(alphabet) for _ in range(rng.randrange(1, 200))]
+        else:
+            span = [rng.randrange(alphabet) for _ in range(rng.choice([3, 8, 9, 25, 100]))]
+            stream += span * rng.randrange(1, 5)
+    detector = LoopDetector(min_length=min_length)
+    found = [detector.add(token) for token in stream]
+    expected = [loop_by_rescan(stream[:n], min_length) for n in range(1, len(stream) + 1)]
+    assert found == expected and any(expected)
+    assert len(detector.places) <= 4 * 512  # (10**6 symbols: the tokens gone from the window were forgotten)
+
+
+def test_a_loop_across_the_moment_old_tokens_are_forgotten_is_still_found():
+    span = list(range(10**6, 10**6 + 20))  # new tokens: the 2048th distinct one comes inside the first copy
+    found = feed(LoopDetector(), list(range(2041)) + span * 3)
+    assert found[-1] == 20 and not any(found[:-1])

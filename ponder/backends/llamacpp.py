@@ -82,6 +82,7 @@ class LlamaCppModel:
             )
         self._vocab = lib.llama_model_get_vocab(self._model)
         self._n_vocab = lib.llama_vocab_n_tokens(self._vocab)
+        self._logits_row = ctypes.c_float * max(self._n_vocab, 1)
         if lib.llama_vocab_type(self._vocab) == lib.LLAMA_VOCAB_TYPE_NONE or self._n_vocab <= 0:
             self.close()  # (llama.cpp aborts the process on the first tokenize without one)
             raise ModelError(f"{path} has no vocabulary: llama.cpp cannot read or write its text",
@@ -209,7 +210,12 @@ class LlamaCppModel:
 
     def logits(self, row: int) -> np.ndarray:
         """The logits of a decoded batch's row (-1: the last), read in place: valid until the next decode."""
-        return np.ctypeslib.as_array(lib.llama_get_logits_ith(self._ctx, row), shape=(self._n_vocab,))
+        # (a view by address: np.ctypeslib.as_array builds the same through several Python calls, and every
+        # call of this loop runs on caches the decode has just swept, where each costs microseconds)
+        address = ctypes.cast(lib.llama_get_logits_ith(self._ctx, row), ctypes.c_void_p).value
+        if not address:
+            raise BackendError(f"llama.cpp kept no scores for row {row} of the last call")
+        return np.frombuffer(self._logits_row.from_address(address), dtype=np.float32)
 
     def piece(self, token: int) -> bytes:
         """A token's text, as bytes (a special token's is empty: it is not the model's words)."""
