@@ -2,7 +2,7 @@
 
 Inference calls block in C for a whole token or prompt chunk. Driving them from a worker
 lets the main thread take Ctrl-C at once and render without stalling the decoder; each
-model has one such thread, so its generations never overlap.
+model has one such thread (all llama.cpp models share one), so its generations never overlap.
 """
 
 from __future__ import annotations
@@ -126,10 +126,17 @@ _threads: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 _threads_lock = threading.Lock()
 
 
+_shared: ModelThread | None = None  # the one thread of every model that asks to share it
+
+
 def model_thread(model: object) -> ModelThread:
     """`model`'s generation thread, started on first use (a model must be hashable and weakly
-    referable, as plain objects are)."""
+    referable, as plain objects are); one for all the models whose class sets `shares_thread`."""
+    global _shared
     with _threads_lock:
+        if getattr(model, "shares_thread", False):
+            _shared = _shared or ModelThread()
+            return _shared
         if model not in _threads:
             _threads[model] = ModelThread()
         return _threads[model]

@@ -94,3 +94,27 @@ def test_an_idle_model_thread_does_not_keep_its_model_alive():
             break
         time.sleep(0.01)
     assert gone() is None
+
+
+def test_every_llama_cpp_model_computes_on_one_thread(smollm2):
+    """llama.cpp's CPU backend runs each call on an OpenMP team of the calling thread's; a second thread's team
+    made libgomp sleep at every barrier (a model loaded after another was used decoded 25-35% slower)."""
+    from ponder.backends.base import LoadOptions
+    from ponder.backends.llamacpp import LlamaCppModel
+    from ponder.events import Finished, GenerationParams
+
+    def reply_on_its_thread(model) -> tuple[int, str]:
+        events = list(model_thread(model).iterate(
+            lambda cancel: [threading.get_ident(), *model.stream("Hi", GenerationParams(max_tokens=3), cancel)]))
+        return events[0], events[-1].finish_reason if isinstance(events[-1], Finished) else "no end"
+
+    first = LlamaCppModel(smollm2, LoadOptions(context=256, threads=1))
+    first_thread, first_end = reply_on_its_thread(first)
+    first.close()
+    second = LlamaCppModel(smollm2, LoadOptions(context=256, threads=1))
+    try:
+        second_thread, second_end = reply_on_its_thread(second)
+    finally:
+        second.close()
+    assert first_thread == second_thread != threading.get_ident()
+    assert first_end in ("length", "stop") and second_end in ("length", "stop")
