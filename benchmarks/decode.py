@@ -3,8 +3,9 @@
     python benchmarks/decode.py [--backend llama.cpp|mlx] [--model PATH] [--threads N]
                                 [--tokens N] [--runs N] [--llama-bench PATH] [--speculate MODE] [--profile]
 
-llama.cpp: against llama.cpp's llama-bench tg figure (and raw llama-cpp-python streaming), on
-the same GGUF and thread count. mlx: against mlx-lm's own `stream_generate` on the same MLX
+llama.cpp: against llama.cpp's llama-bench tg figure (which draws no token), raw llama-cpp-python
+streaming, and llama-server drawing at ponder's sampling (llama.cpp's own sampler), on the same GGUF
+and thread count; `ponder ask` greedy too (no sampler's share). mlx: against mlx-lm's own `stream_generate` on the same MLX
 directory, prompt and sampling. Prints decode tokens/s for each (median of runs, interleaved, with
 the load average when each ran) and the ratios (medians of each round's own ratio); also times
 `ponder --help` and checks it imports no inference engine. `--profile`: where a token's time goes in
@@ -14,6 +15,7 @@ the load average when each ran) and the ratios (medians of each round's own rati
 from __future__ import annotations
 
 import argparse
+import atexit
 import json
 import os
 import re
@@ -34,9 +36,9 @@ STATS = re.compile(r"decode ([0-9.]+) tokens/s")
 SPECULATE: list[str] = []  # `--speculate MODE` for ponder ask, as given to this benchmark
 
 
-def ask_args(model: str, threads: int, tokens: int) -> list[str]:
+def ask_args(model: str, threads: int, tokens: int, *extra: str) -> list[str]:
     return ["ask", "--model", model, "--threads", str(threads), "--max-tokens", str(tokens), "--seed", "1", "--stats",
-            *SPECULATE, PROMPT]
+            *SPECULATE, *extra, PROMPT]
 
 
 def ponder_pipe(model: str, threads: int, tokens: int) -> float:
@@ -54,8 +56,8 @@ def in_terminal(argv: list[str]) -> subprocess.CompletedProcess:
                           env={**os.environ, "TERM": "xterm-256color"}, check=True)
 
 
-def ponder_terminal(model: str, threads: int, tokens: int) -> float:
-    result = in_terminal([sys.executable, "-m", "ponder", *ask_args(model, threads, tokens)])
+def ponder_terminal(model: str, threads: int, tokens: int, *extra: str) -> float:
+    result = in_terminal([sys.executable, "-m", "ponder", *ask_args(model, threads, tokens, *extra)])
     return float(STATS.search(result.stdout).group(1))
 
 
@@ -92,6 +94,43 @@ print((len(stamps) - 1) / (stamps[-1] - stamps[0]))
 """
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     return float(result.stdout.strip().splitlines()[-1])
+
+
+class LlamaServer:
+    """llama.cpp's own sampling decode: llama-server's timings.predicted_per_second at ponder's sampling (temperature
+    0.6, top-p 0.95 over the whole vocabulary: top-k and min-p off), started at the first call, stopped at exit."""
+
+    def __init__(self, binary: str, model: str, threads: int):
+        self.command = [binary, "-m", model, "-t", str(threads), "-c", "2048", "-np", "1", "--port", str(_free_port())]
+        self.process = None
+
+    def __call__(self, tokens: int) -> float:
+        import urllib.request
+
+        url = f"http://127.0.0.1:{self.command[-1]}"
+        if self.process is None:
+            self.process = subprocess.Popen(self.command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            atexit.register(self.process.terminate)
+            for _ in range(600):
+                try:
+                    urllib.request.urlopen(f"{url}/health")
+                    break
+                except OSError:
+                    time.sleep(0.1)
+        body = {"messages": [{"role": "user", "content": PROMPT}], "max_tokens": tokens, "temperature": 0.6,
+                "top_p": 0.95, "top_k": 0, "min_p": 0.0, "seed": 1, "ignore_eos": True, "cache_prompt": False}
+        request = urllib.request.Request(f"{url}/v1/chat/completions", json.dumps(body).encode(),
+                                         {"Content-Type": "application/json"})
+        with urllib.request.urlopen(request) as response:
+            return float(json.load(response)["timings"]["predicted_per_second"])
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
 
 
 def llama_bench(binary: str, model: str, threads: int, tokens: int) -> float:
@@ -182,7 +221,12 @@ def llama_cpp_runners(args) -> dict:
         "llama-cpp-python stream": lambda: raw_llama_cpp_python(args.model, threads, args.tokens),
         "ponder ask (pipe)": lambda: ponder_pipe(args.model, threads, args.tokens),
         "ponder ask (terminal)": lambda: ponder_terminal(args.model, threads, args.tokens),
+        # the token loop without the sampler's share: what reading and drawing 49k scores a token costs
+        "ponder ask (term., greedy)": lambda: ponder_terminal(args.model, threads, args.tokens, "--temperature", "0"),
     }
+    server = _built("llama-server")
+    if Path(server).exists():  # llama.cpp's own sampler at ponder's settings: what drawing a token costs there
+        runners["llama-server, same sampling"] = lambda serve=LlamaServer(server, args.model, threads): serve(args.tokens)
     if not Path(args.llama_bench).exists():
         print(f"llama-bench not found at {args.llama_bench}; build it (scripts/llama-tool llama-bench)")
         del runners["llama-bench tg"]
