@@ -5,8 +5,8 @@
 
 llama.cpp: against llama.cpp's llama-bench tg figure (which draws no token), raw llama-cpp-python
 streaming, and llama-server drawing at ponder's sampling (llama.cpp's own sampler), on the same GGUF
-and thread count; `ponder ask` greedy too (no sampler's share). mlx: against mlx-lm's own `stream_generate` on the same MLX
-directory, prompt and sampling. Prints decode tokens/s for each (median of runs, interleaved, with
+and thread count; `ponder ask` greedy too (no sampler's share). mlx: against mlx-lm's own
+`stream_generate` on the same MLX directory, prompt and sampling. Prints decode tokens/s for each (median of runs, interleaved, with
 the load average when each ran) and the ratios (medians of each round's own ratio); also times
 `ponder --help` and checks it imports no inference engine. `--profile`: where a token's time goes in
 `ponder ask`, on a terminal and in a pipe (each thread's CPU, llama_decode's wall time). Figures, not pass/fail.
@@ -100,28 +100,38 @@ class LlamaServer:
     """llama.cpp's own sampling decode: llama-server's timings.predicted_per_second at ponder's sampling (temperature
     0.6, top-p 0.95 over the whole vocabulary: top-k and min-p off), started at the first call, stopped at exit."""
 
-    def __init__(self, binary: str, model: str, threads: int):
-        self.command = [binary, "-m", model, "-t", str(threads), "-c", "2048", "-np", "1", "--port", str(_free_port())]
+    def __init__(self, binary: str, model: str, threads: int, tokens: int):
+        self.command = [binary, "-m", model, "-t", str(threads), "-c", str(tokens + 512), "-np", "1",
+                        "--port", str(_free_port())]
         self.process = None
+        self.log = Path(os.environ.get("TMPDIR", "/tmp")) / f"ponder-decode-bench-server-{os.getpid()}.log"
 
     def __call__(self, tokens: int) -> float:
         import urllib.request
 
         url = f"http://127.0.0.1:{self.command[-1]}"
+        local = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # (never through an http_proxy)
         if self.process is None:
-            self.process = subprocess.Popen(self.command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            with open(self.log, "wb") as log:
+                self.process = subprocess.Popen(self.command, stdout=log, stderr=subprocess.STDOUT)
             atexit.register(self.process.terminate)
             for _ in range(600):
+                if self.process.poll() is not None:
+                    break
                 try:
-                    urllib.request.urlopen(f"{url}/health")
+                    local.open(f"{url}/health").close()
                     break
                 except OSError:
                     time.sleep(0.1)
+            else:
+                self.process.terminate()
+            if self.process.poll() is not None:
+                raise SystemExit(f"llama-server did not start; its log: {self.log}")
         body = {"messages": [{"role": "user", "content": PROMPT}], "max_tokens": tokens, "temperature": 0.6,
                 "top_p": 0.95, "top_k": 0, "min_p": 0.0, "seed": 1, "ignore_eos": True, "cache_prompt": False}
         request = urllib.request.Request(f"{url}/v1/chat/completions", json.dumps(body).encode(),
                                          {"Content-Type": "application/json"})
-        with urllib.request.urlopen(request) as response:
+        with local.open(request) as response:
             return float(json.load(response)["timings"]["predicted_per_second"])
 
 
@@ -196,10 +206,10 @@ def main() -> None:
         median = statistics.median(values)
         ratio = (f"{statistics.median(v / r for v, r in zip(values, reference)):6.1%} of {reference_name}"
                  if reference else "")
-        print(f"  {name:26s} {median:8.1f} tokens/s  {ratio}   runs: {', '.join(f'{v:.1f}' for v in values)}   "
+        print(f"  {name:28s} {median:8.1f} tokens/s  {ratio}   runs: {', '.join(f'{v:.1f}' for v in values)}   "
               f"load: {', '.join(f'{v:.1f}' for v in loads[name])}")
     seconds, clean = help_timing()
-    print(f"  ponder --help              {seconds * 1000:8.0f} ms (median of 10); inference engines imported: {'none' if clean else 'YES'}")
+    print(f"  ponder --help                {seconds * 1000:8.0f} ms (median of 10); inference engines imported: {'none' if clean else 'YES'}")
 
 
 def _built(name: str) -> str:
@@ -226,7 +236,8 @@ def llama_cpp_runners(args) -> dict:
     }
     server = _built("llama-server")
     if Path(server).exists():  # llama.cpp's own sampler at ponder's settings: what drawing a token costs there
-        runners["llama-server, same sampling"] = lambda serve=LlamaServer(server, args.model, threads): serve(args.tokens)
+        serve = LlamaServer(server, args.model, threads, args.tokens)
+        runners["llama-server, same sampling"] = lambda: serve(args.tokens)
     if not Path(args.llama_bench).exists():
         print(f"llama-bench not found at {args.llama_bench}; build it (scripts/llama-tool llama-bench)")
         del runners["llama-bench tg"]

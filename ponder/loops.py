@@ -22,7 +22,8 @@ class LoopDetector:
         """`min_length`: the fewest tokens the repeats must cover, whatever the span (an answer may
         rightly repeat a short pattern for a while: a row of zeros, "a" a hundred times)."""
         self.min_span, self.max_span = min_span, max_span
-        self.repeats, self.min_length = repeats, min_length
+        # the run a span needs to be a loop, by span length
+        self.needed = [max((repeats - 1) * span, min_length - span) for span in range(max_span + 1)]
         self.runs: dict[int, int] = {}  # span -> its run, for the spans whose run is not 0
         self.places: dict[object, deque[int]] = {}  # token -> where it was, oldest first (pruned as it comes again)
         self.seen = 0
@@ -37,15 +38,18 @@ class LoopDetector:
             places = self.places[token] = deque()
         while places and now - places[0] > self.max_span:
             places.popleft()
-        self.runs = {span: runs.get(span, 0) + 1 for span in (now - place for place in places)
-                     if span >= self.min_span}
+        fresh: dict[int, int] = {}
+        found, needed, shortest = None, self.needed, self.min_span
+        for place in places:  # (oldest first: the spans shrink, so the last one found is the shortest)
+            span = now - place
+            if span >= shortest:
+                run = fresh[span] = runs.get(span, 0) + 1
+                if run >= needed[span]:
+                    found = span
+        self.runs = fresh
         places.append(now)
         self.seen = now + 1
-        found = [span for span, run in self.runs.items() if run >= self.needed(span)]
-        return min(found) if found else None
-
-    def needed(self, span: int) -> int:
-        return max((self.repeats - 1) * span, self.min_length - span)
+        return found
 
     def _forget_old(self) -> None:
         """Drop the tokens not seen within the window (a long varied stream would keep them all)."""

@@ -21,11 +21,12 @@ POLL_S = 1 / 30  # how often streamed text reaches the screen: smooth to the eye
 
 
 class ModelThread:
-    """The one thread that runs a model's generations, one after another.
+    """The one thread that runs a model's generations, one after another (all llama.cpp models'
+    on one: see LlamaCppModel.shares_thread).
 
     A model's context is not re-entrant: a request made while an interrupted generation is
     still finishing its token waits in this thread's queue instead of running beside it.
-    One thread per model also keeps MLX happy (its streams are thread-local since 0.31.2).
+    One thread per MLX model keeps MLX happy (its streams are thread-local since 0.31.2).
     """
 
     def __init__(self) -> None:
