@@ -118,3 +118,23 @@ def test_every_llama_cpp_model_computes_on_one_thread(smollm2):
         second.close()
     assert first_thread == second_thread != threading.get_ident()
     assert first_end in ("length", "stop") and second_end in ("length", "stop")
+
+
+@pytest.mark.parametrize("threads", [1, None])
+def test_threads_caps_the_threads_of_calls_of_many_tokens_too(smollm2, threads):
+    """--threads bounds prompt chunks and guesses as well as single tokens (a busy machine's free cores)."""
+    import llama_cpp
+
+    from ponder.backends.base import LoadOptions
+    from ponder.backends.llamacpp import LlamaCppModel
+    from ponder.backends.llamacpp_setup import physical_cores
+
+    model = LlamaCppModel(smollm2, LoadOptions(context=256, threads=threads))
+    try:
+        single, many = llama_cpp.llama_n_threads(model._ctx), llama_cpp.llama_n_threads_batch(model._ctx)
+    finally:
+        model.close()
+    if threads:
+        assert (single, many) == (threads, threads)
+    else:
+        assert (single, many) == (physical_cores(), max(physical_cores(), os.cpu_count()))
