@@ -47,6 +47,8 @@ def ask(
     except KeyboardInterrupt:  # Ctrl-C, SIGTERM, SIGHUP: what arrived is kept in the history too
         if not no_log:
             run.log_stopped(loaded, text)
+        if run.output != "text":  # a script reading --json or --jsonl gets a last object too, marked interrupted
+            _write_stopped(run, loaded)
         raise
     if not no_log:
         run.log(loaded, text, reply)
@@ -65,6 +67,20 @@ def ask(
         error = incomplete(reply)
         if error is not None:
             raise error
+
+
+def _write_stopped(run, loaded) -> None:
+    from ponder.cli.views.json_output import dumps, stopped_reply_json, write_json_line
+
+    payload = stopped_reply_json(run.arrived.reasoning, run.arrived.answer, loaded.info)
+    try:
+        if run.output == "json":
+            run.term.stdout.write(dumps(payload, indent=2) + "\n")
+            run.term.stdout.flush()
+        else:
+            write_json_line(run.term.stdout, {"type": "done", **payload})
+    except (OSError, ValueError):  # a closed terminal or pipe: the interrupt is still what ended the run
+        pass
 
 
 def _constrained(run, shape: AnswerShape, code):

@@ -80,7 +80,7 @@ def solve(
 
 def _vote(run, loaded, text: str, samples: int, stats: bool, parallel: int | None, settle, answer_only: bool):
     """Draw the samples (decoded together where the model allows, sharing the prompt) and vote."""
-    from ponder.cli.views.json_output import reply_json, write_json_line
+    from ponder.cli.views.json_output import dumps, reply_json, write_json_line
     from ponder.cli.views.sample_board import SampleBoard
     from ponder.reasoning import extract_boxed
     from ponder.solve import early_stop_savings, majority_vote
@@ -122,12 +122,10 @@ def _vote(run, loaded, text: str, samples: int, stats: bool, parallel: int | Non
             print(f"ponder: early stop: {len(skipped)} of {samples} samples ended once the vote was settled, "
                   f"about {saved:,} tokens saved", file=run.term.stderr)
     if run.output == "json":
-        import json
-
         payload = {"model": loaded.info.name, "backend": loaded.info.backend,
                    "samples": [reply_json(r, loaded.info) if r is not None else {"ended_early": True} for r in replies],
                    "vote": summary}
-        run.term.stdout.write(json.dumps(payload, ensure_ascii=False, indent=2) + "\n")
+        run.term.stdout.write(dumps(payload, indent=2) + "\n")
     elif run.output == "jsonl":
         write_json_line(run.term.stdout, {"type": "vote", **summary})
     return vote
@@ -137,7 +135,7 @@ def _show_interrupted(run, loaded, replies: list, ended: set[int], answer_only: 
     """What the samples that finished before the interrupt gave, marked as partial: their vote on stdout
     (text; one JSON document with "interrupted": true for --json, a last line for --jsonl), or a note on
     stderr where stdout is for the final answer alone (--answer-only)."""
-    from ponder.cli.views.json_output import reply_json, write_json_line
+    from ponder.cli.views.json_output import dumps, reply_json, write_json_line
     from ponder.cli.views.safe_text import visible
     from ponder.reasoning import extract_boxed
     from ponder.solve import majority_vote
@@ -147,14 +145,12 @@ def _show_interrupted(run, loaded, replies: list, ended: set[int], answer_only: 
     heading = f"interrupted after {len(finished)} of {len(replies)} samples"
     summary = {"winner": vote.winner, "counts": [[a, n] for a, n in vote.counts], "missing": vote.missing}
     if run.output == "json":
-        import json
-
         payload = {"model": loaded.info.name, "backend": loaded.info.backend, "interrupted": True,
                    "samples": [reply_json(r, loaded.info) if r is not None
                                else {"ended_early": True} if i in ended else {"interrupted": True}
                                for i, r in enumerate(replies)],
                    "vote": summary}
-        run.term.stdout.write(json.dumps(payload, ensure_ascii=False, indent=2) + "\n")
+        run.term.stdout.write(dumps(payload, indent=2) + "\n")
     elif run.output == "jsonl":
         write_json_line(run.term.stdout, {"type": "vote", "interrupted": True, **summary})
     elif finished:  # (none finished: the interrupt's own line says all there is)

@@ -51,6 +51,24 @@ def reply_json(reply: Reply, info: ModelInfo) -> dict[str, Any]:
     }
 
 
+def stopped_reply_json(reasoning: str, answer: str, info: ModelInfo) -> dict[str, Any]:
+    """What arrived of a reply that Ctrl-C, SIGTERM or SIGHUP stopped: reply_json's keys, marked "interrupted",
+    with no figures (it never finished)."""
+    return {
+        "model": info.name,
+        "backend": info.backend,
+        "reasoning": reasoning,
+        "answer": answer.lstrip(),
+        "boxed": extract_boxed(answer),
+        "code": [{"lang": block.lang, "text": block.text} for block in code_blocks(answer)],
+        "finish_reason": "cancelled",
+        "reasoning_end": None if answer else "cancelled",
+        "error": None,
+        "stats": None,
+        "interrupted": True,
+    }
+
+
 # What json.dumps(ensure_ascii=False) leaves raw though a terminal would obey it (DEL, C1 controls such as
 # the 8-bit CSI U+009B, bidi overrides), or no UTF-8 stream can carry (lone surrogates). It escapes C0 itself.
 _RAW_IN_JSON = re.compile("[\x7f-\x9f\u202a-\u202e\u2066-\u2069\ud800-\udfff]")
