@@ -35,7 +35,7 @@ def read_tasks(data: bytes, source: str = "input") -> list[dict]:
         try:
             task = json.loads(line)
         except json.JSONDecodeError as exc:
-            problems.append(f"line {number} is not JSON: {exc.msg}")
+            problems.append(f"line {number} is not JSON: {exc.msg} (column {exc.colno})")
             continue
         except (ValueError, RecursionError):  # an integer of over 4300 digits; nesting too deep
             problems.append(f"line {number} is not JSON ponder can read")

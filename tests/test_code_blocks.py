@@ -117,7 +117,22 @@ def test_a_block_cut_off_prints_what_arrived_warns_and_fails(tiny_r1):
     result = run_ponder("ask", "-x", "--max-tokens", "20", "--hide-reasoning", "--model", tiny_r1, "--no-log", HELLO)
     assert result.returncode == 1
     assert result.stdout == b'print("hello'  # what arrived of the line
-    assert b"the code block was cut off before its closing fence" in result.stderr
+    assert b"the code block was cut off before its closing fence (--max-tokens raises the limit)" in result.stderr
+
+
+def test_a_block_the_model_left_open_is_not_blamed_on_the_token_limit():
+    from ponder.cli.views.code_output import CodeRenderer
+    from ponder.cli.views.terminal import Terminal
+    from ponder.events import Reply, Stats
+
+    term = Terminal(io.BytesIO(), io.StringIO(), io.StringIO(), False, False, False, False)
+    renderer = CodeRenderer(term, "collapse")
+    answer = "Here:\n```bash\nwc -l *.py\n"  # no closing fence, and the model said it was done
+    renderer.answer(answer)
+    renderer.finish(Reply("", answer, "stop", Stats(0, 0, 9, 0.0, 0.0, 0.1, 0.2)))
+    assert renderer.cut_off and term.stdout.getvalue() == "wc -l *.py\n"
+    assert term.stderr.getvalue().endswith("cut off before its closing fence: the model ended its answer without "
+                                           "closing it\n")
 
 
 def test_last_and_by_language_pick_the_same_single_block(tiny_r1):

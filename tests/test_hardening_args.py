@@ -169,3 +169,12 @@ def test_ctrl_c_during_solve_keeps_the_samples_that_finished(tiny_r1, output):
         lines = [json.loads(line) for line in out.splitlines()]
         assert [line["type"] for line in lines] == ["sample", "sample", "vote"]
         assert lines[-1] == {"type": "vote", "interrupted": True, "winner": "84", "counts": [["84", 2]], "missing": 0}
+
+
+def test_a_task_line_that_is_not_json_says_where_it_broke():
+    from ponder.batch_tasks import read_tasks
+    from ponder.errors import UsageError
+
+    with pytest.raises(UsageError) as caught:
+        read_tasks(b'{"id": 1, "prompt": "hi"}\n{"id": 3, "prompt": "oops\n')
+    assert "line 2 is not JSON: Unterminated string starting at (column 21)" in caught.value.message

@@ -67,7 +67,8 @@ class CodeRenderer(AloneRenderer):
                 return
             self._write(block.text)
             self.cut_off = not block.closed
-        if self.cut_off:
-            self.err.write("ponder: warning: the code block was cut off before its closing fence"
-                           " (--max-tokens raises the limit)\n")
+        if self.cut_off:  # (the token limit's doing only where the reply ran into it)
+            why = (" (--max-tokens raises the limit)" if reply.finish_reason == "length"
+                   else ": the model ended its answer without closing it")
+            self.err.write(f"ponder: warning: the code block was cut off before its closing fence{why}\n")
             self.err.flush()
