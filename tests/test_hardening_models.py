@@ -439,7 +439,7 @@ def test_odd_model_files_are_one_line_errors(tmp_path, tiny_r1_random, tiny_r1_r
     shutil.copytree(tiny_r1_random_mlx, mlx_none)
     (mlx_none / "config.json").unlink()
     cases = [
-        ((empty,), "is not a GGUF file"),
+        ((empty,), "is empty (0 bytes)"),
         ((folder,), "is a directory, not a GGUF file"),
         ((lying,), "could not load"),
         ((mlx_list,), "config.json is a JSON list, not an object"),

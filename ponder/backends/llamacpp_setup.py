@@ -67,4 +67,6 @@ def check_gguf(path: str) -> None:
     if p.is_dir():
         raise ModelError(f"{path} is a directory, not a GGUF file")
     if not is_gguf(p):
-        raise ModelError(f"{path} is not a GGUF file")
+        empty = p.is_file() and p.stat().st_size == 0
+        raise ModelError(f"{path} is {'empty (0 bytes)' if empty else 'not a GGUF file'}",
+                         hint="an interrupted download or copy leaves one: fetch the model again" if empty else None)
