@@ -178,3 +178,10 @@ def test_a_task_line_that_is_not_json_says_where_it_broke():
     with pytest.raises(UsageError) as caught:
         read_tasks(b'{"id": 1, "prompt": "hi"}\n{"id": 3, "prompt": "oops\n')
     assert "line 2 is not JSON: Unterminated string starting at (column 21)" in caught.value.message
+
+
+def test_a_ctx_llama_cpp_rounds_up_is_said(smollm2):
+    raised = run_bytes("ask", "--model", smollm2, "--ctx", "10", "--max-tokens", "2", "--no-log", "hi", env=ponder_env())
+    assert b"ponder: note: the context is 256 tokens: llama.cpp rounds --ctx 10 up" in raised.stderr
+    exact = run_bytes("ask", "--model", smollm2, "--ctx", "256", "--max-tokens", "2", "--no-log", "hi", env=ponder_env())
+    assert exact.stdout and b"ponder: note: the context" not in exact.stderr

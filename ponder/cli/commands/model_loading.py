@@ -39,6 +39,9 @@ def load_model(term: Terminal, model: str | None, backend: str, options: LoadOpt
     if model.info.ignored:
         names = ", ".join(IGNORED_OPTIONS.get(name, name) for name in model.info.ignored)
         term.stderr.write(f"ponder: note: the {model.info.backend} backend ignores {names} here\n")
+    if options.context and model.info.context > options.context:  # (--ctx 10 gives llama.cpp's 256)
+        term.stderr.write(f"ponder: note: the context is {model.info.context} tokens: {model.info.backend} rounds"
+                          f" --ctx {options.context} up\n")
     return model
 
 
