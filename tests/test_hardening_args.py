@@ -185,3 +185,11 @@ def test_a_ctx_llama_cpp_rounds_up_is_said(smollm2):
     assert b"ponder: note: the context is 256 tokens: llama.cpp rounds --ctx 10 up" in raised.stderr
     exact = run_bytes("ask", "--model", smollm2, "--ctx", "256", "--max-tokens", "2", "--no-log", "hi", env=ponder_env())
     assert exact.stdout and b"ponder: note: the context" not in exact.stderr
+
+
+def test_a_think_budget_for_a_model_that_does_not_think_is_said_to_do_nothing(smollm2, tiny_r1):
+    plain = run_bytes("ask", "--model", smollm2, "--think-budget", "5", "--max-tokens", "2", "--no-log", "hi",
+                      env=ponder_env())
+    assert b"does not think (a plain model): --think-budget does nothing" in plain.stderr and plain.stdout
+    thinking = run_bytes("ask", "--model", tiny_r1, "--think-budget", "5", "--no-log", "What is 12*7?", env=ponder_env())
+    assert b"--think-budget does nothing" not in thinking.stderr

@@ -73,8 +73,9 @@ class Run:
         if choice.server:
             speculation.check_server(self.params.speculate, choice.draft, self.typed)
             self.params = replace(self.params, speculate="off")  # (the server's business)
-            return self._closed_at_end(connect_server(self.term, choice.server, choice.model, choice.backend, options,
-                                                      choice.timeout, choice.model_kind, self.typed))
+            return self._budget_noted(self._closed_at_end(connect_server(
+                self.term, choice.server, choice.model, choice.backend, options, choice.timeout, choice.model_kind,
+                self.typed)))
         options = replace(options, prompt_cache_bytes=self._prompt_cache_bytes(choice))
         # Each of several samples keeps room for its prompt and all it may generate, where memory allows.
         sample_context = self.params.max_tokens + PROMPT_ROOM
@@ -87,7 +88,16 @@ class Run:
                                                 replace(options, sequences=sequences), sequences_given,
                                                 sample_context, with_draft=mode == "draft", draft=choice.draft))
         set_model_kind(loaded, choice.model_kind)
-        return loaded
+        return self._budget_noted(loaded)
+
+    def _budget_noted(self, model: Model) -> Model:
+        """`model`; a --think-budget given for one that does not think is said to do nothing."""
+        if self.params.think_budget is not None and not model.info.chat.reasoning and self.typed("think_budget"):
+            from ponder.cli.views.safe_text import visible
+
+            self.term.stderr.write(f"ponder: note: {visible(model.info.name)} does not think (a plain model):"
+                                   " --think-budget does nothing\n")
+        return model
 
     def _closed_at_end(self, model: Model) -> Model:
         """`model`, closed when the command ends however it ends (model_loading.close_model: a prompt-cache
