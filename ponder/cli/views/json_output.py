@@ -37,12 +37,7 @@ def speculation_json(speculation: SpeculationStats | None) -> dict[str, int] | N
 def reply_json(reply: Reply, info: ModelInfo) -> dict[str, Any]:
     """The stable shape of one reply (tests pin its keys)."""
     return {
-        "model": info.name,
-        "backend": info.backend,
-        "reasoning": reply.reasoning,
-        "answer": reply.answer.lstrip(),  # as shown: the blank line R1 writes after </think> is not for show
-        "boxed": extract_boxed(reply.answer),
-        "code": [{"lang": block.lang, "text": block.text} for block in code_blocks(reply.answer)],
+        **_text_json(reply.reasoning, reply.answer, info),
         "finish_reason": reply.finish_reason,
         "reasoning_end": reply.stats.reasoning_end,  # model, budget, user, loop, length, cancelled; null: none
         "error": reply.error,  # why an "interrupted" reply broke off
@@ -51,16 +46,22 @@ def reply_json(reply: Reply, info: ModelInfo) -> dict[str, Any]:
     }
 
 
-def stopped_reply_json(reasoning: str, answer: str, info: ModelInfo) -> dict[str, Any]:
-    """What arrived of a reply that Ctrl-C, SIGTERM or SIGHUP stopped: reply_json's keys, marked "interrupted",
-    with no figures (it never finished)."""
+def _text_json(reasoning: str, answer: str, info: ModelInfo) -> dict[str, Any]:
     return {
         "model": info.name,
         "backend": info.backend,
         "reasoning": reasoning,
-        "answer": answer.lstrip(),
+        "answer": answer.lstrip(),  # as shown: the blank line R1 writes after </think> is not for show
         "boxed": extract_boxed(answer),
         "code": [{"lang": block.lang, "text": block.text} for block in code_blocks(answer)],
+    }
+
+
+def stopped_reply_json(reasoning: str, answer: str, info: ModelInfo) -> dict[str, Any]:
+    """What arrived of a reply that Ctrl-C, SIGTERM or SIGHUP stopped: reply_json's keys, marked "interrupted",
+    with no figures (it never finished)."""
+    return {
+        **_text_json(reasoning, answer, info),
         "finish_reason": "cancelled",
         "reasoning_end": None if answer else "cancelled",
         "error": None,
