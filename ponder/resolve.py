@@ -47,6 +47,14 @@ def resolve_model(name: str | None, backend: str, warnings: list[str] | None = N
             warnings += found.warnings
         if listed is not None and not (listed.backend == MLX and model_kind(name) == MLX):
             return str(listed.path)
+        if listed is None and ":" in name and "/" not in name:  # an Ollama name (deepseek-r1:7b) it does not have
+            from ponder.errors import shortened
+            from ponder.models import ollama_dir
+            from ponder.outside_files import shown
+
+            named = shown(shortened(name, 200))
+            raise ModelError(f"no local model {named}: Ollama has none of that name in {shown(ollama_dir())}",
+                             hint=f"ollama pull {named}, or pass a .gguf path; ponder models lists what is here")
         return path
     from ponder.backends import AUTO, default_backend
     from ponder.download import cached

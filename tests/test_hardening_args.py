@@ -193,3 +193,10 @@ def test_a_think_budget_for_a_model_that_does_not_think_is_said_to_do_nothing(sm
     assert b"does not think (a plain model): --think-budget does nothing" in plain.stderr and plain.stdout
     thinking = run_bytes("ask", "--model", tiny_r1, "--think-budget", "5", "--no-log", "What is 12*7?", env=ponder_env())
     assert b"--think-budget does nothing" not in thinking.stderr
+
+
+def test_an_ollama_name_ollama_does_not_have_says_where_it_looked(tmp_path):
+    result = run_bytes("ask", "--model", "deepseek-r1:7b", "hi", env=ponder_env(OLLAMA_MODELS=str(tmp_path)))
+    assert result.returncode == 1
+    assert f"no local model deepseek-r1:7b: Ollama has none of that name in {tmp_path}".encode() in result.stderr
+    assert b"hint: ollama pull deepseek-r1:7b" in result.stderr
