@@ -124,7 +124,7 @@ def test_odd_ollama_manifests_are_skipped_with_a_warning(env, odd_ollama):
     assert answer.returncode in (0, 3) and not warnings_of(answer)  # ran (3: two tokens leave no room to answer)
 
     meant = run_ponder("ask", "--model", "layers-string:latest", "What is 12*7?", env=env)
-    assert_clean(meant, 1, "model not found: layers-string:latest")  # and the warnings say why
+    assert_clean(meant, 1, "no local model layers-string:latest: Ollama has none of that name")  # the warnings: why
     assert "layers are not a list" in skipped(warnings_of(meant), odd["layers-string"])
     for command in ("info", "rm"):
         result = run_ponder("models", command, "layers-string:latest", env=env)
