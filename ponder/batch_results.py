@@ -173,7 +173,7 @@ def _torn_tail(tail: bytes, ids: Collection) -> bool:
     if after:
         return False
     # The id itself is cut (or is all there is): a prefix of one of the ids as the writer writes them.
-    return any(shown_id(key).startswith(rest) for key in ids)
+    return any(json.dumps(key, ensure_ascii=False).startswith(rest) for key in ids)
 
 
 def reportable(result: dict) -> bool:

@@ -42,7 +42,7 @@ def read_tasks(data: bytes, source: str = "input") -> list[dict]:
             continue
         why = task_problem(task) or text_problem(task) or constraint_problem(task)
         if why is None and task["id"] in seen:
-            why = f"repeats id {json.dumps(task['id'], ensure_ascii=False)}"
+            why = f"repeats id {shown_id(task['id'])}"
         if why is not None:
             problems.append(f"line {number} {why}")
             continue
@@ -164,7 +164,10 @@ def task_text(task: dict) -> str:
 
 
 def shown_id(value) -> str:
-    return json.dumps(value, ensure_ascii=False)
+    """A task's id for a message: as JSON, with what a terminal would obey (C1 controls, bidi overrides) visible."""
+    from ponder.outside_files import shown
+
+    return shown(json.dumps(value, ensure_ascii=False))
 
 
 def _finite_number(value) -> bool:

@@ -200,3 +200,12 @@ def test_an_ollama_name_ollama_does_not_have_says_where_it_looked(tmp_path):
     assert result.returncode == 1
     assert f"no local model deepseek-r1:7b: Ollama has none of that name in {tmp_path}".encode() in result.stderr
     assert b"hint: ollama pull deepseek-r1:7b" in result.stderr
+
+
+def test_a_task_id_reaches_the_terminal_with_its_control_characters_visible(tmp_path):
+    tasks = tmp_path / "tasks.jsonl"
+    tasks.write_text('{"id": "x\\u009b2J", "prompt": "a"}\n{"id": "x\\u009b2J", "prompt": "b"}\n')  # 8-bit CSI
+    result = run_bytes("batch", str(tasks), "-o", str(tmp_path / "out.jsonl"), "--model", "/nonexistent.gguf",
+                       env=ponder_env())
+    assert result.returncode == 2 and b'repeats id "x\\x9b2J"' in result.stderr
+    assert "\x9b".encode() not in result.stderr
