@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ponder.batch_tasks import shown_id, valid_id
+from ponder.json_text import dumps
 from ponder.errors import PonderError, UsageError
 
 LINE_STARTS = (', "samples": [', ', "error": "')  # what follows the id in a line ponder writes
@@ -173,7 +174,7 @@ def _torn_tail(tail: bytes, ids: Collection) -> bool:
     if after:
         return False
     # The id itself is cut (or is all there is): a prefix of one of the ids as the writer writes them.
-    return any(json.dumps(key, ensure_ascii=False).startswith(rest) for key in ids)
+    return any(dumps(key).startswith(rest) for key in ids)
 
 
 def reportable(result: dict) -> bool:
@@ -229,7 +230,7 @@ class ResultsSink:
 
     def write(self, result: dict) -> None:
         """One whole line. allow_nan=False: every value was checked, and a bare NaN or Infinity is not JSON."""
-        line = json.dumps(result, ensure_ascii=False, allow_nan=False) + "\n"
+        line = dumps(result, allow_nan=False) + "\n"  # (a results file may be a terminal: -o -)
         if self.fd is None:
             self.stream.write(line)
             self.stream.flush()

@@ -209,3 +209,12 @@ def test_a_task_id_reaches_the_terminal_with_its_control_characters_visible(tmp_
                        env=ponder_env())
     assert result.returncode == 2 and b'repeats id "x\\x9b2J"' in result.stderr
     assert "\x9b".encode() not in result.stderr
+
+
+def test_results_lines_carry_no_raw_terminal_controls():
+    from ponder.json_text import dumps
+
+    line = dumps({"answer": "done\x9b2J \u202eevil é", "lone": "\udc80"}, allow_nan=False)
+    assert json.loads(line) == {"answer": "done\x9b2J \u202eevil é", "lone": "\udc80"}  # the same text
+    assert "\x9b" not in line and "\u202e" not in line and "é" in line
+    line.encode("utf-8")  # (a lone surrogate raw would not encode: the results file could not be written)
