@@ -186,7 +186,8 @@ def test_ctrl_c_while_thinking_shows_what_was_thought(smollm2):
 
 
 def test_enter_while_thinking_ends_the_reasoning_and_the_model_answers(smollm2):
-    child = spawn_in_pty("ask", "--model", smollm2, "--model-kind", "reasoning", "--max-tokens", "3000", "--seed", "1",
+    # (600 tokens in all: what follows Enter is an answer to the end of them, which a loaded machine takes minutes for)
+    child = spawn_in_pty("ask", "--model", smollm2, "--model-kind", "reasoning", "--max-tokens", "600", "--seed", "1",
                          "--stats", "--on-loop", "continue", "Write a long story about a dragon.")
     child.expect(r"Thinking… [0-9.]+ s · ([2-9]\d|\d{3,}) tokens · Enter: answer now", timeout=120)
     child.send("\r")
@@ -194,4 +195,4 @@ def test_enter_while_thinking_ends_the_reasoning_and_the_model_answers(smollm2):
     child.close()
     text = strip_ansi(child.before)
     assert "reasoning end: user" in text  # ended by the key, not by the model or the token budget
-    assert re.search(r"reasoning (\d+) tokens", text) and int(re.search(r"reasoning (\d+) tokens", text)[1]) < 2900
+    assert re.search(r"reasoning (\d+) tokens", text) and int(re.search(r"reasoning (\d+) tokens", text)[1]) < 500
