@@ -5,12 +5,10 @@ from __future__ import annotations
 
 import json
 import signal
-import subprocess
-import sys
 
 import pytest
 
-from tests.support.cli import ponder_env
+from tests.support.cli import signal_when_said
 
 # `ponder ask`, held (announced on stderr) after the third piece of its answer, so the signal comes mid-answer.
 HELD = """
@@ -34,23 +32,9 @@ main()
 
 
 def stopped_ask(tiny_r1, output: str, signum: int) -> tuple[int, str]:
-    process = subprocess.Popen(
-        [sys.executable, "-c", HELD, "ask", "What is 12*7?", "--model", tiny_r1, "--temperature", "0", output],
-        env=ponder_env(), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-        preexec_fn=lambda: [signal.signal(s, signal.SIG_DFL) for s in (signal.SIGINT, signal.SIGHUP)])
-    try:
-        seen = b""
-        while b"[held]" not in seen:  # (a pipe read: the test waits on the process, not on a clock)
-            line = process.stderr.readline()
-            assert line, f"ponder ended before its answer's third piece: {seen.decode()}"
-            seen += line
-        process.send_signal(signum)
-        out, _ = process.communicate(timeout=60)
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait()
-    return process.returncode, out.decode()
+    code, out, _ = signal_when_said(HELD, ["ask", "What is 12*7?", "--model", tiny_r1, "--temperature", "0", output],
+                                    b"[held]", signum)
+    return code, out
 
 
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])

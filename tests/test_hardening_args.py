@@ -12,7 +12,7 @@ import sys
 import pytest
 
 from ponder.settings import KEYS
-from tests.support.cli import ponder_env
+from tests.support.cli import ponder_env, signal_when_said
 
 NOT_UTF8 = b"http://x\xe9"  # as a shell passes $'http://x\xe9'
 
@@ -130,23 +130,8 @@ main()
 
 
 def interrupted_solve(tiny_r1, *extra: str) -> tuple[int, str, str]:
-    process = subprocess.Popen(
-        [sys.executable, "-c", STALLED, "solve", "What is 12*7?", "--model", tiny_r1, "-n", "4", "--parallel", "1",
-         *extra], env=ponder_env(), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
-    try:
-        seen = b""
-        while b"[stalled]" not in seen:  # (a pipe read: the test waits on the process, not on a clock)
-            line = process.stderr.readline()
-            assert line, f"ponder ended before its third sample: {seen.decode()}"
-            seen += line
-        process.send_signal(signal.SIGINT)
-        out, err = process.communicate(timeout=60)
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait()
-    return process.returncode, out.decode(), (seen + err).decode()
+    return signal_when_said(STALLED, ["solve", "What is 12*7?", "--model", tiny_r1, "-n", "4", "--parallel", "1", *extra],
+                            b"[stalled]", signal.SIGINT)
 
 
 @pytest.mark.parametrize("output", ["text", "--json", "--jsonl", "--answer-only"])

@@ -168,3 +168,28 @@ def piped_repl(model, lines: bytes, params=None):
     repl = ChatRepl(Run(term, "collapse", "text", params or GenerationParams()), log=False)
     repl.chat.use(model)
     return repl, term
+
+
+def signal_when_said(code: str, args: list[str], marker: bytes, signum: int) -> tuple[int, str, str]:
+    """Run `python -c code args` (a ponder held at some point, saying `marker` on stderr there), send `signum` once
+    it has said it, and return (exit status, stdout, stderr). A pipe read: the test waits on the process, not a clock."""
+    import signal
+    import subprocess
+    import sys
+
+    process = subprocess.Popen([sys.executable, "-c", code, *args], env=ponder_env(), stdin=subprocess.DEVNULL,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                               preexec_fn=lambda: [signal.signal(s, signal.SIG_DFL) for s in (signal.SIGINT, signal.SIGHUP)])
+    try:
+        seen = b""
+        while marker not in seen:
+            line = process.stderr.readline()
+            assert line, f"ponder ended before it said {marker!r}: {seen.decode()}"
+            seen += line
+        process.send_signal(signum)
+        out, err = process.communicate(timeout=60)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    return process.returncode, out.decode(), (seen + err).decode()
